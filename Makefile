@@ -1,0 +1,34 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := demo
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/cutout-etl demo-data $(DEMO) --rows 1000
+	$(BIN)/cutout-etl inspect $(DEMO)/image_table_*.hdf5 || true
+	$(BIN)/cutout-etl build $(DEMO)/image_table_*.hdf5 -o $(DEMO)/dataset.h5 --overwrite
+	$(BIN)/python -c "import cutout_etl; ds = cutout_etl.open_dataset('$(DEMO)/dataset.h5'); print(ds)"
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/bench_build.py --rows 30000
+
+clean:
+	rm -rf $(VENV) $(DEMO) build *.egg-info

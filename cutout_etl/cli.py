@@ -1,0 +1,275 @@
+"""The `cutout-etl` command line: parse options, call the library once, render the result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import pipeline, render
+from .errors import CutoutEtlError
+from .inspect import inspect_files
+from .readers import DEFAULT_CHUNK_ROWS
+from .scan import ReadOptions
+from .schema import Columns
+
+app = typer.Typer(
+    help="Turn astronomers' HDF5 cutout tables into machine-learning-ready datasets.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+Inputs = Annotated[list[Path], typer.Argument(help="Class files (astropy HDF5 tables), one per class.", show_default=False)]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Output file.", show_default=False)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]
+Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (and nothing else there).")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+ImageColumn = Annotated[str, typer.Option(help="Image column (H, W, bands).")]
+LabelColumn = Annotated[str, typer.Option(help="Class-name column.")]
+IdColumn = Annotated[str, typer.Option(help="Object ID column.")]
+TablePath = Annotated[Optional[str], typer.Option(help="Table inside each file, when a file holds several.")]
+Classes = Annotated[Optional[str], typer.Option(help="Class names in code order, e.g. GALAXY,QSO,STAR [default: GALAXY,QSO,STAR sorted].", show_default=False)]
+DropUnknown = Annotated[bool, typer.Option("--drop-unknown", help="Drop rows whose label is not a class (counted) instead of failing.")]
+OnConflict = Annotated[str, typer.Option(help="One ID with different labels: 'error' or 'drop' (all copies, counted).")]
+Fractions = Annotated[str, typer.Option(help="Train,val,test fractions.")]
+Seed = Annotated[int, typer.Option(help="Seed of the keyed hash that assigns splits.")]
+ChunkRows = Annotated[int, typer.Option(help="Rows read per chunk (bounds memory: ~21 KB a row).", min=1)]
+
+
+class ProgressReporter:
+    """A Rich bar per stage on a terminal, one plain line per stage otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.bar: Progress | None = None
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if not self.tty:
+            if stage not in self.tasks:
+                self.tasks[stage] = None
+                err.print(f"{stage}: {total} rows")
+            return
+        if self.bar is None:
+            self.bar = Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True)
+            self.bar.start()
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _run(call: Callable[[ProgressReporter], Any], quiet: bool, debug: bool) -> Any:
+    """Call the library; turn its errors into one line on stderr and an exit code."""
+    progress = ProgressReporter(quiet)
+    try:
+        return call(progress)
+    except CutoutEtlError as exc:
+        progress.close()
+        if debug:
+            raise
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        progress.close()
+        err.print("interrupted: no output written", markup=False)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a failure we did not foresee: still one line
+        progress.close()
+        if debug:
+            raise
+        err.print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (run with --debug for a traceback)", markup=False)
+        raise typer.Exit(1) from None
+    finally:
+        progress.close()
+
+
+def _emit(result: dict, as_json: bool, quiet: bool, render_fn: Callable[[Console, dict], None]) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+    elif not quiet:
+        render_fn(err, result)
+
+
+def _read_options(image_column: str, label_column: str, id_column: str, table_path: str | None, chunk_rows: int) -> ReadOptions:
+    return ReadOptions(Columns(id=id_column, label=label_column, image=image_column), table_path, chunk_rows)
+
+
+def _merge_options(classes: str | None, drop_unknown: bool, on_conflict: str) -> pipeline.MergeOptions:
+    if on_conflict not in ("error", "drop"):
+        raise typer.BadParameter(f"expected 'error' or 'drop' (got {on_conflict!r})", param_hint="--on-conflict")
+    return pipeline.MergeOptions(classes.split(",") if classes else None, drop_unknown, on_conflict)
+
+
+def _split_options(fractions: str, seed: int) -> pipeline.SplitOptions:
+    try:
+        values = [float(v) for v in fractions.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"expected numbers like 0.7,0.15,0.15 (got {fractions!r})", param_hint="--fractions") from None
+    return pipeline.SplitOptions(values, seed)
+
+
+@app.command()
+def inspect(
+    files: Inputs,
+    image_column: ImageColumn = "image",
+    label_column: LabelColumn = "SPECTYPE",
+    id_column: IdColumn = "ID",
+    table_path: TablePath = None,
+    classes: Classes = None,
+    chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Report what is in the class files and what is wrong with them.
+
+    Exit status 0 when every file is usable, 1 otherwise.
+
+    Example: cutout-etl inspect image_table_*.hdf5 --json | jq .problems
+    """
+    read = _read_options(image_column, label_column, id_column, table_path, chunk_rows)
+    class_list = classes.split(",") if classes else None
+    report = _run(lambda p: inspect_files(files, read, class_list, p), quiet, debug)
+    _emit(report, json_out, quiet, render.inspect_report)
+    raise typer.Exit(0 if report["ok"] else 1)
+
+
+@app.command()
+def merge(
+    files: Inputs,
+    output: Output,
+    image_column: ImageColumn = "image",
+    label_column: LabelColumn = "SPECTYPE",
+    id_column: IdColumn = "ID",
+    table_path: TablePath = None,
+    classes: Classes = None,
+    drop_unknown: DropUnknown = False,
+    on_conflict: OnConflict = "error",
+    chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Stack the class files into one table and label-encode the classes.
+
+    Example: cutout-etl merge image_table_*.hdf5 -o merged.h5
+    """
+    read = _read_options(image_column, label_column, id_column, table_path, chunk_rows)
+    options = _merge_options(classes, drop_unknown, on_conflict)
+    result = _run(lambda p: pipeline.merge(files, output, read, options, overwrite, p), quiet, debug)
+    _emit(result, json_out, quiet, render.run_summary)
+
+
+@app.command()
+def split(
+    merged: Annotated[Path, typer.Argument(help="Output of `cutout-etl merge`.", show_default=False)],
+    output: Output,
+    fractions: Fractions = "0.7,0.15,0.15",
+    seed: Seed = 0,
+    chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Split a merged file into stratified, deterministic train/val/test tables.
+
+    Example: cutout-etl split merged.h5 -o dataset.h5 --fractions 0.7,0.15,0.15 --seed 0
+    """
+    options = _split_options(fractions, seed)
+    result = _run(lambda p: pipeline.split(merged, output, options, overwrite, chunk_rows, p), quiet, debug)
+    _emit(result, json_out, quiet, render.run_summary)
+
+
+@app.command()
+def stats(
+    dataset: Annotated[Path, typer.Argument(help="A dataset from `build` or `split`.", show_default=False)],
+    split: Annotated[str, typer.Option(help="The split to compute statistics on.")] = "train",
+    chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Compute per-band statistics of the training split and store them in the dataset.
+
+    Example: cutout-etl stats dataset.h5
+    """
+    result = _run(lambda p: pipeline.stats(dataset, split, chunk_rows, p), quiet, debug)
+    _emit(result, json_out, quiet, render.stats_table)
+
+
+@app.command()
+def build(
+    files: Inputs,
+    output: Output,
+    image_column: ImageColumn = "image",
+    label_column: LabelColumn = "SPECTYPE",
+    id_column: IdColumn = "ID",
+    table_path: TablePath = None,
+    classes: Classes = None,
+    drop_unknown: DropUnknown = False,
+    on_conflict: OnConflict = "error",
+    fractions: Fractions = "0.7,0.15,0.15",
+    seed: Seed = 0,
+    chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    overwrite: Overwrite = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Merge, split and compute statistics in one run: the main job.
+
+    Example: cutout-etl build image_table_*.hdf5 -o dataset.h5 --seed 0
+    """
+    read = _read_options(image_column, label_column, id_column, table_path, chunk_rows)
+    merge_options = _merge_options(classes, drop_unknown, on_conflict)
+    split_options = _split_options(fractions, seed)
+    result = _run(lambda p: pipeline.build(files, output, read, merge_options, split_options, overwrite, p), quiet, debug)
+
+    def show(console: Console, metadata: dict) -> None:
+        render.run_summary(console, metadata)
+        render.stats_table(console, metadata)
+
+    _emit(result, json_out, quiet, show)
+
+
+@app.command("demo-data")
+def demo_data(
+    directory: Annotated[Path, typer.Argument(help="Where to write the three class files.", show_default=False)],
+    rows: Annotated[int, typer.Option(help="Rows per class.", min=1)] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write three synthetic class files in the users' format (for demos and tests).
+
+    Example: cutout-etl demo-data demo/ --rows 1000
+    """
+    from .demo import write_demo_files
+
+    paths = _run(lambda p: write_demo_files(directory, rows=rows, seed=seed), quiet, debug)
+    result = {"files": [str(p) for p in paths], "rows_per_class": rows, "seed": seed}
+    _emit(result, json_out, quiet, lambda console, r: console.print("wrote " + ", ".join(r["files"])))
+
+
+def main() -> None:
+    app()

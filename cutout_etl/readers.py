@@ -1,0 +1,230 @@
+"""Everything that opens input files: find the table, check its layout, yield row chunks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import (
+    ColumnError,
+    EmptyTableError,
+    ImageShapeError,
+    InputFileError,
+    NoTableError,
+)
+from .schema import Columns
+
+DEFAULT_CHUNK_ROWS = 1024
+_META_SUFFIX = ".__table_column_meta__"
+
+
+@dataclass
+class TableInfo:
+    """One input table as found on disk, checked but not yet read."""
+
+    path: Path
+    table_path: str
+    rows: int
+    dtype: np.dtype
+    columns: Columns
+    image_shape: tuple[int, int, int]
+    image_dtype: np.dtype
+    size: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def id_len(self) -> int:
+        return _string_len(self.dtype[self.columns.id])
+
+    @property
+    def column_list(self) -> list[dict]:
+        return [
+            {"name": n, "dtype": str(self.dtype[n].base), "shape": list(self.dtype[n].shape)}
+            for n in self.dtype.names
+        ]
+
+
+def _string_len(dt: np.dtype) -> int:
+    if dt.kind == "S":
+        return dt.itemsize
+    if dt.kind == "U":
+        return dt.itemsize // 4
+    return 32  # numbers or variable-length strings: converted per chunk
+
+
+def open_h5(path: Path) -> h5py.File:
+    """Open an HDF5 file for reading, or raise a one-line InputFileError."""
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a directory, expected an HDF5 file")
+    if not h5py.is_hdf5(path):
+        raise InputFileError(f"{path}: not an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        expected = re.search(r"stored_eof = (\d+)", str(exc))
+        if expected:
+            raise InputFileError(
+                f"{path}: truncated: {path.stat().st_size} bytes, the HDF5 header expects {expected.group(1)}"
+            ) from exc
+        raise InputFileError(f"{path}: cannot open HDF5 file, truncated or corrupt ({_short(exc)})") from exc
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def find_tables(f: h5py.File) -> list[str]:
+    """Paths of the compound (table) datasets in a file, astropy meta excluded."""
+    found: list[str] = []
+
+    def visit(name: str, obj: object) -> None:
+        if (
+            isinstance(obj, h5py.Dataset)
+            and obj.dtype.names is not None
+            and obj.ndim == 1
+            and not name.endswith(_META_SUFFIX)
+        ):
+            found.append(name)
+
+    try:
+        f.visititems(visit)
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise InputFileError(f"{f.filename}: cannot list the file's contents, corrupt ({_short(exc)})") from exc
+    return sorted(found)
+
+
+def resolve_table_path(path: Path, f: h5py.File, table_path: str | None) -> str:
+    tables = find_tables(f)
+    if table_path is not None:
+        if table_path.strip("/") not in tables:
+            listed = ", ".join(tables) or "none"
+            raise NoTableError(f"{path}: no table at '{table_path}' (tables found: {listed})")
+        return table_path.strip("/")
+    if not tables:
+        raise NoTableError(f"{path}: no table (compound dataset) found in the file")
+    if len(tables) > 1:
+        raise NoTableError(
+            f"{path}: {len(tables)} tables ({', '.join(tables)}); choose one with --table-path"
+        )
+    return tables[0]
+
+
+def inspect_table(path: Path, f: h5py.File, table_path: str | None, columns: Columns) -> TableInfo:
+    """Check a table's structure: columns, label type, image layout, storage."""
+    name = resolve_table_path(path, f, table_path)
+    ds = f[name]
+    dtype = ds.dtype
+    missing = [c for c in columns.required() if c not in dtype.names]
+    if missing:
+        raise ColumnError(
+            f"{path}: table '{name}' has no column {', '.join(repr(m) for m in missing)} "
+            f"(columns: {', '.join(dtype.names)})"
+        )
+    label_dt = dtype[columns.label]
+    if label_dt.kind not in "SUO":
+        raise ColumnError(
+            f"{path}: label column '{columns.label}' is numeric ({label_dt}); expected class names as strings"
+        )
+    image_shape, image_dtype = _check_image(path, dtype[columns.image], columns.image)
+    rows = ds.shape[0]
+    if rows == 0:
+        raise EmptyTableError(f"{path}: table '{name}' has zero rows")
+    _check_storage(path, ds, name)
+    return TableInfo(
+        path=path,
+        table_path=name,
+        rows=rows,
+        dtype=dtype,
+        columns=columns,
+        image_shape=image_shape,
+        image_dtype=image_dtype,
+        size=path.stat().st_size,
+    )
+
+
+def _check_image(path: Path, dt: np.dtype, column: str) -> tuple[tuple[int, int, int], np.dtype]:
+    shape = dt.shape
+    if dt.base.kind != "f" or dt.base.itemsize not in (4, 8):
+        raise ImageShapeError(f"{path}: image column '{column}' has dtype {dt.base}; expected float32 or float64")
+    if len(shape) != 3:
+        raise ImageShapeError(
+            f"{path}: image column '{column}' has shape {shape}; expected (height, width, bands)"
+        )
+    h, w, b = shape
+    if shape[0] < shape[1] and shape[1] == shape[2]:
+        raise ImageShapeError(
+            f"{path}: image column '{column}' looks channels-first {shape}; expected channels last (H, W, bands)"
+        )
+    if h != w or b > h:
+        raise ImageShapeError(
+            f"{path}: image column '{column}' has shape {shape}; expected square cutouts, channels last (H, W, bands)"
+        )
+    return (h, w, b), dt.base
+
+
+def _check_storage(path: Path, ds: h5py.Dataset, name: str) -> None:
+    """A contiguous table that runs past the end of the file is a truncated file."""
+    offset = ds.id.get_offset()
+    if ds.chunks is None and offset is not None:
+        end = offset + ds.shape[0] * ds.dtype.itemsize
+        size = path.stat().st_size
+        if end > size:
+            raise InputFileError(
+                f"{path}: truncated: table '{name}' needs {end} bytes, the file has {size}"
+            )
+
+
+def read_rows(path: Path, ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
+    """Read rows [start, stop) of a table, turning HDF5 errors into one line."""
+    try:
+        return ds[start:stop]
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputFileError(f"{path}: cannot read rows {start}-{stop}: corrupt or truncated ({_short(exc)})") from exc
+
+
+def iter_chunks(
+    info: TableInfo, f: h5py.File, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first row, structured rows) chunk by chunk."""
+    ds = f[info.table_path]
+    for start in range(0, info.rows, chunk_rows):
+        yield start, read_rows(info.path, ds, start, min(start + chunk_rows, info.rows))
+
+
+def as_bytes(values: np.ndarray) -> np.ndarray:
+    """Strings of any storage (bytes, unicode, variable-length) as stripped bytes."""
+    if values.dtype.kind == "S":
+        out = values
+    elif values.dtype.kind == "U":
+        out = np.char.encode(values, "utf-8")
+    else:
+        out = np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values], dtype="S")
+    return np.char.strip(out)
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -1,0 +1,103 @@
+"""Human-readable rendering of the library's reports, with Rich. Used by the CLI only."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .schema import SPLIT_NAMES
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def run_summary(console: Console, metadata: dict) -> None:
+    """Rows per table and class, and every dropped row with its reason."""
+    tables = metadata.get("tables_rows", {})
+    grid = Table(title=f"{metadata['kind']}: rows per class", title_justify="left")
+    grid.add_column("table")
+    for name in metadata["classes"]:
+        grid.add_column(name, justify="right")
+    grid.add_column("total", justify="right")
+    for table, entry in tables.items():
+        counts = entry["class_counts"]
+        grid.add_row(table, *(str(counts.get(c, 0)) for c in metadata["classes"]), str(entry["rows"]))
+    console.print(grid)
+    report = metadata["report"]
+    dropped = {k: v for k, v in report["dropped"].items() if v}
+    console.print(f"read {report['rows_read']} rows, kept {report['rows_kept']}", highlight=False)
+    for reason, count in dropped.items():
+        console.print(f"  dropped {count} rows: {reason.replace('_', ' ')}", highlight=False)
+    if report.get("rows_partly_nonfinite"):
+        console.print(f"  kept {report['rows_partly_nonfinite']} rows with some NaN/inf pixels", highlight=False)
+    if report.get("rows_cast_to_float32"):
+        console.print(f"  cast {report['rows_cast_to_float32']} float64 images to float32", highlight=False)
+
+
+def stats_table(console: Console, metadata: dict) -> None:
+    stats = metadata["stats"]
+    bands = stats["bands"]
+    grid = Table(title=f"statistics of the {stats['split']} split ({stats['n_cutouts']} cutouts)", title_justify="left")
+    grid.add_column("")
+    for band in bands:
+        grid.add_column(band, justify="right")
+    rows = [
+        ("finite pixels", lambda b: b["finite_pixels"]),
+        ("NaN / inf", lambda b: f"{b['nan_pixels']} / {b['inf_pixels']}"),
+        ("mean", lambda b: b["mean"]),
+        ("std", lambda b: b["std"]),
+        ("min", lambda b: b["min"]),
+        ("p1", lambda b: b["quantiles"]["p1"]),
+        ("median", lambda b: b["quantiles"]["p50"]),
+        ("p99", lambda b: b["quantiles"]["p99"]),
+        ("max", lambda b: b["max"]),
+        ("MAD sigma", lambda b: b["mad_sigma"]),
+        ("sky median", lambda b: b["sky_median"]["p50"]),
+        ("sky sigma", lambda b: b["sky_sigma"]["p50"]),
+        ("asinh softening", lambda b: b["asinh_softening"]),
+    ]
+    for label, get in rows:
+        grid.add_row(label, *(_fmt(get(bands[band])) for band in bands))
+    console.print(grid)
+    split_counts(console, metadata)
+
+
+def split_counts(console: Console, metadata: dict) -> None:
+    tables = metadata.get("tables_rows", {})
+    parts = [f"{name} {tables[name]['rows']}" for name in SPLIT_NAMES if name in tables]
+    if parts:
+        console.print("rows per split: " + ", ".join(parts), highlight=False)
+
+
+def inspect_report(console: Console, report: dict) -> None:
+    for file in report["files"]:
+        console.rule(file["name"])
+        if not file["usable"]:
+            continue
+        image = file["image"]
+        console.print(
+            f"table '{file['table_path']}' ({', '.join(file['tables'])} in file), {file['rows']} rows, "
+            f"image '{image['column']}' {image['height']}x{image['width']}x{image['bands']} {image['dtype']}",
+            highlight=False,
+        )
+        console.print("columns: " + ", ".join(f"{c['name']} {c['dtype']}{tuple(c['shape']) if c['shape'] else ''}" for c in file["columns"]), highlight=False)
+        console.print("labels: " + ", ".join(f"{k} {v}" for k, v in file["labels"].items()), highlight=False)
+        grid = Table(show_edge=False)
+        for col in ("band", "min", "median", "max", "NaN", "inf", "no finite"):
+            grid.add_column(col, justify="right")
+        for band, s in file["pixels"].items():
+            grid.add_row(band, _fmt(s["min"]), _fmt(s["median"]), _fmt(s["max"]), str(s["nan_pixels"]), str(s["inf_pixels"]), str(s["cutouts_no_finite"]))
+        console.print(grid)
+    console.rule("problems")
+    for p in report["problems"]:
+        where = f"{p['file']}: " if p["file"] else ""
+        count = f" [{p['count']}]" if p["count"] is not None else ""
+        style = "red" if p["level"] == "error" else "yellow"
+        console.print(f"{p['level']}: {where}{p['message']}{count}", style=style, highlight=False, markup=False)
+    verdict = "usable" if report["ok"] else "NOT usable"
+    console.print(f"{report['errors']} errors, {report['warnings']} warnings: files {verdict}", highlight=False)

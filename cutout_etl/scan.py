@@ -1,0 +1,203 @@
+"""Pass 1: open every input, check it, and read the per-row facts the plan needs.
+
+Reads IDs, labels and pixel finiteness chunk by chunk (images are never held
+beyond one chunk) while a background thread hashes each file. What it keeps
+per row is small: ID, class code, source file and row, two flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import readers
+from .errors import DuplicateInputError, ImageShapeError, UnknownLabelError
+from .merge import UNKNOWN, encode_labels, normalize_labels
+from .readers import TableInfo
+from .schema import Columns
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def no_progress(stage: str, done: int, total: int) -> None:
+    """The default progress callback: report nothing."""
+
+
+@dataclass
+class ReadOptions:
+    """How to find and read the input tables."""
+
+    columns: Columns = field(default_factory=Columns)
+    table_path: str | None = None
+    chunk_rows: int = readers.DEFAULT_CHUNK_ROWS
+
+
+@dataclass
+class InputFile:
+    """One input after pass 1."""
+
+    info: TableInfo
+    sha256: str = ""
+    label_counts: Counter = field(default_factory=Counter)
+    unknown_labels: Counter = field(default_factory=Counter)
+    rows_no_finite: int = 0
+    rows_partly_nonfinite: int = 0
+
+    def describe(self) -> dict:
+        return {
+            "name": self.info.name,
+            "path": str(self.info.path),
+            "table_path": self.info.table_path,
+            "size": self.info.size,
+            "sha256": self.sha256,
+            "rows": self.info.rows,
+        }
+
+
+@dataclass
+class Scan:
+    """Per-row facts of all inputs, files in canonical (content hash) order."""
+
+    files: list[InputFile]
+    classes: list[str]
+    file_index: np.ndarray  # int16, index into files
+    row: np.ndarray  # int64, row in that file
+    ids: np.ndarray  # bytes, stripped
+    codes: np.ndarray  # int16, UNKNOWN for labels outside classes
+    no_finite: np.ndarray  # bool: the image has no finite pixel
+    image_shape: tuple[int, int, int]
+    read_order: list[int]  # files (canonical indices) in the order their rows appear above
+
+    @property
+    def id_len(self) -> int:
+        return max(self.ids.dtype.itemsize, max(f.info.id_len for f in self.files))
+
+    def describe_row(self, i: int) -> str:
+        return f"{self.files[self.file_index[i]].info.name} row {self.row[i]}"
+
+
+def open_inputs(paths: Sequence[Path], options: ReadOptions, stack: contextlib.ExitStack) -> list[tuple[TableInfo, h5py.File]]:
+    """Open and check every input; the files stay open until `stack` closes."""
+    _refuse_repeated_paths(paths)
+    opened = []
+    for path in paths:
+        f = stack.enter_context(readers.open_h5(path))
+        opened.append((readers.inspect_table(path, f, options.table_path, options.columns), f))
+    _check_shapes_agree([info for info, _ in opened])
+    return opened
+
+
+def _refuse_repeated_paths(paths: Sequence[Path]) -> None:
+    for i, a in enumerate(paths):
+        for b in paths[:i]:
+            if a == b or readers.same_file(a, b):
+                raise DuplicateInputError(f"{a}: the same file is given twice")
+
+
+def _check_shapes_agree(infos: Sequence[TableInfo]) -> None:
+    first = infos[0]
+    for info in infos[1:]:
+        if info.image_shape != first.image_shape:
+            raise ImageShapeError(
+                f"{info.path}: image shape {info.image_shape} differs from {first.path} {first.image_shape}"
+            )
+
+
+def scan_inputs(
+    paths: Sequence[Path],
+    classes: Sequence[str],
+    options: ReadOptions,
+    drop_unknown: bool = False,
+    progress: ProgressFn = no_progress,
+) -> Scan:
+    """Pass 1 over all inputs. Raises on the first unusable file."""
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as hasher:
+        opened = open_inputs(paths, options, stack)
+        hashes = [hasher.submit(readers.sha256_file, info.path) for info, _ in opened]
+        total = sum(info.rows for info, _ in opened)
+        parts, done, inputs = [], 0, []
+        for index, (info, f) in enumerate(opened):
+            entry = InputFile(info=info)
+            for start, chunk in readers.iter_chunks(info, f, options.chunk_rows):
+                parts.append(_scan_chunk(entry, index, start, chunk, classes, options.columns))
+                done += len(chunk)
+                progress("scan", done, total)
+            inputs.append(entry)
+        for entry, digest in zip(inputs, hashes):
+            entry.sha256 = digest.result()
+    _refuse_identical_content(inputs)
+    if not drop_unknown:
+        _refuse_unknown_labels(inputs, classes)
+    return _canonical(inputs, parts, list(classes), opened[0][0].image_shape)
+
+
+def _scan_chunk(entry: InputFile, index: int, start: int, chunk: np.ndarray, classes, columns: Columns) -> dict:
+    labels = normalize_labels(chunk[columns.label])
+    codes = encode_labels(labels, classes)
+    entry.label_counts.update(_count(labels))
+    if (codes == UNKNOWN).any():
+        entry.unknown_labels.update(_count(labels[codes == UNKNOWN]))
+    finite = np.isfinite(chunk[columns.image])
+    all_finite = finite.all(axis=(1, 2, 3))
+    no_finite = ~finite.any(axis=(1, 2, 3))
+    entry.rows_no_finite += int(no_finite.sum())
+    entry.rows_partly_nonfinite += int((~all_finite & ~no_finite).sum())
+    n = len(chunk)
+    return {
+        "file_index": np.full(n, index, dtype=np.int16),
+        "row": np.arange(start, start + n, dtype=np.int64),
+        "ids": readers.as_bytes(chunk[columns.id]),
+        "codes": codes,
+        "no_finite": no_finite,
+    }
+
+
+def _count(labels: np.ndarray) -> Counter:
+    values, counts = np.unique(labels, return_counts=True)
+    return Counter({v.decode("utf-8", "replace"): int(c) for v, c in zip(values, counts)})
+
+
+def _refuse_identical_content(inputs: Sequence[InputFile]) -> None:
+    seen: dict[str, Path] = {}
+    for entry in inputs:
+        if entry.sha256 in seen:
+            raise DuplicateInputError(
+                f"{entry.info.path}: identical content to {seen[entry.sha256]} (the same file given twice)"
+            )
+        seen[entry.sha256] = entry.info.path
+
+
+def _refuse_unknown_labels(inputs: Sequence[InputFile], classes: Sequence[str]) -> None:
+    for entry in inputs:
+        if entry.unknown_labels:
+            listed = ", ".join(f"'{v}' ({n} rows)" for v, n in entry.unknown_labels.most_common(5))
+            raise UnknownLabelError(
+                f"{entry.info.path}: unknown labels {listed} (classes: {', '.join(classes)}); "
+                "use --classes to name them or --drop-unknown to drop them"
+            )
+
+
+def _canonical(inputs: list[InputFile], parts: list[dict], classes: list[str], shape) -> Scan:
+    """Order files by content hash so nothing depends on the order given."""
+    order = sorted(range(len(inputs)), key=lambda i: (inputs[i].sha256, inputs[i].info.name))
+    remap = np.empty(len(inputs), dtype=np.int16)
+    remap[order] = np.arange(len(inputs), dtype=np.int16)
+    joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return Scan(
+        files=[inputs[i] for i in order],
+        classes=classes,
+        file_index=remap[joined["file_index"]],
+        row=joined["row"],
+        ids=joined["ids"],
+        codes=joined["codes"],
+        no_finite=joined["no_finite"],
+        image_shape=shape,
+        read_order=remap.tolist(),
+    )

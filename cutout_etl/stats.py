@@ -1,0 +1,465 @@
+"""Mergeable per-band pixel statistics of image cutouts (no I/O, numpy only).
+
+Images are chunks of shape (N, H, W, B), float32, channels last.  A
+`BandStats` accumulates, per band, counts of invalid pixels, float64 moments
+of the finite pixels, a quantile sketch of the finite pixels and a sketch of
+the per-cutout sky level and noise measured on the outer `border` frame.
+Accumulators merge exactly (integer counts) apart from the float64 moments,
+which merge with Chan, Golub & LeVeque's pairwise update.
+
+Quantile sketch and its error bound
+-----------------------------------
+A finite float32 value is binned by the top 16 bits of its bit pattern (sign,
+8 exponent bits, 7 mantissa bits): 65536 fixed bins per band, disjoint value
+intervals that are ordered by value once the negative half is reversed.  In
+the binade [2**e, 2**(e+1)) a bin is 2**(e-7) wide; below 2**-126
+(subnormals) every bin is 2**-133 wide.
+
+Let x_(1) <= ... <= x_(n) be the finite pixels of a band and
+k = min(max(ceil(q * n), 1), n): x_(k) is exactly what
+``np.quantile(x, q, method="inverted_cdf")`` returns.  Walking the cumulative
+counts finds the bin holding x_(k) with no error (up to the sign of a zero:
+-0.0 and +0.0 sit in adjacent bins), and the sketch returns that bin's
+midpoint.  Hence
+
+    |estimate - x_(k)| <= quantile_bound(x_(k))
+
+where `quantile_bound(v)` is the half-width of the bin holding float32(v):
+2**(e-8) <= 2**-8 * |v| for |v| in [2**e, 2**(e+1)), and 2**-134 for
+|v| < 2**-126.
+
+The sky sketches bin per-cutout values that are computed in float64 and cast
+to float32 first; the same statement holds for the float32-cast values.
+
+`mad_sigma` is 1.4826 * MAD with MAD = the inverted-CDF median of |x - m|
+and m the inverted-CDF median.  From the sketch each |x - m| is replaced by
+|midpoint(x) - estimate(m)|, which moves it by at most 2**-8 * (|x| + |m|),
+so |MAD_sketch - MAD| <= 2**-8 * (MAD + 2 * |m|).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+QUANTILES: tuple[float, ...] = (
+    0.001, 0.01, 0.05, 0.16, 0.25, 0.5, 0.75, 0.84, 0.95, 0.99, 0.999,
+)
+SKY_QUANTILES: tuple[float, ...] = (0.16, 0.5, 0.84)
+MAD_TO_SIGMA = 1.4826
+
+QUANTILE_METHOD = (
+    "fixed-edge histogram of the top 16 bits of each float32 value (sign, "
+    "exponent, 7 mantissa bits; 65536 bins per band); a quantile q is the "
+    "midpoint of the bin holding the order statistic x_(ceil(q*n)) (numpy "
+    "method='inverted_cdf'), within 2^-8*|x| of it (2^-134 below 2^-126); "
+    "mad_sigma = 1.4826 * median(|x - median|) from bin midpoints, within "
+    "1.4826 * 2^-8 * (MAD + 2|median|); sky values are cast to float32 "
+    "before binning"
+)
+
+_NBINS = 1 << 16
+_KEYS = np.arange(_NBINS, dtype=np.uint32)
+_EXPONENT = (_KEYS >> 7) & 0xFF
+_POSITIVE_INF_KEY = 0x7F80
+_NONFINITE_POSITIVE = slice(_POSITIVE_INF_KEY, 0x8000)
+_NONFINITE_NEGATIVE = slice(0xFF80, _NBINS)
+# Keys in ascending value order: negatives run from most negative (0xFFFF)
+# down to -0 (0x8000), then +0 (0x0000) up to the positive NaNs (0x7FFF).
+_ASCENDING = np.concatenate([np.arange(0xFFFF, 0x7FFF, -1), np.arange(0x8000)])
+_FINITE_ASCENDING = _ASCENDING[_EXPONENT[_ASCENDING] != 0xFF]
+# High 16-bit half of a native float32 when viewed as two uint16.
+_HIGH_HALF = 1 if sys.byteorder == "little" else 0
+# Float64 scratch per block in the moment pass: a few MiB stays in cache and
+# is ~2x faster than casting a whole chunk to float64 at once.
+_BLOCK_BYTES = 1 << 21
+
+_COUNTS = (
+    "finite_pixels", "nan_pixels", "inf_pixels", "zero_pixels",
+    "cutouts_with_invalid", "cutouts_no_finite", "saturated_pixels",
+    "sky_cutouts", "sky_cutouts_skipped",
+)
+
+
+def _bin_midpoints() -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        low = np.abs((_KEYS << 16).view(np.float32).astype(np.float64))
+    half = np.ldexp(1.0, np.maximum(_EXPONENT, 1).astype(np.int64) - 135)
+    return np.where(_KEYS & 0x8000, -(low + half), low + half)
+
+
+_MIDPOINTS = _bin_midpoints()
+_FINITE_MIDPOINTS = _MIDPOINTS[_FINITE_ASCENDING]
+
+
+def quantile_bound(value: float) -> float:
+    """Absolute error bound of a sketch quantile whose exact value is `value`.
+
+    The half-width of the bin holding float32(value): 2**(e-8) for |value| in
+    [2**e, 2**(e+1)) (so at most 2**-8 * |value|), 2**-134 below 2**-126.
+    """
+    with np.errstate(over="ignore"):
+        magnitude = abs(float(np.float32(value)))
+    if not math.isfinite(magnitude):
+        return math.inf
+    if magnitude < 2.0**-126:
+        return 2.0**-134
+    return math.ldexp(1.0, math.frexp(magnitude)[1] - 9)
+
+
+def _bit_histogram(values: np.ndarray) -> np.ndarray:
+    """Count native float32 values of shape (..., B) into (B, 65536) bins."""
+    n_bands = values.shape[-1]
+    high = values.reshape(-1, n_bands).view(np.uint16)[:, _HIGH_HALF::2]
+    return np.stack(
+        [np.bincount(high[:, band], minlength=_NBINS) for band in range(n_bands)]
+    ).astype(np.int64, copy=False)
+
+
+def _rank(n: int, q: float) -> int:
+    """1-based rank of numpy's inverted-CDF quantile q of n values."""
+    return min(max(math.ceil(n * q), 1), n)
+
+
+def _sketch_quantiles(counts: np.ndarray, qs: Sequence[float]) -> list[float | None]:
+    cumulative = np.cumsum(counts[_FINITE_ASCENDING])
+    n = int(cumulative[-1])
+    if n == 0:
+        return [None] * len(qs)
+    bins = np.searchsorted(cumulative, [_rank(n, q) for q in qs], side="left")
+    return [float(v) for v in _FINITE_MIDPOINTS[bins]]
+
+
+def _sketch_mad(counts: np.ndarray, median: float) -> float:
+    ascending = counts[_FINITE_ASCENDING]
+    occupied = np.flatnonzero(ascending)
+    deviation = np.abs(_FINITE_MIDPOINTS[occupied] - median)
+    order = np.argsort(deviation, kind="stable")
+    cumulative = np.cumsum(ascending[occupied][order])
+    at = np.searchsorted(cumulative, _rank(int(cumulative[-1]), 0.5), side="left")
+    return float(deviation[order][at])
+
+
+def _band_total(mask: np.ndarray, n_bands: int) -> np.ndarray:
+    """Count True in (N, ..., B) per band, long contiguous axis first."""
+    as_bytes = mask.reshape(len(mask), -1).view(np.uint8)
+    per_position = as_bytes.sum(axis=0, dtype=np.int64)
+    return per_position.reshape(-1, n_bands).sum(axis=0)
+
+
+def _combine(
+    n_a: np.ndarray, mean_a: np.ndarray, m2_a: np.ndarray,
+    n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chan, Golub & LeVeque: mean and M2 of the union of two samples."""
+    delta = mean_b - mean_a
+    weight_b = n_b / np.maximum(n_a + n_b, 1)
+    return mean_a + delta * weight_b, m2_a + m2_b + delta * delta * n_a * weight_b
+
+
+def _shifted_sums(flat: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band float64 sums of (x - shift) and (x - shift)**2 of (N, H*W*B).
+
+    The shift (a chunk median) keeps S2 - S1**2/n well conditioned when the
+    mean is large compared with the spread.
+    """
+    n_bands = len(shift)
+    shift_row = np.tile(shift, flat.shape[1] // n_bands)
+    rows = max(1, _BLOCK_BYTES // (8 * flat.shape[1]))
+    scratch = np.empty((rows, flat.shape[1]))
+    s1 = np.zeros(flat.shape[1])
+    s2 = np.zeros(flat.shape[1])
+    for start in range(0, len(flat), rows):
+        block = scratch[: len(flat[start:start + rows])]
+        np.subtract(flat[start:start + rows], shift_row, out=block)
+        s1 += block.sum(axis=0)
+        s2 += np.einsum("ij,ij->j", block, block)
+    return s1.reshape(-1, n_bands).sum(axis=0), s2.reshape(-1, n_bands).sum(axis=0)
+
+
+def _extremes(flat: np.ndarray, n_bands: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band min and max of (N, H*W*B), long contiguous axis first."""
+    low = flat.min(axis=0).reshape(-1, n_bands).min(axis=0)
+    high = flat.max(axis=0).reshape(-1, n_bands).max(axis=0)
+    return low.astype(np.float64), high.astype(np.float64)
+
+
+def _border_frame(images: np.ndarray, border: int) -> np.ndarray:
+    """Outer `border`-pixel frame of each cutout and band as (N * B, K)."""
+    n, h, w, n_bands = images.shape
+    inner_end_row, inner_end_col = max(border, h - border), max(border, w - border)
+    middle = images[:, border:inner_end_row]
+    parts = [
+        images[:, :border], images[:, inner_end_row:],
+        middle[:, :, :border], middle[:, :, inner_end_col:],
+    ]
+    parts = [p.reshape(n, -1, n_bands).transpose(0, 2, 1) for p in parts]
+    # Filled in place: one fresh array instead of two (page faults dominate).
+    frame = np.empty((n, n_bands, sum(p.shape[2] for p in parts)), np.float32)
+    start = 0
+    for part in parts:
+        frame[:, :, start:start + part.shape[2]] = part
+        start += part.shape[2]
+    return frame.reshape(n * n_bands, -1)
+
+
+def _row_medians(rows: np.ndarray) -> np.ndarray:
+    """Median of each row of finite float32 values; reorders rows in place."""
+    half = rows.shape[1] // 2
+    # One kth is ~5x faster than two; the lower middle is then the max below.
+    rows.partition(half, axis=1)
+    upper = rows[:, half].astype(np.float64)
+    if rows.shape[1] % 2:
+        return upper
+    return (rows[:, :half].max(axis=1) + upper) / 2
+
+
+def _finite_row_sky(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and MAD sigma of rows that are all finite; overwrites rows."""
+    median = _row_medians(rows)
+    np.subtract(rows, median.astype(np.float32)[:, None], out=rows)
+    np.abs(rows, out=rows)
+    return median, MAD_TO_SIGMA * _row_medians(rows)
+
+
+def _sorted_medians(rows: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Medians of the first `count` values of each sorted row (NaN if none)."""
+    index = np.arange(len(rows))
+    safe = np.maximum(count, 1)
+    median = (rows[index, (safe - 1) // 2].astype(np.float64) + rows[index, safe // 2]) / 2
+    median[count == 0] = np.nan
+    return median
+
+
+def _masked_row_sky(rows: np.ndarray, finite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and MAD sigma of the finite values of each row (NaN if none)."""
+    values = np.where(finite, rows, np.float32(np.nan))
+    count = finite.sum(axis=1)
+    values.sort(axis=1)  # NaN sorts last, so each row starts with its finite values
+    median = _sorted_medians(values, count)
+    deviation = np.abs(values - median.astype(np.float32)[:, None])
+    deviation.sort(axis=1)
+    return median, MAD_TO_SIGMA * _sorted_medians(deviation, count)
+
+
+def _frame_sky(frame: np.ndarray, all_finite: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row sky median and MAD sigma of a (R, K) frame; NaN where skipped."""
+    if frame.shape[1] == 0:
+        empty = np.full(len(frame), np.nan)
+        return empty, empty.copy()
+    if all_finite:
+        return _finite_row_sky(frame)
+    finite = np.isfinite(frame)
+    clean = finite.all(axis=1)
+    median, sigma = np.empty(len(frame)), np.empty(len(frame))
+    median[clean], sigma[clean] = _finite_row_sky(frame[clean])
+    median[~clean], sigma[~clean] = _masked_row_sky(frame[~clean], finite[~clean])
+    return median, sigma
+
+
+def _none_if_empty(n: int, value: float) -> float | None:
+    return float(value) if n > 0 else None
+
+
+def _quantile_dict(values: list[float | None], qs: Sequence[float]) -> dict:
+    return {f"p{100 * q:g}": v for q, v in zip(qs, values)}
+
+
+class BandStats:
+    """Mergeable per-band statistics of image cutouts."""
+
+    def __init__(self, n_bands: int, border: int = 4, saturation: float = 1.5e-8) -> None:
+        if n_bands < 1:
+            raise ValueError(f"n_bands must be at least 1 (got {n_bands})")
+        if border < 1:
+            raise ValueError(f"border must be at least 1 pixel (got {border})")
+        if not saturation > 0:
+            raise ValueError(f"saturation must be positive (got {saturation})")
+        self.n_bands = n_bands
+        self.border = border
+        self.saturation = float(saturation)
+        # Pixels compare against float32(saturation), as numpy does for float32.
+        self._saturation32 = np.float32(saturation)
+        self._saturation_key = int(self._saturation32.view(np.uint32) >> 16)
+        self.n_cutouts = 0
+        self._counts = {name: np.zeros(n_bands, np.int64) for name in _COUNTS}
+        self._sum = np.zeros(n_bands)
+        self._mean = np.zeros(n_bands)
+        self._m2 = np.zeros(n_bands)
+        self._min = np.full(n_bands, np.inf)
+        self._max = np.full(n_bands, -np.inf)
+        self._hist = np.zeros((n_bands, _NBINS), np.int64)
+        self._sky_median_hist = np.zeros((n_bands, _NBINS), np.int64)
+        self._sky_sigma_hist = np.zeros((n_bands, _NBINS), np.int64)
+
+    def _as_chunk(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != self.n_bands:
+            raise ValueError(
+                f"expected images of shape (N, H, W, {self.n_bands}) (got {images.shape})"
+            )
+        if images.dtype.kind != "f" or images.dtype.itemsize != 4:
+            raise ValueError(f"expected float32 images (got {images.dtype})")
+        if 0 in images.shape[1:3]:
+            raise ValueError(f"expected non-empty images (got shape {images.shape})")
+        return np.ascontiguousarray(images, dtype=np.float32)
+
+    def update(self, images: np.ndarray) -> None:
+        """Add a chunk of cutouts, shape (N, H, W, B), float32; N may be 0."""
+        images = self._as_chunk(images)
+        if len(images) == 0:
+            return
+        hist = _bit_histogram(images)
+        nonfinite = hist[:, _NONFINITE_POSITIVE].sum(axis=1)
+        nonfinite += hist[:, _NONFINITE_NEGATIVE].sum(axis=1)
+        n_finite = images[..., 0].size - nonfinite
+        # Flat indices of NaN/inf pixels; None selects the all-finite fast path.
+        bad = np.flatnonzero(~np.isfinite(images)) if nonfinite.any() else None
+        self._update_moments(images, hist, n_finite, bad)
+        self._update_counts(images, hist, n_finite, bad)
+        self._update_sky(images, bad is None)
+        self._hist += hist
+        self.n_cutouts += len(images)
+
+    def _update_moments(
+        self, images: np.ndarray, hist: np.ndarray, n: np.ndarray, bad: np.ndarray | None
+    ) -> None:
+        n_bands = self.n_bands
+        # float32 shift, so that invalid pixels set to it add exactly 0 below.
+        shift = np.array(
+            [_sketch_quantiles(row, [0.5])[0] or 0.0 for row in hist], np.float32
+        )
+        flat = images.reshape(len(images), -1)
+        if bad is not None:
+            flat = flat.copy()
+            flat.reshape(-1)[bad] = shift[bad % n_bands]
+        s1, s2 = _shifted_sums(flat, shift.astype(np.float64))
+        safe_n = np.maximum(n, 1)
+        chunk_mean = shift + s1 / safe_n
+        chunk_m2 = np.maximum(s2 - s1 * s1 / safe_n, 0.0)
+        self._mean, self._m2 = _combine(
+            self._counts["finite_pixels"], self._mean, self._m2, n, chunk_mean, chunk_m2
+        )
+        self._sum += shift * n + s1
+        low, high = _extremes(flat, n_bands)
+        self._min = np.fmin(self._min, np.where(n > 0, low, np.nan))
+        self._max = np.fmax(self._max, np.where(n > 0, high, np.nan))
+
+    def _update_counts(
+        self, images: np.ndarray, hist: np.ndarray, n_finite: np.ndarray,
+        bad: np.ndarray | None,
+    ) -> None:
+        n, h, w, n_bands = images.shape
+        counts = self._counts
+        counts["finite_pixels"] += n_finite
+        posinf = np.zeros(n_bands, np.int64)
+        if bad is not None:
+            band, value = bad % n_bands, images.reshape(-1)[bad]
+            nan = np.bincount(band[np.isnan(value)], minlength=n_bands)
+            posinf = np.bincount(band[value == np.inf], minlength=n_bands)
+            counts["nan_pixels"] += nan
+            counts["inf_pixels"] += n * h * w - n_finite - nan
+            per_cutout = np.bincount(
+                bad // (h * w * n_bands) * n_bands + band, minlength=n * n_bands
+            ).reshape(n, n_bands)
+            counts["cutouts_with_invalid"] += (per_cutout > 0).sum(axis=0)
+            counts["cutouts_no_finite"] += (per_cutout == h * w).sum(axis=0)
+        # Bins 0x0000 and 0x8000 hold +-0 and the tiniest subnormals.
+        if hist[:, 0].any() or hist[:, 0x8000].any():
+            counts["zero_pixels"] += _band_total(images == 0, n_bands)
+        if hist[:, self._saturation_key:_POSITIVE_INF_KEY].any():
+            saturated = _band_total(images >= self._saturation32, n_bands)
+            counts["saturated_pixels"] += saturated - posinf
+
+    def _update_sky(self, images: np.ndarray, all_finite: bool) -> None:
+        n, n_bands = len(images), self.n_bands
+        median, sigma = _frame_sky(_border_frame(images, self.border), all_finite)
+        median, sigma = median.reshape(n, n_bands), sigma.reshape(n, n_bands)
+        skipped = np.isnan(median).sum(axis=0)
+        self._counts["sky_cutouts"] += n - skipped
+        self._counts["sky_cutouts_skipped"] += skipped
+        # Sketched in float32 like the pixels (NaN rows land in unwalked bins).
+        with np.errstate(over="ignore"):
+            self._sky_median_hist += _bit_histogram(median.astype(np.float32))
+            self._sky_sigma_hist += _bit_histogram(sigma.astype(np.float32))
+
+    def merge(self, other: BandStats) -> BandStats:
+        """Add `other` into this accumulator in place; return self."""
+        mine = (self.n_bands, self.border, self.saturation)
+        theirs = (other.n_bands, other.border, other.saturation)
+        if mine != theirs:
+            raise ValueError(
+                "cannot merge BandStats with different (n_bands, border, saturation)"
+                f" (got {theirs} and {mine})"
+            )
+        n_self = self._counts["finite_pixels"].copy()
+        self._mean, self._m2 = _combine(
+            n_self, self._mean, self._m2,
+            other._counts["finite_pixels"], other._mean, other._m2,
+        )
+        for name in _COUNTS:
+            self._counts[name] += other._counts[name]
+        self._sum += other._sum
+        self._min = np.fmin(self._min, other._min)
+        self._max = np.fmax(self._max, other._max)
+        self._hist += other._hist
+        self._sky_median_hist += other._sky_median_hist
+        self._sky_sigma_hist += other._sky_sigma_hist
+        self.n_cutouts += other.n_cutouts
+        return self
+
+    def summary(self, bands: Sequence[str] | None = None, softening_k: float = 3.0) -> dict:
+        """JSON-serialisable statistics per band (None where undefined)."""
+        names = [f"b{i}" for i in range(self.n_bands)] if bands is None else list(bands)
+        if len(names) != self.n_bands:
+            raise ValueError(f"expected {self.n_bands} band names (got {len(names)})")
+        if not (math.isfinite(softening_k) and softening_k > 0):
+            raise ValueError(f"softening_k must be positive (got {softening_k})")
+        return {
+            "n_cutouts": self.n_cutouts,
+            "quantile_method": QUANTILE_METHOD,
+            "bands": {
+                name: self._band_summary(i, softening_k) for i, name in enumerate(names)
+            },
+        }
+
+    def _band_summary(self, band: int, softening_k: float) -> dict:
+        counts = {name: int(self._counts[name][band]) for name in _COUNTS}
+        out = {"cutouts": self.n_cutouts}
+        out.update({k: v for k, v in counts.items() if not k.startswith("sky_")})
+        out.update(self._band_moments(band, counts["finite_pixels"]))
+        quantiles = _sketch_quantiles(self._hist[band], QUANTILES)
+        out["quantiles"] = _quantile_dict(quantiles, QUANTILES)
+        median = quantiles[QUANTILES.index(0.5)]
+        out["mad_sigma"] = (
+            None if median is None
+            else MAD_TO_SIGMA * _sketch_mad(self._hist[band], median)
+        )
+        out.update(self._band_sky(band, counts, softening_k))
+        return out
+
+    def _band_moments(self, band: int, n: int) -> dict:
+        variance = self._m2[band] / max(n, 1)
+        values = {
+            "sum": self._sum[band], "mean": self._mean[band], "m2": self._m2[band],
+            "variance": variance, "std": math.sqrt(variance),
+            "min": self._min[band], "max": self._max[band],
+        }
+        return {key: _none_if_empty(n, value) for key, value in values.items()}
+
+    def _band_sky(self, band: int, counts: dict, softening_k: float) -> dict:
+        medians = _sketch_quantiles(self._sky_median_hist[band], SKY_QUANTILES)
+        sigmas = _sketch_quantiles(self._sky_sigma_hist[band], SKY_QUANTILES)
+        offset, sigma = medians[1], sigmas[1]
+        scale = None if sigma is None else softening_k * sigma
+        return {
+            "sky_cutouts": counts["sky_cutouts"],
+            "sky_cutouts_skipped": counts["sky_cutouts_skipped"],
+            "sky_median": _quantile_dict(medians, SKY_QUANTILES),
+            "sky_sigma": _quantile_dict(sigmas, SKY_QUANTILES),
+            "asinh_softening": scale,
+            "transform": {"kind": "asinh", "offset": offset, "scale": scale, "k": softening_k},
+        }

@@ -1,0 +1,183 @@
+"""Everything that writes outputs, atomically.
+
+Outputs are written to a temporary file beside the target and renamed into
+place only when complete, so a target path either does not exist or holds a
+finished file. Tables are contiguous HDF5 compound datasets allocated up
+front; rows are written straight to their byte offsets, which lets a
+sequential read of the inputs place every row at its final position.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+from astropy.table import Table
+from astropy.table import meta as table_meta
+
+from .errors import OutputExistsError, OutputWriteError
+from .schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, METADATA_ATTR
+
+_TMP_MARK = ".tmp-"
+
+
+def temp_path_for(target: Path) -> Path:
+    return target.with_name(f".{target.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Delete temporaries left beside `target` by runs that were killed."""
+    removed = []
+    for candidate in target.parent.glob(f".{target.name}{_TMP_MARK}*"):
+        pid = candidate.name.rsplit(_TMP_MARK, 1)[1].split("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_target(target: Path, overwrite: bool) -> None:
+    """Refuse an existing output without --overwrite, or an unwritable directory."""
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"{target}: output exists; use --overwrite to replace it")
+    if target.is_dir():
+        raise OutputExistsError(f"{target}: is a directory, expected an output file path")
+    if not target.parent.is_dir():
+        raise OutputWriteError(f"{target}: output directory {target.parent} does not exist")
+
+
+@contextmanager
+def atomic_output(target: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it into place on success.
+
+    On any failure, Ctrl-C included, the temporary file is removed and an
+    existing target is left untouched.
+    """
+    check_target(target, overwrite)
+    remove_stale_temps(target)
+    tmp = temp_path_for(target)
+    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except OSError as exc:
+        raise OutputWriteError(f"{target}: cannot write in {target.parent} ({_os_reason(exc)})") from exc
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise OutputWriteError(f"{target}: cannot write output ({_os_reason(exc)})") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    if exc.errno == errno.EFBIG:
+        return "file size limit exceeded"
+    return exc.strerror or str(exc).splitlines()[0]
+
+
+def column_meta_yaml(dtype: np.dtype, table_meta_dict: Mapping) -> np.ndarray:
+    """astropy's serialized column metadata, so Table.read gets units and meta."""
+    empty = Table(np.zeros(0, dtype=dtype))
+    for name, unit in COLUMN_UNITS.items():
+        if name in empty.colnames:
+            empty[name].unit = unit
+    for name, text in COLUMN_DESCRIPTIONS.items():
+        if name in empty.colnames:
+            empty[name].description = text
+    empty.meta.update(table_meta_dict)
+    return np.array([line.encode("utf-8") for line in table_meta.get_yaml_from_table(empty)])
+
+
+def create_tables(
+    path: Path, tables: Mapping[str, int], dtype: np.dtype, metadata: Mapping
+) -> dict[str, int]:
+    """Create an HDF5 file with one contiguous table per name; return their byte offsets.
+
+    Storage is allocated now and never filled (every row is written later), so
+    creating a table costs nothing however large it is.
+    """
+    offsets = {}
+    with h5py.File(path, "w", track_order=True) as f:
+        f.attrs[METADATA_ATTR] = json.dumps(metadata)
+        for name, rows in tables.items():
+            _create_contiguous(f, name, rows, dtype)
+            f.create_dataset(f"{name}.__table_column_meta__", data=column_meta_yaml(dtype, {"split": name}))
+            offsets[name] = f[name].id.get_offset()
+    return offsets
+
+
+def _create_contiguous(f: h5py.File, name: str, rows: int, dtype: np.dtype) -> None:
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    dcpl.set_obj_track_times(False)
+    space = h5py.h5s.create_simple((rows,))
+    h5py.h5d.create(f.id, name.encode(), h5py.h5t.py_create(dtype), space, dcpl=dcpl).close()
+
+
+def write_metadata(path: Path, metadata: Mapping) -> None:
+    with h5py.File(path, "r+") as f:
+        f.attrs[METADATA_ATTR] = json.dumps(metadata)
+
+
+class RowWriter:
+    """Writes records at given row positions of preallocated contiguous tables."""
+
+    def __init__(self, path: Path, offsets: Mapping[str, int | None], itemsize: int) -> None:
+        self._fd = os.open(path, os.O_WRONLY)
+        self._offsets = dict(offsets)
+        self._itemsize = itemsize
+        self.rows_written = 0
+
+    def write(self, table: str, positions: np.ndarray, records: np.ndarray) -> None:
+        base = self._offsets[table]
+        assert base is not None, f"table {table} has no storage"
+        order = np.argsort(positions, kind="stable")
+        positions, records = positions[order], records[order]
+        runs = np.flatnonzero(np.diff(positions) != 1) + 1
+        for start, stop in zip(np.r_[0, runs], np.r_[runs, len(positions)]):
+            data = records[start:stop].tobytes()
+            offset = base + int(positions[start]) * self._itemsize
+            written = os.pwrite(self._fd, data, offset)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+        self.rows_written += len(records)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,267 @@
+"""Every bad input: one line on stderr naming the file, exit 1 (data) or 2 (usage),
+no traceback, and nothing written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cutout_etl.cli import app
+
+from .conftest import make_table, write_table
+
+
+def good(tmp_path: Path) -> list[Path]:
+    return [
+        write_table(make_table(10, b"GALAXY", 0, seed=1), tmp_path / "galaxies.hdf5"),
+        write_table(make_table(10, b"QSO", 100, seed=2), tmp_path / "qso.hdf5"),
+    ]
+
+
+# One builder per broken input; each returns (input paths, expected message).
+
+
+def not_hdf5(tmp_path):
+    """A text file where an HDF5 file should be."""
+    bad = tmp_path / "notes.hdf5"
+    bad.write_text("RA,DEC\n1,2\n")
+    return [*good(tmp_path), bad], f"{bad}: not an HDF5 file"
+
+
+def truncated(tmp_path):
+    """A class file cut off half way (an interrupted copy)."""
+    bad = write_table(make_table(10, b"STAR", 200), tmp_path / "stars.hdf5")
+    size = bad.stat().st_size
+    with open(bad, "r+b") as fh:
+        fh.truncate(size // 2)
+    return [*good(tmp_path), bad], f"{bad}: truncated: {size // 2} bytes, the HDF5 header expects {size}"
+
+
+def directory(tmp_path):
+    """A directory given as an input."""
+    bad = tmp_path / "cutouts"
+    bad.mkdir()
+    return [*good(tmp_path), bad], f"{bad}: is a directory, expected an HDF5 file"
+
+
+def missing_file(tmp_path):
+    """A path that does not exist."""
+    bad = tmp_path / "nope.hdf5"
+    return [*good(tmp_path), bad], f"{bad}: no such file"
+
+
+def no_table(tmp_path):
+    """An HDF5 file holding only a plain array."""
+    bad = tmp_path / "array.hdf5"
+    with h5py.File(bad, "w") as f:
+        f["images"] = np.zeros((3, 36, 36, 4), "f4")
+    return [*good(tmp_path), bad], f"{bad}: no table (compound dataset) found in the file"
+
+
+def several_tables(tmp_path):
+    """A file written with append=True holding two tables."""
+    bad = write_table(make_table(5, b"STAR", 200), tmp_path / "stars.hdf5", table_path="dr4")
+    write_table(make_table(5, b"STAR", 300), bad, table_path="dr5", append=True)
+    return [*good(tmp_path), bad], f"{bad}: 2 tables (dr4, dr5); choose one with --table-path"
+
+
+def zero_rows(tmp_path):
+    """A table with its columns but no rows."""
+    bad = write_table(make_table(0, b"STAR"), tmp_path / "stars.hdf5")
+    return [*good(tmp_path), bad], f"{bad}: table 'data' has zero rows"
+
+
+def missing_image(tmp_path):
+    """The image column is called something else."""
+    t = make_table(5, b"STAR", 200)
+    t.rename_column("image", "cutout")
+    bad = write_table(t, tmp_path / "stars.hdf5")
+    return [*good(tmp_path), bad], f"{bad}: table 'data' has no column 'image' (columns: ID, RAJ2000, DECJ2000, SPECTYPE, cutout)"
+
+
+def missing_label(tmp_path):
+    """No SPECTYPE column."""
+    t = make_table(5, b"STAR", 200)
+    t.remove_column("SPECTYPE")
+    bad = write_table(t, tmp_path / "stars.hdf5")
+    return [*good(tmp_path), bad], f"{bad}: table 'data' has no column 'SPECTYPE' (columns: ID, RAJ2000, DECJ2000, image)"
+
+
+def numeric_label(tmp_path):
+    """Labels already encoded as integers."""
+    t = make_table(5, b"STAR", 200)
+    t["SPECTYPE"] = np.full(5, 2)
+    bad = write_table(t, tmp_path / "stars.hdf5")
+    return [*good(tmp_path), bad], f"{bad}: label column 'SPECTYPE' is numeric (int64); expected class names as strings"
+
+
+def wrong_shape(tmp_path):
+    """Flattened images, one vector per row."""
+    bad = write_table(make_table(5, b"STAR", 200, shape=(5184,)), tmp_path / "stars.hdf5")
+    return [*good(tmp_path), bad], f"{bad}: image column 'image' has shape (5184,); expected (height, width, bands)"
+
+
+def channels_first(tmp_path):
+    """Images stored (bands, H, W)."""
+    bad = write_table(make_table(5, b"STAR", 200, shape=(4, 36, 36)), tmp_path / "stars.hdf5")
+    return [*good(tmp_path), bad], f"{bad}: image column 'image' looks channels-first (4, 36, 36); expected channels last (H, W, bands)"
+
+
+def shapes_differ(tmp_path):
+    """One file with 32x32 cutouts among 36x36 ones."""
+    files = good(tmp_path)
+    bad = write_table(make_table(5, b"STAR", 200, shape=(32, 32, 4)), tmp_path / "stars.hdf5")
+    return [*files, bad], f"{bad}: image shape (32, 32, 4) differs from {files[0]} (36, 36, 4)"
+
+
+def unknown_labels(tmp_path):
+    """A label that is none of the classes."""
+    t = make_table(5, b"STAR", 200)
+    t["SPECTYPE"][:2] = b"BLAZ"
+    bad = write_table(t, tmp_path / "stars.hdf5")
+    return [*good(tmp_path), bad], (
+        f"{bad}: unknown labels 'BLAZ' (2 rows) (classes: GALAXY, QSO, STAR); "
+        "use --classes to name them or --drop-unknown to drop them"
+    )
+
+
+def conflicting_ids(tmp_path):
+    """One object labelled GALAXY in one file and STAR in another."""
+    files = good(tmp_path)
+    bad = write_table(make_table(1, b"STAR", 0), tmp_path / "stars.hdf5")
+    return [*files, bad], (
+        "error: 1 IDs carry conflicting labels: 'OBJ J00000000' (GALAXY in galaxies.hdf5 row 0, "
+        "STAR in stars.hdf5 row 0); use --on-conflict drop to drop them"
+    )
+
+
+def same_file_twice(tmp_path):
+    """The same path given twice (a shell glob plus a name)."""
+    files = good(tmp_path)
+    return [*files, files[0]], f"{files[0]}: the same file is given twice"
+
+
+def copy_of_a_file(tmp_path):
+    """A byte-identical copy under another name."""
+    files = good(tmp_path)
+    copy = tmp_path / "copy.hdf5"
+    copy.write_bytes(files[1].read_bytes())
+    return [*files, copy], "identical content to"
+
+
+BROKEN = [
+    not_hdf5, truncated, directory, missing_file, no_table, several_tables, zero_rows,
+    missing_image, missing_label, numeric_label, wrong_shape, channels_first, shapes_differ,
+    unknown_labels, conflicting_ids, same_file_twice, copy_of_a_file,
+]
+
+
+def run(args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("broken", BROKEN, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("command", ["build", "merge"])
+def test_bad_input_one_line_exit_1_no_output(broken, command, tmp_path):
+    inputs, message = broken(tmp_path)
+    out = tmp_path / "out" / "dataset.h5"
+    out.parent.mkdir()
+    code, stdout, stderr = run([command, *inputs, "-o", out])
+    assert code == 1, stderr
+    assert_one_error_line(stderr, message)
+    assert stdout == ""
+    assert list(out.parent.iterdir()) == []  # no output, no temporary left behind
+    quiet = run([command, *inputs, "-o", out, "--quiet"])
+    assert quiet[0] == 1 and quiet[2].count("\n") == 1 and quiet[2].startswith("error: ")
+
+
+def assert_one_error_line(stderr: str, message: str) -> None:
+    """The last line is the error; the lines before it are progress, one per stage."""
+    lines = stderr.splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1]
+    assert not any(line.startswith("error") for line in lines[:-1])
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("broken", [not_hdf5, truncated, no_table, channels_first], ids=lambda f: f.__name__)
+def test_debug_shows_the_traceback(broken, tmp_path):
+    inputs, _ = broken(tmp_path)
+    result = CliRunner().invoke(app, ["build", *map(str, inputs), "-o", str(tmp_path / "o.h5"), "--debug"])
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_table_path_chooses_among_several(tmp_path):
+    inputs, _ = several_tables(tmp_path)
+    out = tmp_path / "o.h5"
+    # the good files hold only 'data', so select per run: inspect the odd file alone
+    code, stdout, stderr = run(["inspect", inputs[-1], "--table-path", "dr5", "--json"])
+    assert code == 0, stderr
+
+
+def test_existing_output_refused_without_overwrite(tmp_path):
+    files = good(tmp_path) + [write_table(make_table(10, b"STAR", 200), tmp_path / "s.hdf5")]
+    out = tmp_path / "dataset.h5"
+    out.write_bytes(b"precious")
+    code, _, stderr = run(["build", *files, "-o", out])
+    assert code == 2
+    assert stderr == f"error: {out}: output exists; use --overwrite to replace it\n"
+    assert out.read_bytes() == b"precious"
+
+
+def test_failed_build_leaves_existing_output_untouched(tmp_path):
+    inputs, _ = unknown_labels(tmp_path)
+    out = tmp_path / "dataset.h5"
+    out.write_bytes(b"precious")
+    code, _, _ = run(["build", *inputs, "-o", out, "--overwrite"])
+    assert code == 1 and out.read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_unwritable_output_directory(tmp_path):
+    files = good(tmp_path) + [write_table(make_table(10, b"STAR", 200), tmp_path / "s.hdf5")]
+    if os.geteuid() == 0:
+        target = Path("/sys/dataset.h5")  # root ignores permissions; sysfs refuses new files
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        target = locked / "dataset.h5"
+    code, _, stderr = run(["build", *files, "-o", target])
+    assert code == 1
+    assert_one_error_line(stderr, f"error: {target}: cannot write in {target.parent} (")
+    assert not target.exists()
+
+
+def test_missing_output_directory(tmp_path):
+    files = good(tmp_path)
+    target = tmp_path / "no" / "such" / "dir.h5"
+    code, _, stderr = run(["merge", *files, "-o", target])
+    assert code == 1
+    assert_one_error_line(stderr, f"error: {target}: output directory {target.parent} does not exist")
+
+
+@pytest.mark.parametrize("fractions", ["0.7,0.2", "0.5,0.5,0.5", "a,b,c", "0,0.5,0.5"])
+def test_bad_fractions_exit_2(fractions, tmp_path):
+    files = good(tmp_path)
+    code, _, stderr = run(["build", *files, "-o", tmp_path / "o.h5", "--fractions", fractions])
+    assert code == 2 and "--fractions" in stderr
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_class_too_small_for_the_splits(tmp_path):
+    files = good(tmp_path) + [write_table(make_table(2, b"STAR", 200), tmp_path / "s.hdf5")]
+    code, _, stderr = run(["build", *files, "-o", tmp_path / "o.h5"])
+    assert code == 1
+    assert_one_error_line(stderr, "error: class STAR has 2 rows, fewer than the 3 non-empty splits")
+
+
+def test_split_refuses_a_file_that_is_not_merged(tmp_path):
+    files = good(tmp_path)
+    code, _, stderr = run(["split", files[0], "-o", tmp_path / "o.h5", "--quiet"])
+    assert code == 1
+    assert stderr == f"error: {files[0]}: not a cutout-etl dataset (no 'cutout_etl' metadata); build one first\n"

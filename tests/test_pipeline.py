@@ -1,0 +1,202 @@
+"""build, merge, split and stats through the library: what a user relies on."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import h5py
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from cutout_etl import open_dataset, pipeline
+from cutout_etl.errors import LabelConflictError
+from cutout_etl.schema import METADATA_ATTR, PIXEL_UNIT
+
+from .conftest import DEMO_ROWS, make_table, write_table
+
+
+def key(value) -> bytes:
+    """astropy gives bytes columns' elements as str."""
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def input_rows(paths):
+    """ID -> (label, image) of every row of the inputs, read with astropy."""
+    rows = {}
+    for p in paths:
+        t = Table.read(p, path="data")
+        for i, lab, img in zip(t["ID"], t["SPECTYPE"], np.asarray(t["image"])):
+            rows[key(i).strip()] = (key(lab).strip().upper().decode(), img)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def built(demo_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("built") / "dataset.h5"
+    metadata = pipeline.build(demo_files, out)
+    return out, metadata
+
+
+def test_build_splits_are_astropy_tables_with_bit_exact_images(built, demo_files):
+    out, _ = built
+    source = input_rows(demo_files)
+    seen = set()
+    for split in ("train", "val", "test"):
+        t = Table.read(out, path=split)
+        assert t.colnames[:6] == ["ID", "RAJ2000", "DECJ2000", "SPECTYPE", "label", "source_file"]
+        assert t["image"].dtype == np.float32 and t["image"].shape[1:] == (36, 36, 4)
+        assert str(t["image"].unit) == "mgy"
+        for row in t:
+            label, image = source[key(row["ID"])]
+            assert row["SPECTYPE"] == label
+            assert np.array_equal(row["image"].view(np.uint32), image.view(np.uint32))
+            seen.add(key(row["ID"]))
+    assert seen == set(source)  # every row once: no loss, no overlap
+
+
+def test_build_metadata(built, demo_files):
+    out, metadata = built
+    assert metadata["classes"] == ["GALAXY", "QSO", "STAR"]
+    assert metadata["bands"] == ["u", "g", "r", "i"]
+    assert metadata["pixel_unit"] == PIXEL_UNIT
+    assert metadata["split"]["fractions"] == [0.7, 0.15, 0.15] and metadata["split"]["seed"] == 0
+    assert {i["name"] for i in metadata["inputs"]} == {p.name for p in demo_files}
+    assert all(len(i["sha256"]) == 64 and i["size"] > 0 for i in metadata["inputs"])
+    counts = metadata["tables_rows"]
+    assert counts["train"]["class_counts"] == {"GALAXY": 84, "QSO": 84, "STAR": 84}
+    assert sum(c["rows"] for c in counts.values()) == 3 * DEMO_ROWS
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs[METADATA_ATTR]) == metadata
+
+
+def test_open_dataset_interface(built):
+    out, metadata = built
+    with open_dataset(out) as ds:
+        assert ds.classes == ["GALAXY", "QSO", "STAR"]
+        assert ds.splits == ["train", "val", "test"]
+        assert ds.stats["split"] == "train" and ds.stats["n_cutouts"] == len(ds["train"])
+        assert len(ds["train"]) + len(ds["val"]) + len(ds["test"]) == 3 * DEMO_ROWS
+        batches = list(ds["val"].batches(16))
+        images = np.concatenate([b[0] for b in batches])
+        labels = np.concatenate([b[1] for b in batches])
+        assert images.shape == (len(ds["val"]), 36, 36, 4) and images.dtype == np.float32
+        assert labels.dtype == np.int64
+        assert np.array_equal(np.bincount(labels, minlength=3), [metadata["tables_rows"]["val"]["class_counts"][c] for c in ds.classes])
+
+
+def test_merge_then_split_equals_build(built, demo_files, tmp_path):
+    out, _ = built
+    merged = tmp_path / "merged.h5"
+    pipeline.merge(demo_files, merged)
+    two_step = tmp_path / "two_step.h5"
+    pipeline.split(merged, two_step)
+    for split in ("train", "val", "test"):
+        a, b = Table.read(out, path=split), Table.read(two_step, path=split)
+        assert np.array_equal(a.as_array(), b.as_array())  # provenance included
+    assert open_dataset(two_step).metadata["parent"]["name"] == "merged.h5"
+
+
+def test_build_does_not_depend_on_file_or_row_order(demo_files, tmp_path):
+    shuffled = []
+    rng = np.random.default_rng(3)
+    for p in demo_files:
+        t = Table.read(p, path="data")
+        shuffled.append(write_table(t[rng.permutation(len(t))], tmp_path / f"shuffled_{p.name}"))
+    a = tmp_path / "a.h5"
+    b = tmp_path / "b.h5"
+    pipeline.build(demo_files, a)
+    pipeline.build(list(reversed(shuffled)), b)
+    for split in ("train", "val", "test"):
+        ta, tb = Table.read(a, path=split), Table.read(b, path=split)
+        for col in ("ID", "RAJ2000", "DECJ2000", "SPECTYPE", "label", "image"):
+            assert np.array_equal(np.asarray(ta[col]), np.asarray(tb[col])), col
+    sa, sb = open_dataset(a).stats, open_dataset(b).stats
+    assert sa == sb
+
+
+def test_nan_images_dropped_or_kept_and_counted(tmp_path):
+    t = make_table(20, b"STAR")
+    t["image"][3] = np.nan  # no finite pixel: dropped
+    t["image"][5][0, 0, 0] = np.inf  # partly non-finite: kept
+    t["image"][6][:, :, 1] = np.nan  # one band empty: kept
+    files = [
+        write_table(t, tmp_path / "stars.h5"),
+        write_table(make_table(20, b"GALAXY", 100), tmp_path / "gal.h5"),
+        write_table(make_table(20, b"QSO", 200), tmp_path / "qso.h5"),
+    ]
+    metadata = pipeline.build(files, tmp_path / "out.h5")
+    report = metadata["report"]
+    assert report["dropped"]["no_finite_pixel"] == 1
+    assert report["rows_partly_nonfinite"] == 2
+    assert report["rows_kept"] == 59
+    ids = np.concatenate([Table.read(tmp_path / "out.h5", path=s)["ID"] for s in ("train", "val", "test")])
+    assert b"OBJ J00000003" not in ids and b"OBJ J00000005" in ids
+
+
+def test_duplicate_ids_same_label_kept_once(class_files, tmp_path):
+    dup = make_table(3, b"GALAXY", 0, seed=9)  # IDs 0..2 also in galaxies.hdf5
+    files = [*class_files, write_table(dup, tmp_path / "more_galaxies.h5")]
+    metadata = pipeline.build(files, tmp_path / "out.h5")
+    assert metadata["report"]["dropped"]["duplicate_id"] == 3
+    assert metadata["report"]["duplicate_ids"]["same_label_groups"] == 3
+    assert metadata["report"]["rows_kept"] == 75
+
+
+def test_conflicting_ids_error_or_dropped(class_files, tmp_path):
+    clash = make_table(2, b"STAR", 0, seed=9)  # IDs 0,1 are GALAXY in galaxies.hdf5
+    files = [*class_files, write_table(clash, tmp_path / "clash.h5")]
+    with pytest.raises(LabelConflictError, match=r"^2 IDs carry conflicting labels: 'OBJ J00000000' \(") as caught:
+        pipeline.build(files, tmp_path / "out.h5")
+    assert "GALAXY in galaxies.hdf5 row 1" in str(caught.value) and "STAR in clash.h5 row 1" in str(caught.value)
+    assert not (tmp_path / "out.h5").exists()
+    metadata = pipeline.build(files, tmp_path / "out.h5", merge_options=pipeline.MergeOptions(on_conflict="drop"))
+    assert metadata["report"]["dropped"]["conflicting_labels"] == 4
+    assert metadata["report"]["rows_kept"] == 73
+
+
+def test_unknown_labels_dropped_on_request(class_files, tmp_path):
+    odd = make_table(4, b"  qso  ", 5000)
+    odd["SPECTYPE"][0] = b"BLAZAR"
+    files = [*class_files, write_table(odd, tmp_path / "odd.h5")]
+    metadata = pipeline.build(files, tmp_path / "out.h5", merge_options=pipeline.MergeOptions(drop_unknown=True))
+    assert metadata["report"]["dropped"]["unknown_label"] == 1
+    assert metadata["tables_rows"]["train"]["class_counts"]["QSO"] > 0
+
+
+def test_classes_option_sets_code_order(class_files, tmp_path):
+    metadata = pipeline.build(class_files, tmp_path / "out.h5", merge_options=pipeline.MergeOptions(classes=["STAR", "QSO", "GALAXY"]))
+    assert metadata["classes"] == ["STAR", "QSO", "GALAXY"]
+    t = Table.read(tmp_path / "out.h5", path="train")
+    assert set(t["label"][t["SPECTYPE"] == "STAR"]) == {0}
+
+
+def test_float64_images_cast_to_float32_and_reported(tmp_path):
+    files = [
+        write_table(make_table(20, b"GALAXY", 0, dtype="f8"), tmp_path / "g.h5"),
+        write_table(make_table(20, b"QSO", 100), tmp_path / "q.h5"),
+        write_table(make_table(20, b"STAR", 200), tmp_path / "s.h5"),
+    ]
+    metadata = pipeline.build(files, tmp_path / "out.h5")
+    assert metadata["report"]["rows_cast_to_float32"] == 20
+    assert Table.read(tmp_path / "out.h5", path="train")["image"].dtype == np.float32
+
+
+def test_stats_command_recomputes_on_requested_split(built, tmp_path):
+    out, metadata = built
+    copy = tmp_path / "copy.h5"
+    copy.write_bytes(out.read_bytes())
+    updated = pipeline.stats(copy, "val")
+    assert updated["stats"]["split"] == "val"
+    assert open_dataset(copy).stats["n_cutouts"] == metadata["tables_rows"]["val"]["rows"]
+
+
+def test_stats_are_those_of_the_train_split(built):
+    out, metadata = built
+    train = np.asarray(Table.read(out, path="train")["image"], dtype=np.float64)
+    for b, band in enumerate(metadata["bands"]):
+        s = metadata["stats"]["bands"][band]
+        assert s["mean"] == pytest.approx(np.nanmean(train[..., b]), rel=1e-9)
+        assert s["std"] == pytest.approx(np.nanstd(train[..., b]), rel=1e-9)
+        assert s["finite_pixels"] == np.isfinite(train[..., b]).sum()
