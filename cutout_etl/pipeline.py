@@ -12,6 +12,8 @@ the number of rows; images never exceed one chunk in memory.
 from __future__ import annotations
 
 import contextlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from . import __version__, readers
 from .dataset import open_dataset
 from .errors import DatasetError
 from .merge import UNKNOWN, DuplicateReport, parse_classes, resolve_duplicates
-from .scan import ProgressFn, ReadOptions, Scan, no_progress, open_inputs, scan_inputs
+from .scan import FileHasher, ProgressFn, ReadOptions, Scan, no_progress, open_inputs, scan_inputs
 from .schema import (
     DEFAULT_CLASSES,
     FORMAT_NAME,
@@ -115,72 +117,139 @@ def plan_rows(scan: Scan, options: MergeOptions) -> Plan:
 # ---------------------------------------------------------------- pass 2
 
 
-def _write_rows(
+@dataclass
+class Layout:
+    """Where each kept row goes: a table and a position inside it."""
+
+    tables: list[str]
+    table_of_row: np.ndarray  # int8 index into tables, -1 for dropped rows
+    position: np.ndarray  # int64
+    tables_rows: dict[str, dict]  # table -> {"rows": n, "class_counts": {...}}
+
+
+def _write_tables(
     plan: Plan,
-    table_of_row: np.ndarray,
-    position: np.ndarray,
-    tables: Sequence[str],
+    layout: Layout,
     out: Path,
-    metadata: dict,
     options: ReadOptions,
     progress: ProgressFn,
     carry_provenance: bool = False,
-) -> None:
-    """Read the inputs in scan order and write every kept row at its position."""
+    stats_table: str | None = None,
+) -> dict | None:
+    """Write every table in stored order, gathering its rows from the inputs.
+
+    Returns the statistics of `stats_table`, accumulated on the way in stored
+    order, so they do not depend on the order of the inputs.
+    """
     scan = plan.scan
-    class_len = max(len(c) for c in scan.classes)
-    dtype = output_dtype(scan.id_len, class_len, scan.image_shape)
-    sizes = {t: int(np.count_nonzero(plan.keep & (table_of_row == i))) for i, t in enumerate(tables)}
-    offsets = create_tables(out, sizes, dtype, metadata)
-    class_names = np.array([c.encode() for c in scan.classes])
+    dtype = output_dtype(scan.id_len, max(len(c) for c in scan.classes), scan.image_shape)
+    offsets = create_tables(out, {t: layout.tables_rows[t]["rows"] for t in layout.tables}, dtype)
+    fill = _RecordFiller(scan, dtype, carry_provenance)
+    acc = BandStats(n_bands=scan.image_shape[-1])
     total, done = int(plan.keep.sum()), 0
-    with contextlib.ExitStack() as stack, RowWriter(out, offsets, dtype.itemsize) as writer:
-        opened = open_inputs([scan.files[i].info.path for i in scan.read_order], options, stack)
-        base = 0
-        for file_index, (info, f) in zip(scan.read_order, opened):
-            for start, chunk in readers.iter_chunks(info, f, options.chunk_rows):
-                rows = np.arange(base + start, base + start + len(chunk))
-                kept = rows[plan.keep[rows]]
-                if len(kept) == 0:
-                    continue
-                records = np.empty(len(kept), dtype)
-                local = kept - base - start
-                records["ID"] = scan.ids[kept]
-                records["RAJ2000"] = chunk[info.columns.ra][local]
-                records["DECJ2000"] = chunk[info.columns.dec][local]
-                records["label"] = scan.codes[kept]
-                records["SPECTYPE"] = class_names[scan.codes[kept]]
-                if carry_provenance:
-                    records["source_file"] = chunk["source_file"][local]
-                    records["source_row"] = chunk["source_row"][local]
-                else:
-                    records["source_file"] = file_index
-                    records["source_row"] = scan.row[kept]
-                records["image"] = chunk[info.columns.image][local]
-                for t, name in enumerate(tables):
-                    mine = table_of_row[kept] == t
-                    if mine.any():
-                        writer.write(name, position[kept[mine]], records[mine])
-                done += len(kept)
+    with contextlib.ExitStack() as stack, RowWriter(out, offsets, dtype.itemsize) as writer, _Background(acc) as stats:
+        sources = _open_row_readers(scan, stack)
+        for t, name in enumerate(layout.tables):
+            members = np.flatnonzero(layout.table_of_row == t)
+            in_order = members[np.argsort(layout.position[members])]
+            for first in range(0, len(in_order), options.chunk_rows):
+                block = in_order[first : first + options.chunk_rows]
+                records = fill(block, sources)
+                writer.write(name, layout.position[block], records)
+                if name == stats_table:
+                    stats.update(records["image"])
+                done += len(block)
                 progress("write", done, total)
-            base += info.rows
+    return {"split": stats_table, **acc.summary(bands=band_names(scan.image_shape[-1]))} if stats_table else None
+
+
+class _Background:
+    """Feeds chunks to an accumulator in a worker thread, in submission order.
+
+    Statistics cost about as much CPU as the I/O of a chunk; numpy releases
+    the GIL, so they run on the second core. At most `depth` chunks wait.
+    """
+
+    def __init__(self, acc: BandStats, depth: int = 2) -> None:
+        self._acc = acc
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stats")
+        self._pending: deque[Future] = deque()
+        self._depth = depth
+
+    def update(self, images: np.ndarray) -> None:
+        self._pending.append(self._pool.submit(self._acc.update, images))
+        while len(self._pending) > self._depth:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> _Background:
+        return self
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        try:
+            while self._pending and exc_type is None:
+                self._pending.popleft().result()
+        finally:
+            for future in self._pending:
+                future.cancel()
+            self._pool.shutdown(wait=True)
+
+
+def _open_row_readers(scan: Scan, stack: contextlib.ExitStack) -> list[readers.RowReader]:
+    sources = []
+    for entry in scan.files:
+        f = stack.enter_context(readers.open_h5(entry.info.path))
+        reader = readers.RowReader(entry.info, f)
+        stack.callback(reader.close)
+        sources.append(reader)
+    return sources
+
+
+class _RecordFiller:
+    """Builds output records for a block of scan rows from their input rows."""
+
+    def __init__(self, scan: Scan, dtype: np.dtype, carry_provenance: bool) -> None:
+        self.scan = scan
+        self.dtype = dtype
+        self.carry_provenance = carry_provenance
+        self.class_names = np.array([c.encode() for c in scan.classes])
+
+    def __call__(self, block: np.ndarray, sources: Sequence[readers.RowReader]) -> np.ndarray:
+        scan = self.scan
+        records = np.empty(len(block), self.dtype)
+        records["ID"] = scan.ids[block]
+        records["label"] = scan.codes[block]
+        records["SPECTYPE"] = self.class_names[scan.codes[block]]
+        records["source_file"] = scan.file_index[block]
+        records["source_row"] = scan.row[block]
+        file_of_row = scan.file_index[block]
+        for file_index in np.unique(file_of_row):
+            mine = np.flatnonzero(file_of_row == file_index)
+            mine = mine[np.argsort(scan.row[block[mine]])]
+            source = sources[file_index]
+            rows = source.read(scan.row[block[mine]])
+            columns = source.info.columns
+            records["RAJ2000"][mine] = rows[columns.ra]
+            records["DECJ2000"][mine] = rows[columns.dec]
+            records["image"][mine] = rows[columns.image]
+            if self.carry_provenance:
+                records["source_file"][mine] = rows["source_file"]
+                records["source_row"][mine] = rows["source_row"]
+        return records
 
 
 # ---------------------------------------------------------------- pass 3
 
 
-def compute_stats(path: Path, split: str = "train", chunk_rows: int = readers.DEFAULT_CHUNK_ROWS, progress: ProgressFn = no_progress) -> dict:
-    """Per-band statistics of one split, in one streaming pass."""
-    with open_dataset(path) as ds:
-        table = ds[split]
-        acc = BandStats(n_bands=ds.image_shape[-1])
-        done = 0
-        for images, _ in table.batches(chunk_rows):
-            acc.update(images)
-            done += len(images)
-            progress("stats", done, len(table))
-        summary = acc.summary(bands=ds.bands)
-    return {"split": split, **summary}
+def _table_stats(path: Path, table: str, bands: list[str], chunk_rows: int, progress: ProgressFn) -> dict:
+    """Per-band statistics of one table, in one streaming pass in stored order."""
+    acc = BandStats(n_bands=len(bands))
+    with readers.open_h5(path) as f:
+        ds = f[table]
+        for start in range(0, len(ds), chunk_rows):
+            rows = readers.read_rows(path, ds, start, min(start + chunk_rows, len(ds)))
+            acc.update(rows["image"])
+            progress("stats", start + len(rows), len(ds))
+    return {"split": table, **acc.summary(bands=bands)}
 
 
 def stats(path: Path, split: str = "train", chunk_rows: int = readers.DEFAULT_CHUNK_ROWS, progress: ProgressFn = no_progress) -> dict:
@@ -189,7 +258,7 @@ def stats(path: Path, split: str = "train", chunk_rows: int = readers.DEFAULT_CH
         metadata = ds.metadata
         if split not in ds.splits:
             raise DatasetError(f"{path}: no split '{split}' (splits: {', '.join(ds.splits)})")
-    metadata["stats"] = compute_stats(path, split, chunk_rows, progress)
+    metadata["stats"] = _table_stats(Path(path), split, metadata["bands"], chunk_rows, progress)
     write_metadata(path, metadata)
     return metadata
 
@@ -197,7 +266,7 @@ def stats(path: Path, split: str = "train", chunk_rows: int = readers.DEFAULT_CH
 # ---------------------------------------------------------------- commands
 
 
-def _base_metadata(kind: str, plan: Plan, inputs: list[dict], parent: dict | None = None) -> dict:
+def _metadata(kind: str, plan: Plan, layout: Layout, inputs: list[dict]) -> dict:
     scan = plan.scan
     return {
         "format": FORMAT_NAME,
@@ -209,15 +278,60 @@ def _base_metadata(kind: str, plan: Plan, inputs: list[dict], parent: dict | Non
         "image_shape": list(scan.image_shape),
         "image_layout": "channels last (height, width, bands)",
         "pixel_unit": PIXEL_UNIT,
+        "tables": layout.tables,
+        "tables_rows": layout.tables_rows,
         "inputs": inputs,
-        "parent": parent,
         "report": plan.report(),
     }
 
 
-def _scan_and_plan(paths, read: ReadOptions, merge: MergeOptions, classes, progress) -> Plan:
-    scan = scan_inputs([Path(p) for p in paths], classes, read, merge.drop_unknown, progress)
-    return plan_rows(scan, merge)
+@contextlib.contextmanager
+def _job(paths: Sequence[Path], out: Path, overwrite: bool, fsync: bool):
+    """An atomic output and the background hashing of the inputs."""
+    with atomic_output(Path(out), overwrite, fsync) as tmp, FileHasher(paths) as hasher:
+        yield tmp, hasher
+
+
+def _class_counts(scan: Scan, mask: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(scan.codes[mask], minlength=len(scan.classes))
+    return {c: int(n) for c, n in zip(scan.classes, counts)}
+
+
+def _merged_layout(plan: Plan) -> Layout:
+    """One table, rows sorted by class code then ID."""
+    scan = plan.scan
+    kept = np.flatnonzero(plan.keep)
+    order = kept[np.lexsort((scan.ids[kept], scan.codes[kept]))]
+    position = np.zeros(len(scan.ids), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    table_of_row = np.where(plan.keep, 0, -1).astype(np.int8)
+    rows = {MERGED_TABLE: {"rows": len(order), "class_counts": _class_counts(scan, plan.keep)}}
+    return Layout([MERGED_TABLE], table_of_row, position, rows)
+
+
+def _split_layout(plan: Plan, options: SplitOptions) -> Layout:
+    scan = plan.scan
+    kept = np.flatnonzero(plan.keep)
+    fractions = parse_fractions(options.fractions)
+    assignment = assign_splits(scan.ids[kept], scan.codes[kept], scan.classes, fractions, options.seed)
+    table_of_row = np.full(len(scan.ids), -1, dtype=np.int8)
+    position = np.zeros(len(scan.ids), dtype=np.int64)
+    table_of_row[kept] = assignment.split
+    position[kept] = assignment.position
+    rows = {
+        name: {"rows": sum(assignment.counts[name].values()), "class_counts": assignment.counts[name]}
+        for name in SPLIT_NAMES
+    }
+    return Layout(list(SPLIT_NAMES), table_of_row, position, rows)
+
+
+def _split_metadata(options: SplitOptions) -> dict:
+    return {
+        "fractions": list(parse_fractions(options.fractions)),
+        "seed": options.seed,
+        "method": "stratified by class; within a class rows are ranked by BLAKE2b-64 of the ID keyed by the seed",
+        "order": "rows inside each split in keyed-hash order (a seeded shuffle)",
+    }
 
 
 def merge(
@@ -227,54 +341,18 @@ def merge(
     merge_options: MergeOptions = MergeOptions(),
     overwrite: bool = False,
     progress: ProgressFn = no_progress,
+    fsync: bool = False,
 ) -> dict:
     """`cutout-etl merge`: one table of all kept rows, sorted by class then ID."""
     classes = parse_classes(merge_options.classes, DEFAULT_CLASSES)
-    with atomic_output(Path(out), overwrite) as tmp:
-        plan = _scan_and_plan(paths, read, merge_options, classes, progress)
-        scan = plan.scan
-        kept = np.flatnonzero(plan.keep)
-        order = kept[np.lexsort((scan.ids[kept], scan.codes[kept]))]
-        position = np.zeros(len(scan.ids), dtype=np.int64)
-        position[order] = np.arange(len(order))
-        metadata = _base_metadata("merged", plan, [f.describe() for f in scan.files])
-        metadata["tables"] = [MERGED_TABLE]
-        metadata["tables_rows"] = {MERGED_TABLE: {"rows": len(order), "class_counts": _class_counts(scan, plan.keep)}}
-        table_of_row = np.zeros(len(scan.ids), dtype=np.int8)
-        _write_rows(plan, table_of_row, position, [MERGED_TABLE], tmp, metadata, read, progress)
-    return metadata
-
-
-def _class_counts(scan: Scan, mask: np.ndarray) -> dict[str, int]:
-    counts = np.bincount(scan.codes[mask], minlength=len(scan.classes))
-    return {c: int(n) for c, n in zip(scan.classes, counts)}
-
-
-def _split_and_write(
-    plan: Plan, tmp: Path, read: ReadOptions, split_options: SplitOptions, metadata: dict, progress, carry_provenance: bool = False
-) -> dict:
-    fractions = parse_fractions(split_options.fractions)
-    scan = plan.scan
-    kept = np.flatnonzero(plan.keep)
-    assignment = assign_splits(scan.ids[kept], scan.codes[kept], scan.classes, fractions, split_options.seed)
-    table_of_row = np.full(len(scan.ids), -1, dtype=np.int8)
-    position = np.zeros(len(scan.ids), dtype=np.int64)
-    table_of_row[kept] = assignment.split
-    position[kept] = assignment.position
-    metadata["tables"] = list(SPLIT_NAMES)
-    metadata["split"] = {
-        "fractions": list(fractions),
-        "seed": split_options.seed,
-        "method": "stratified by class; rows ranked by BLAKE2b-64 of the ID keyed by the seed",
-        "order": "rows inside each split in keyed-hash order (a seeded shuffle)",
-    }
-    metadata["tables_rows"] = {
-        name: {"rows": sum(assignment.counts[name].values()), "class_counts": assignment.counts[name]}
-        for name in SPLIT_NAMES
-    }
-    _write_rows(plan, table_of_row, position, SPLIT_NAMES, tmp, metadata, read, progress, carry_provenance)
-    metadata["stats"] = compute_stats(tmp, "train", read.chunk_rows, progress)
-    write_metadata(tmp, metadata)
+    paths = [Path(p) for p in paths]
+    with _job(paths, out, overwrite, fsync) as (tmp, hasher):
+        plan = plan_rows(scan_inputs(paths, classes, read, merge_options.drop_unknown, progress), merge_options)
+        layout = _merged_layout(plan)
+        _write_tables(plan, layout, tmp, read, progress)
+        hasher.finish(plan.scan.files)
+        metadata = _metadata("merged", plan, layout, [f.describe() for f in plan.scan.files])
+        write_metadata(tmp, metadata)
     return metadata
 
 
@@ -286,14 +364,22 @@ def build(
     split_options: SplitOptions = SplitOptions(),
     overwrite: bool = False,
     progress: ProgressFn = no_progress,
+    fsync: bool = False,
 ) -> dict:
-    """`cutout-etl build`: merge, split and stats in one run."""
+    """`cutout-etl build`: merge, split and statistics of the train split in one run."""
     classes = parse_classes(merge_options.classes, DEFAULT_CLASSES)
-    parse_fractions(split_options.fractions)
-    with atomic_output(Path(out), overwrite) as tmp:
-        plan = _scan_and_plan(paths, read, merge_options, classes, progress)
-        metadata = _base_metadata("dataset", plan, [f.describe() for f in plan.scan.files])
-        return _split_and_write(plan, tmp, read, split_options, metadata, progress)
+    split_metadata = _split_metadata(split_options)
+    paths = [Path(p) for p in paths]
+    with _job(paths, out, overwrite, fsync) as (tmp, hasher):
+        plan = plan_rows(scan_inputs(paths, classes, read, merge_options.drop_unknown, progress), merge_options)
+        layout = _split_layout(plan, split_options)
+        metadata = _metadata("dataset", plan, layout, [])
+        metadata["split"] = split_metadata
+        metadata["stats"] = _write_tables(plan, layout, tmp, read, progress, stats_table="train")
+        hasher.finish(plan.scan.files)
+        metadata["inputs"] = [f.describe() for f in plan.scan.files]
+        write_metadata(tmp, metadata)
+    return metadata
 
 
 def split(
@@ -303,16 +389,24 @@ def split(
     overwrite: bool = False,
     chunk_rows: int = readers.DEFAULT_CHUNK_ROWS,
     progress: ProgressFn = no_progress,
+    fsync: bool = False,
 ) -> dict:
     """`cutout-etl split`: split a merged file; provenance points at the original inputs."""
-    parse_fractions(split_options.fractions)
+    split_metadata = _split_metadata(split_options)
     with open_dataset(path) as parent:
         parent_meta = parent.metadata
-        if parent_meta.get("kind") != "merged":
-            raise DatasetError(f"{path}: is a cutout-etl {parent_meta.get('kind')}, expected the output of merge")
+    if parent_meta.get("kind") != "merged":
+        raise DatasetError(f"{path}: is a cutout-etl {parent_meta.get('kind')}, expected the output of merge")
     read = ReadOptions(table_path=MERGED_TABLE, chunk_rows=chunk_rows)
-    with atomic_output(Path(out), overwrite) as tmp:
-        plan = _scan_and_plan([path], read, MergeOptions(classes=parent_meta["classes"]), parent_meta["classes"], progress)
-        metadata = _base_metadata("dataset", plan, parent_meta["inputs"], parent=plan.scan.files[0].describe())
+    classes = parent_meta["classes"]
+    with _job([Path(path)], out, overwrite, fsync) as (tmp, hasher):
+        plan = plan_rows(scan_inputs([Path(path)], classes, read, False, progress), MergeOptions(classes=classes))
+        layout = _split_layout(plan, split_options)
+        metadata = _metadata("dataset", plan, layout, parent_meta["inputs"])
         metadata["report"] = parent_meta["report"]
-        return _split_and_write(plan, tmp, read, split_options, metadata, progress, carry_provenance=True)
+        metadata["split"] = split_metadata
+        metadata["stats"] = _write_tables(plan, layout, tmp, read, progress, carry_provenance=True, stats_table="train")
+        hasher.finish(plan.scan.files)
+        metadata["parent"] = plan.scan.files[0].describe()
+        write_metadata(tmp, metadata)
+    return metadata

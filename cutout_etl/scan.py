@@ -1,8 +1,9 @@
 """Pass 1: open every input, check it, and read the per-row facts the plan needs.
 
 Reads IDs, labels and pixel finiteness chunk by chunk (images are never held
-beyond one chunk) while a background thread hashes each file. What it keeps
-per row is small: ID, class code, source file and row, two flags.
+beyond one chunk). What it keeps per row is small: ID, class code, source
+file and row, one flag. Files are hashed by `FileHasher` in a background
+thread while the passes run.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class InputFile:
 
 @dataclass
 class Scan:
-    """Per-row facts of all inputs, files in canonical (content hash) order."""
+    """Per-row facts of all inputs, files in canonical (name) order."""
 
     files: list[InputFile]
     classes: list[str]
@@ -118,9 +119,8 @@ def scan_inputs(
     progress: ProgressFn = no_progress,
 ) -> Scan:
     """Pass 1 over all inputs. Raises on the first unusable file."""
-    with contextlib.ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as hasher:
+    with contextlib.ExitStack() as stack:
         opened = open_inputs(paths, options, stack)
-        hashes = [hasher.submit(readers.sha256_file, info.path) for info, _ in opened]
         total = sum(info.rows for info, _ in opened)
         parts, done, inputs = [], 0, []
         for index, (info, f) in enumerate(opened):
@@ -130,9 +130,6 @@ def scan_inputs(
                 done += len(chunk)
                 progress("scan", done, total)
             inputs.append(entry)
-        for entry, digest in zip(inputs, hashes):
-            entry.sha256 = digest.result()
-    _refuse_identical_content(inputs)
     if not drop_unknown:
         _refuse_unknown_labels(inputs, classes)
     return _canonical(inputs, parts, list(classes), opened[0][0].image_shape)
@@ -164,14 +161,38 @@ def _count(labels: np.ndarray) -> Counter:
     return Counter({v.decode("utf-8", "replace"): int(c) for v, c in zip(values, counts)})
 
 
-def _refuse_identical_content(inputs: Sequence[InputFile]) -> None:
-    seen: dict[str, Path] = {}
-    for entry in inputs:
-        if entry.sha256 in seen:
-            raise DuplicateInputError(
-                f"{entry.info.path}: identical content to {seen[entry.sha256]} (the same file given twice)"
-            )
-        seen[entry.sha256] = entry.info.path
+class FileHasher:
+    """SHA-256 of the input files, computed in a background thread.
+
+    Hashing a file costs about as much as reading it, so it runs beside the
+    passes on the second core; `finish` waits for it, stores the digests and
+    refuses two inputs with identical content.
+    """
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        self._futures = {Path(p): self._pool.submit(readers.sha256_file, Path(p)) for p in paths}
+
+    def finish(self, files: Sequence[InputFile]) -> None:
+        seen: dict[str, Path] = {}
+        for entry in files:
+            entry.sha256 = self._futures[entry.info.path].result()
+            if entry.sha256 in seen:
+                raise DuplicateInputError(
+                    f"{entry.info.path}: identical content to {seen[entry.sha256]} (the same file given twice)"
+                )
+            seen[entry.sha256] = entry.info.path
+
+    def close(self) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> FileHasher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _refuse_unknown_labels(inputs: Sequence[InputFile], classes: Sequence[str]) -> None:
@@ -185,8 +206,8 @@ def _refuse_unknown_labels(inputs: Sequence[InputFile], classes: Sequence[str]) 
 
 
 def _canonical(inputs: list[InputFile], parts: list[dict], classes: list[str], shape) -> Scan:
-    """Order files by content hash so nothing depends on the order given."""
-    order = sorted(range(len(inputs)), key=lambda i: (inputs[i].sha256, inputs[i].info.name))
+    """Order files by name so nothing depends on the order they were given in."""
+    order = sorted(range(len(inputs)), key=lambda i: (inputs[i].info.name, str(inputs[i].info.path)))
     remap = np.empty(len(inputs), dtype=np.int16)
     remap[order] = np.arange(len(inputs), dtype=np.int16)
     joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

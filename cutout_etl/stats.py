@@ -28,8 +28,11 @@ where `quantile_bound(v)` is the half-width of the bin holding float32(v):
 2**(e-8) <= 2**-8 * |v| for |v| in [2**e, 2**(e+1)), and 2**-134 for
 |v| < 2**-126.
 
-The sky sketches bin per-cutout values that are computed in float64 and cast
-to float32 first; the same statement holds for the float32-cast values.
+Sky: per cutout and band, the median of the finite frame pixels (mean of the
+two middle float32 values, in float64) and 1.4826 * the median of |x - median|
+(deviations formed in float32: ~1e-7 relative rounding, far below 2**-8).
+These float64 values are cast to float32 and sketched the same way, so the
+statement above holds for the float32-cast per-cutout values.
 
 `mad_sigma` is 1.4826 * MAD with MAD = the inverted-CDF median of |x - m|
 and m the inverted-CDF median.  From the sketch each |x - m| is replaced by
@@ -42,6 +45,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -133,6 +137,12 @@ def _sketch_quantiles(counts: np.ndarray, qs: Sequence[float]) -> list[float | N
     return [float(v) for v in _FINITE_MIDPOINTS[bins]]
 
 
+def _chunk_shift(hist: np.ndarray) -> np.ndarray:
+    """Per-band sketch median of a chunk (0 for an empty band), as float32."""
+    medians = [_sketch_quantiles(row, [0.5])[0] for row in hist]
+    return np.array([0.0 if m is None else m for m in medians], np.float32)
+
+
 def _sketch_mad(counts: np.ndarray, median: float) -> float:
     ascending = counts[_FINITE_ASCENDING]
     occupied = np.flatnonzero(ascending)
@@ -145,7 +155,7 @@ def _sketch_mad(counts: np.ndarray, median: float) -> float:
 
 def _band_total(mask: np.ndarray, n_bands: int) -> np.ndarray:
     """Count True in (N, ..., B) per band, long contiguous axis first."""
-    as_bytes = mask.reshape(len(mask), -1).view(np.uint8)
+    as_bytes = mask.reshape(len(mask), -1).view(np.uint8)  # ~2x faster than bool
     per_position = as_bytes.sum(axis=0, dtype=np.int64)
     return per_position.reshape(-1, n_bands).sum(axis=0)
 
@@ -184,6 +194,16 @@ def _extremes(flat: np.ndarray, n_bands: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-band min and max of (N, H*W*B), long contiguous axis first."""
     low = flat.min(axis=0).reshape(-1, n_bands).min(axis=0)
     high = flat.max(axis=0).reshape(-1, n_bands).max(axis=0)
+    return low.astype(np.float64), high.astype(np.float64)
+
+
+def _masked_extremes(images: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band min and max ignoring the pixels at flat indices `bad` (NaN if none left)."""
+    values = images.reshape(len(images), -1).copy()
+    values.reshape(-1)[bad] = np.nan
+    n_bands = images.shape[-1]
+    low = np.fmin.reduce(np.fmin.reduce(values, axis=0).reshape(-1, n_bands), axis=0)
+    high = np.fmax.reduce(np.fmax.reduce(values, axis=0).reshape(-1, n_bands), axis=0)
     return low.astype(np.float64), high.astype(np.float64)
 
 
@@ -245,19 +265,23 @@ def _masked_row_sky(rows: np.ndarray, finite: np.ndarray) -> tuple[np.ndarray, n
     return median, MAD_TO_SIGMA * _sorted_medians(deviation, count)
 
 
-def _frame_sky(frame: np.ndarray, all_finite: bool) -> tuple[np.ndarray, np.ndarray]:
+def _frame_sky(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-row sky median and MAD sigma of a (R, K) frame; NaN where skipped."""
-    if frame.shape[1] == 0:
-        empty = np.full(len(frame), np.nan)
-        return empty, empty.copy()
-    if all_finite:
-        return _finite_row_sky(frame)
     finite = np.isfinite(frame)
+    if finite.all():
+        return _finite_row_sky(frame)
     clean = finite.all(axis=1)
     median, sigma = np.empty(len(frame)), np.empty(len(frame))
     median[clean], sigma[clean] = _finite_row_sky(frame[clean])
     median[~clean], sigma[~clean] = _masked_row_sky(frame[~clean], finite[~clean])
     return median, sigma
+
+
+def _chunk_sky(images: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cutout sky median and MAD sigma, each (N, B); NaN where skipped."""
+    n, n_bands = len(images), images.shape[-1]
+    median, sigma = _frame_sky(_border_frame(images, border))
+    return median.reshape(n, n_bands), sigma.reshape(n, n_bands)
 
 
 def _none_if_empty(n: int, value: float) -> float | None:
@@ -269,7 +293,14 @@ def _quantile_dict(values: list[float | None], qs: Sequence[float]) -> dict:
 
 
 class BandStats:
-    """Mergeable per-band statistics of image cutouts."""
+    """Mergeable per-band statistics of image cutouts.
+
+    Feed chunks with `update`, combine accumulators built on other chunks or
+    processes with `merge`, read the result with `summary`.  Memory is fixed:
+    three (B, 65536) int64 histograms plus a few per-band scalars.
+    `saturated_pixels` counts finite pixels >= float32(saturation), as numpy
+    compares float32 pixels with a Python float.
+    """
 
     def __init__(self, n_bands: int, border: int = 4, saturation: float = 1.5e-8) -> None:
         if n_bands < 1:
@@ -281,7 +312,6 @@ class BandStats:
         self.n_bands = n_bands
         self.border = border
         self.saturation = float(saturation)
-        # Pixels compare against float32(saturation), as numpy does for float32.
         self._saturation32 = np.float32(saturation)
         self._saturation_key = int(self._saturation32.view(np.uint32) >> 16)
         self.n_cutouts = 0
@@ -308,19 +338,25 @@ class BandStats:
         return np.ascontiguousarray(images, dtype=np.float32)
 
     def update(self, images: np.ndarray) -> None:
-        """Add a chunk of cutouts, shape (N, H, W, B), float32; N may be 0."""
+        """Add a chunk of cutouts, shape (N, H, W, B), float32 (any byte order); N may be 0."""
         images = self._as_chunk(images)
         if len(images) == 0:
             return
-        hist = _bit_histogram(images)
-        nonfinite = hist[:, _NONFINITE_POSITIVE].sum(axis=1)
-        nonfinite += hist[:, _NONFINITE_NEGATIVE].sum(axis=1)
-        n_finite = images[..., 0].size - nonfinite
-        # Flat indices of NaN/inf pixels; None selects the all-finite fast path.
-        bad = np.flatnonzero(~np.isfinite(images)) if nonfinite.any() else None
-        self._update_moments(images, hist, n_finite, bad)
-        self._update_counts(images, hist, n_finite, bad)
-        self._update_sky(images, bad is None)
+        # The sky partitions release the GIL, so they overlap the histogram
+        # and moments (~1.5x faster per chunk on 2 cores); the thread lives
+        # only for this call.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            sky = pool.submit(_chunk_sky, images, self.border)
+            hist = _bit_histogram(images)
+            nonfinite = hist[:, _NONFINITE_POSITIVE].sum(axis=1)
+            nonfinite += hist[:, _NONFINITE_NEGATIVE].sum(axis=1)
+            n_finite = images[..., 0].size - nonfinite
+            # Flat indices of NaN/inf pixels; None selects the all-finite fast path.
+            bad = np.flatnonzero(~np.isfinite(images)) if nonfinite.any() else None
+            # Moments first: they merge against the finite count before this chunk.
+            self._update_moments(images, hist, n_finite, bad)
+            self._update_counts(images, hist, n_finite, bad)
+            self._add_sky(*sky.result())
         self._hist += hist
         self.n_cutouts += len(images)
 
@@ -328,10 +364,8 @@ class BandStats:
         self, images: np.ndarray, hist: np.ndarray, n: np.ndarray, bad: np.ndarray | None
     ) -> None:
         n_bands = self.n_bands
-        # float32 shift, so that invalid pixels set to it add exactly 0 below.
-        shift = np.array(
-            [_sketch_quantiles(row, [0.5])[0] or 0.0 for row in hist], np.float32
-        )
+        # A float32 shift, so that invalid pixels set to it add exactly 0 below.
+        shift = _chunk_shift(hist)
         flat = images.reshape(len(images), -1)
         if bad is not None:
             flat = flat.copy()
@@ -345,6 +379,9 @@ class BandStats:
         )
         self._sum += shift * n + s1
         low, high = _extremes(flat, n_bands)
+        if bad is not None and ((low == shift) | (high == shift)).any():
+            # The fill value is a bin midpoint and may lie outside the finite range.
+            low, high = _masked_extremes(images, bad)
         self._min = np.fmin(self._min, np.where(n > 0, low, np.nan))
         self._max = np.fmax(self._max, np.where(n > 0, high, np.nan))
 
@@ -370,16 +407,18 @@ class BandStats:
         # Bins 0x0000 and 0x8000 hold +-0 and the tiniest subnormals.
         if hist[:, 0].any() or hist[:, 0x8000].any():
             counts["zero_pixels"] += _band_total(images == 0, n_bands)
-        if hist[:, self._saturation_key:_POSITIVE_INF_KEY].any():
-            saturated = _band_total(images >= self._saturation32, n_bands)
-            counts["saturated_pixels"] += saturated - posinf
+        # Bins above the one holding the threshold count in full; only a
+        # non-empty threshold bin needs comparing pixel by pixel.
+        key = self._saturation_key
+        if hist[:, key].any():
+            saturated = _band_total(images >= self._saturation32, n_bands) - posinf
+        else:
+            saturated = hist[:, key + 1:_POSITIVE_INF_KEY].sum(axis=1)
+        counts["saturated_pixels"] += saturated
 
-    def _update_sky(self, images: np.ndarray, all_finite: bool) -> None:
-        n, n_bands = len(images), self.n_bands
-        median, sigma = _frame_sky(_border_frame(images, self.border), all_finite)
-        median, sigma = median.reshape(n, n_bands), sigma.reshape(n, n_bands)
+    def _add_sky(self, median: np.ndarray, sigma: np.ndarray) -> None:
         skipped = np.isnan(median).sum(axis=0)
-        self._counts["sky_cutouts"] += n - skipped
+        self._counts["sky_cutouts"] += len(median) - skipped
         self._counts["sky_cutouts_skipped"] += skipped
         # Sketched in float32 like the pixels (NaN rows land in unwalked bins).
         with np.errstate(over="ignore"):
@@ -387,7 +426,10 @@ class BandStats:
             self._sky_sigma_hist += _bit_histogram(sigma.astype(np.float32))
 
     def merge(self, other: BandStats) -> BandStats:
-        """Add `other` into this accumulator in place; return self."""
+        """Add `other` into this accumulator in place and return self.
+
+        Raises ValueError if n_bands, border or saturation differ.
+        """
         mine = (self.n_bands, self.border, self.saturation)
         theirs = (other.n_bands, other.border, other.saturation)
         if mine != theirs:
@@ -412,7 +454,11 @@ class BandStats:
         return self
 
     def summary(self, bands: Sequence[str] | None = None, softening_k: float = 3.0) -> dict:
-        """JSON-serialisable statistics per band (None where undefined)."""
+        """JSON-serialisable statistics per band, None where undefined.
+
+        Band names default to b0..b{B-1}; `softening_k` sets the asinh scale
+        k * sky_sigma.p50 of the transform y = asinh((x - offset) / scale).
+        """
         names = [f"b{i}" for i in range(self.n_bands)] if bands is None else list(bands)
         if len(names) != self.n_bands:
             raise ValueError(f"expected {self.n_bands} band names (got {len(names)})")
@@ -461,5 +507,7 @@ class BandStats:
             "sky_median": _quantile_dict(medians, SKY_QUANTILES),
             "sky_sigma": _quantile_dict(sigmas, SKY_QUANTILES),
             "asinh_softening": scale,
-            "transform": {"kind": "asinh", "offset": offset, "scale": scale, "k": softening_k},
+            "transform": {
+                "kind": "asinh", "offset": offset, "scale": scale, "k": float(softening_k),
+            },
         }
