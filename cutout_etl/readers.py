@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,10 +216,13 @@ def as_bytes(values: np.ndarray) -> np.ndarray:
     return np.char.strip(out)
 
 
-def sha256_file(path: Path, block: int = 1 << 22) -> str:
+def sha256_file(path: Path, block: int = 1 << 22, stop: threading.Event | None = None) -> str:
+    """SHA-256 of a file; gives up (returns "") as soon as `stop` is set."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(block):
+            if stop is not None and stop.is_set():
+                return ""
             digest.update(chunk)
     return digest.hexdigest()
 

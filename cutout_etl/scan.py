@@ -9,6 +9,7 @@ thread while the passes run.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -171,7 +172,8 @@ class FileHasher:
 
     def __init__(self, paths: Sequence[Path]) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-        self._futures = {Path(p): self._pool.submit(readers.sha256_file, Path(p)) for p in paths}
+        self._stop = threading.Event()
+        self._futures = {Path(p): self._pool.submit(readers.sha256_file, Path(p), stop=self._stop) for p in paths}
 
     def finish(self, files: Sequence[InputFile]) -> None:
         seen: dict[str, Path] = {}
@@ -184,9 +186,8 @@ class FileHasher:
             seen[entry.sha256] = entry.info.path
 
     def close(self) -> None:
-        for future in self._futures.values():
-            future.cancel()
-        self._pool.shutdown(wait=True)
+        self._stop.set()  # results already taken are kept; a failed run stops hashing at once
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> FileHasher:
         return self
