@@ -330,7 +330,7 @@ def _split_metadata(options: SplitOptions) -> dict:
         "fractions": list(parse_fractions(options.fractions)),
         "seed": options.seed,
         "method": "stratified by class; within a class rows are ranked by BLAKE2b-64 of the ID keyed by the seed",
-        "order": "rows inside each split in keyed-hash order (a seeded shuffle)",
+        "order": "classes interleaved in proportion inside each split; keyed-hash order within a class",
     }
 
 

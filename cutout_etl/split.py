@@ -2,10 +2,11 @@
 
 Within a class, rows are ranked by a keyed hash of (seed, ID): the first
 n_train go to train, the next n_val to val, the rest to test. Inside each
-split, rows are stored in the order of the same hash, which is a seeded
-shuffle: every class's rows in a split have hash values spread evenly over
-the same range, so any block of consecutive rows holds each class in about
-its share. Nothing depends on the order of files or rows.
+split the classes are interleaved in proportion: a row ranked r among the
+n rows of its class in that split sorts at (r + 1/2) / n, so any block of
+consecutive rows holds each class within one row of its share, and the
+order within a class is the hash order (a seeded shuffle). Nothing depends
+on the order of files or rows.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def assign_splits(
     hashes = keyed_hash(ids, seed)
     split = np.empty(len(ids), dtype=np.int8)
     non_empty = sum(f > 0 for f in fractions)
+    interleave = np.empty(len(ids), dtype=np.float64)  # where a row sorts inside its split
     counts: dict[str, dict[str, int]] = {name: {} for name in SPLIT_NAMES}
     for code, name in enumerate(classes):
         members = np.flatnonzero(codes == code)
@@ -91,11 +93,13 @@ def assign_splits(
         ranked = members[np.lexsort((ids[members], hashes[members]))]
         bounds = np.cumsum([0, *split_counts(len(members), fractions)])
         for s, split_name in enumerate(SPLIT_NAMES):
-            split[ranked[bounds[s] : bounds[s + 1]]] = s
-            counts[split_name][name] = int(bounds[s + 1] - bounds[s])
+            rows = ranked[bounds[s] : bounds[s + 1]]
+            split[rows] = s
+            interleave[rows] = (np.arange(len(rows)) + 0.5) / max(len(rows), 1)
+            counts[split_name][name] = len(rows)
     position = np.empty(len(ids), dtype=np.int64)
     for s in range(len(SPLIT_NAMES)):
         members = np.flatnonzero(split == s)
-        ranked = members[np.lexsort((ids[members], hashes[members]))]
-        position[ranked] = np.arange(len(ranked))
+        ordered = members[np.lexsort((codes[members], interleave[members]))]
+        position[ordered] = np.arange(len(ordered))
     return SplitPlan(split=split, position=position, counts=counts)

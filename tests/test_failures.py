@@ -265,3 +265,29 @@ def test_split_refuses_a_file_that_is_not_merged(tmp_path):
     code, _, stderr = run(["split", files[0], "-o", tmp_path / "o.h5", "--quiet"])
     assert code == 1
     assert stderr == f"error: {files[0]}: not a cutout-etl dataset (no 'cutout_etl' metadata); build one first\n"
+
+
+def test_ctrl_c_leaves_nothing_behind(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cutout_etl.demo import write_demo_files
+
+    files = write_demo_files(tmp_path / "in", rows=1500, seed=2)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    script = Path(sys.executable).parent / "cutout-etl"
+    child = subprocess.Popen(
+        [script, "build", *map(str, files), "-o", str(out_dir / "dataset.h5"), "--chunk-rows", "4"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not list(out_dir.iterdir()) and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.01)  # wait until the temporary output exists: the run is under way
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    left = list(out_dir.iterdir())
+    assert (child.returncode, left) == (130, []), stderr
+    assert stderr.splitlines()[-1] == "interrupted: no output written"
