@@ -500,7 +500,8 @@ class BandStats:
         medians = _sketch_quantiles(self._sky_median_hist[band], SKY_QUANTILES)
         sigmas = _sketch_quantiles(self._sky_sigma_hist[band], SKY_QUANTILES)
         offset, sigma = medians[1], sigmas[1]
-        scale = None if sigma is None else softening_k * sigma
+        # Constant frames (no coverage, all zeros) give a zero noise: no softening can be derived.
+        scale = softening_k * sigma if sigma else None
         return {
             "sky_cutouts": counts["sky_cutouts"],
             "sky_cutouts_skipped": counts["sky_cutouts_skipped"],

@@ -145,3 +145,8 @@ def test_installed_console_script(demo_files, tmp_path):
     again = subprocess.run([script, "build", *map(str, demo_files), "-o", str(out)], capture_output=True, text=True, check=False)
     assert again.returncode == 2
     assert again.stderr == f"error: {out}: output exists; use --overwrite to replace it\n"
+
+
+def test_fsync_build(demo_files, tmp_path):
+    result = invoke("build", *demo_files, "-o", tmp_path / "ds.h5", "--fsync", "--quiet")
+    assert result.exit_code == 0 and (tmp_path / "ds.h5").exists()
