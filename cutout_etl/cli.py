@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -48,21 +50,34 @@ ChunkRows = Annotated[int, typer.Option(help="Rows read per chunk (bounds memory
 
 
 class ProgressReporter:
-    """A Rich bar per stage on a terminal, one plain line per stage otherwise."""
+    """A Rich bar per stage on a terminal, one plain line per stage otherwise.
+
+    It is also where Ctrl-C lands: Python may swallow a KeyboardInterrupt
+    raised inside a garbage-collector callback, so the signal handler also
+    sets a flag, and the next progress call (every chunk, and once per input
+    hash just before the output is renamed into place) raises again.
+    """
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self.bar: Progress | None = None
         self.tasks: dict[str, Any] = {}
+        self.interrupted = False
+
+    def on_sigint(self, signum: int, frame: object) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
         if self.quiet:
             return
         if not self.tty:
             if stage not in self.tasks:
                 self.tasks[stage] = None
-                err.print(f"{stage}: {total} rows")
+                err.print(f"{stage}: {total} {'files' if stage == 'hash' else 'rows'}")
             return
         if self.bar is None:
             self.bar = Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True)
@@ -79,6 +94,7 @@ class ProgressReporter:
 def _run(call: Callable[[ProgressReporter], Any], quiet: bool, debug: bool) -> Any:
     """Call the library; turn its errors into one line on stderr and an exit code."""
     progress = ProgressReporter(quiet)
+    previous = signal.signal(signal.SIGINT, progress.on_sigint) if _main_thread() else None
     try:
         return call(progress)
     except CutoutEtlError as exc:
@@ -99,6 +115,12 @@ def _run(call: Callable[[ProgressReporter], Any], quiet: bool, debug: bool) -> A
         raise typer.Exit(1) from None
     finally:
         progress.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _emit(result: dict, as_json: bool, quiet: bool, render_fn: Callable[[Console, dict], None]) -> None:

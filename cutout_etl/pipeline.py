@@ -350,7 +350,7 @@ def merge(
         plan = plan_rows(scan_inputs(paths, classes, read, merge_options.drop_unknown, progress), merge_options)
         layout = _merged_layout(plan)
         _write_tables(plan, layout, tmp, read, progress)
-        hasher.finish(plan.scan.files)
+        hasher.finish(plan.scan.files, progress)
         metadata = _metadata("merged", plan, layout, [f.describe() for f in plan.scan.files])
         write_metadata(tmp, metadata)
     return metadata
@@ -376,7 +376,7 @@ def build(
         metadata = _metadata("dataset", plan, layout, [])
         metadata["split"] = split_metadata
         metadata["stats"] = _write_tables(plan, layout, tmp, read, progress, stats_table="train")
-        hasher.finish(plan.scan.files)
+        hasher.finish(plan.scan.files, progress)
         metadata["inputs"] = [f.describe() for f in plan.scan.files]
         write_metadata(tmp, metadata)
     return metadata
@@ -406,7 +406,7 @@ def split(
         metadata["report"] = parent_meta["report"]
         metadata["split"] = split_metadata
         metadata["stats"] = _write_tables(plan, layout, tmp, read, progress, carry_provenance=True, stats_table="train")
-        hasher.finish(plan.scan.files)
+        hasher.finish(plan.scan.files, progress)
         metadata["parent"] = plan.scan.files[0].describe()
         write_metadata(tmp, metadata)
     return metadata

@@ -200,9 +200,12 @@ def iter_chunks(
     info: TableInfo, f: h5py.File, chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (first row, structured rows) chunk by chunk."""
-    ds = f[info.table_path]
-    for start in range(0, info.rows, chunk_rows):
-        yield start, read_rows(info.path, ds, start, min(start + chunk_rows, info.rows))
+    reader = RowReader(info, f)
+    try:
+        for start in range(0, info.rows, chunk_rows):
+            yield start, reader.read(np.arange(start, min(start + chunk_rows, info.rows)))
+    finally:
+        reader.close()
 
 
 def as_bytes(values: np.ndarray) -> np.ndarray:
@@ -254,6 +257,8 @@ class RowReader:
         """Rows at the given (ascending, unique) indices as a structured array."""
         if self._fd is None:
             try:
+                if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+                    return self._ds[int(rows[0]) : int(rows[-1]) + 1]
                 return self._ds[rows] if len(rows) else self._ds[0:0]
             except (OSError, RuntimeError, ValueError) as exc:
                 raise InputFileError(f"{self.info.path}: cannot read rows: corrupt or truncated ({_short(exc)})") from exc

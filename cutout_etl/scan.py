@@ -142,9 +142,7 @@ def _scan_chunk(entry: InputFile, index: int, start: int, chunk: np.ndarray, cla
     entry.label_counts.update(_count(labels))
     if (codes == UNKNOWN).any():
         entry.unknown_labels.update(_count(labels[codes == UNKNOWN]))
-    finite = np.isfinite(chunk[columns.image])
-    all_finite = finite.all(axis=(1, 2, 3))
-    no_finite = ~finite.any(axis=(1, 2, 3))
+    all_finite, no_finite = _finiteness(chunk[columns.image])
     entry.rows_no_finite += int(no_finite.sum())
     entry.rows_partly_nonfinite += int((~all_finite & ~no_finite).sum())
     n = len(chunk)
@@ -155,6 +153,23 @@ def _scan_chunk(entry: InputFile, index: int, start: int, chunk: np.ndarray, cla
         "codes": codes,
         "no_finite": no_finite,
     }
+
+
+def _finiteness(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: are all pixels finite, is none finite.
+
+    A row whose pixel sum is finite has only finite pixels, so the full
+    per-pixel test runs only on the few rows whose sum is not.
+    """
+    flat = images.reshape(len(images), -1)
+    all_finite = np.isfinite(flat.sum(axis=1))
+    no_finite = np.zeros(len(images), dtype=bool)
+    suspect = np.flatnonzero(~all_finite)
+    if len(suspect):
+        finite = np.isfinite(flat[suspect])
+        all_finite[suspect] = finite.all(axis=1)
+        no_finite[suspect] = ~finite.any(axis=1)
+    return all_finite, no_finite
 
 
 def _count(labels: np.ndarray) -> Counter:
@@ -175,10 +190,11 @@ class FileHasher:
         self._stop = threading.Event()
         self._futures = {Path(p): self._pool.submit(readers.sha256_file, Path(p), stop=self._stop) for p in paths}
 
-    def finish(self, files: Sequence[InputFile]) -> None:
+    def finish(self, files: Sequence[InputFile], progress: ProgressFn = no_progress) -> None:
         seen: dict[str, Path] = {}
-        for entry in files:
+        for done, entry in enumerate(files, 1):
             entry.sha256 = self._futures[entry.info.path].result()
+            progress("hash", done, len(files))
             if entry.sha256 in seen:
                 raise DuplicateInputError(
                     f"{entry.info.path}: identical content to {seen[entry.sha256]} (the same file given twice)"

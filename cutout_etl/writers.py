@@ -76,10 +76,7 @@ def atomic_output(target: Path, overwrite: bool, fsync: bool = False) -> Iterato
     remove_stale_temps(target)
     tmp = temp_path_for(target)
     try:
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except OSError as exc:
-        raise OutputWriteError(f"{target}: cannot write in {target.parent} ({_os_reason(exc)})") from exc
-    try:
+        _create_empty(tmp, target)
         yield tmp
         if fsync:
             _fsync(tmp)
@@ -87,8 +84,15 @@ def atomic_output(target: Path, overwrite: bool, fsync: bool = False) -> Iterato
     except OSError as exc:
         raise OutputWriteError(f"{target}: cannot write output ({_os_reason(exc)})") from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def _create_empty(tmp: Path, target: Path) -> None:
+    """Claim the temporary name now, so an unwritable directory fails before any work."""
+    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except OSError as exc:
+        raise OutputWriteError(f"{target}: cannot write in {target.parent} ({_os_reason(exc)})") from exc
 
 
 def _fsync(path: Path) -> None:

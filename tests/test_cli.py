@@ -42,8 +42,8 @@ def test_build_json_summary_is_the_only_stdout(demo_files, tmp_path):
 def test_progress_is_one_plain_line_per_stage_when_not_a_terminal(demo_files, tmp_path):
     result = invoke("build", *demo_files, "-o", tmp_path / "ds.h5")
     assert result.exit_code == 0
-    stages = [line.split(":")[0] for line in result.stderr.splitlines() if line.endswith(" rows")]
-    assert stages == ["scan", "write"]
+    stages = [line for line in result.stderr.splitlines() if line.endswith((" rows", " files"))]
+    assert stages == [f"scan: {3 * DEMO_ROWS} rows", f"write: {3 * DEMO_ROWS} rows", "hash: 3 files"]
     assert "statistics of the train split" in result.stderr
 
 
