@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +147,12 @@ def _write_tables(
     fill = _RecordFiller(scan, dtype, carry_provenance)
     acc = BandStats(n_bands=scan.image_shape[-1])
     total, done = int(plan.keep.sum()), 0
-    with contextlib.ExitStack() as stack, RowWriter(out, offsets, dtype.itemsize) as writer, _Background(acc) as stats:
+    with (
+        contextlib.ExitStack() as stack,
+        RowWriter(out, offsets, dtype.itemsize) as writer,
+        _Background(writer.write) as write,
+        _Background(acc.update) as add_stats,
+    ):
         sources = _open_row_readers(scan, stack)
         for t, name in enumerate(layout.tables):
             members = np.flatnonzero(layout.table_of_row == t)
@@ -155,29 +160,29 @@ def _write_tables(
             for first in range(0, len(in_order), options.chunk_rows):
                 block = in_order[first : first + options.chunk_rows]
                 records = fill(block, sources)
-                writer.write(name, layout.position[block], records)
+                write(name, layout.position[block], records)
                 if name == stats_table:
-                    stats.update(records["image"])
+                    add_stats(records["image"])
                 done += len(block)
                 progress("write", done, total)
     return {"split": stats_table, **acc.summary(bands=band_names(scan.image_shape[-1]))} if stats_table else None
 
 
 class _Background:
-    """Feeds chunks to an accumulator in a worker thread, in submission order.
+    """Calls `fn` in a worker thread, in submission order, at most `depth` calls behind.
 
-    Statistics cost about as much CPU as the I/O of a chunk; numpy releases
-    the GIL, so they run on the second core. At most `depth` chunks wait.
+    Writing and statistics each cost about as much as gathering the rows;
+    pwrite and numpy release the GIL, so they overlap on the second core.
     """
 
-    def __init__(self, acc: BandStats, depth: int = 2) -> None:
-        self._acc = acc
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stats")
+    def __init__(self, fn: Callable[..., None], depth: int = 2) -> None:
+        self._fn = fn
+        self._pool = ThreadPoolExecutor(max_workers=1)
         self._pending: deque[Future] = deque()
         self._depth = depth
 
-    def update(self, images: np.ndarray) -> None:
-        self._pending.append(self._pool.submit(self._acc.update, images))
+    def __call__(self, *args: object) -> None:
+        self._pending.append(self._pool.submit(self._fn, *args))
         while len(self._pending) > self._depth:
             self._pending.popleft().result()
 

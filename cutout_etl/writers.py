@@ -19,8 +19,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from astropy.table import Table
-from astropy.table import meta as table_meta
 
 from .errors import OutputExistsError, OutputWriteError
 from .schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, METADATA_ATTR
@@ -113,6 +111,9 @@ def _os_reason(exc: OSError) -> str:
 
 def column_meta_yaml(dtype: np.dtype, table_meta_dict: Mapping) -> np.ndarray:
     """astropy's serialized column metadata, so Table.read gets units and meta."""
+    from astropy.table import Table  # 0.3 s to import: only commands that write pay it
+    from astropy.table import meta as table_meta
+
     empty = Table(np.zeros(0, dtype=dtype))
     for name, unit in COLUMN_UNITS.items():
         if name in empty.colnames:
