@@ -7,7 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.1.0"
 
-from .dataset import Dataset, Split, open_dataset  # noqa: E402
-from .errors import CutoutEtlError  # noqa: E402
+from .dataset import Dataset, Split, open_dataset
+from .errors import CutoutEtlError
 
 __all__ = ["CutoutEtlError", "Dataset", "Split", "__version__", "open_dataset"]

@@ -8,7 +8,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -39,8 +39,8 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 ImageColumn = Annotated[str, typer.Option(help="Image column (H, W, bands).")]
 LabelColumn = Annotated[str, typer.Option(help="Class-name column.")]
 IdColumn = Annotated[str, typer.Option(help="Object ID column.")]
-TablePath = Annotated[Optional[str], typer.Option(help="Table inside each file, when a file holds several.")]
-Classes = Annotated[Optional[str], typer.Option(help="Class names in code order, e.g. GALAXY,QSO,STAR [default: GALAXY,QSO,STAR sorted].", show_default=False)]
+TablePath = Annotated[str | None, typer.Option(help="Table inside each file, when a file holds several.")]
+Classes = Annotated[str | None, typer.Option(help="Class names in code order, e.g. GALAXY,QSO,STAR [default: GALAXY,QSO,STAR sorted].", show_default=False)]
 DropUnknown = Annotated[bool, typer.Option("--drop-unknown", help="Drop rows whose label is not a class (counted) instead of failing.")]
 OnConflict = Annotated[str, typer.Option(help="One ID with different labels: 'error' or 'drop' (all copies, counted).")]
 Fractions = Annotated[str, typer.Option(help="Train,val,test fractions.")]

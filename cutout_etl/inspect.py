@@ -17,7 +17,7 @@ from . import readers
 from .errors import CutoutEtlError
 from .merge import normalize_labels, parse_classes
 from .scan import ProgressFn, ReadOptions, no_progress
-from .schema import DEFAULT_CLASSES, band_names
+from .schema import DEFAULT_CLASSES, as_bytes, band_names
 from .stats import BandStats
 
 MAX_EXAMPLES = 5
@@ -29,11 +29,12 @@ def _problem(level: str, file: str | None, message: str, count: int | None = Non
 
 def inspect_files(
     paths: Sequence[Path],
-    read: ReadOptions = ReadOptions(),
+    read: ReadOptions | None = None,
     classes: Sequence[str] | None = None,
     progress: ProgressFn = no_progress,
 ) -> dict:
     """Report on each file and across files; never raises for bad input."""
+    read = read or ReadOptions()
     class_list = parse_classes(classes, DEFAULT_CLASSES)
     reports, problems, ids_by_file = [], [], {}
     for path in map(Path, paths):
@@ -100,7 +101,7 @@ def _read_contents(report, info, f, read: ReadOptions, classes, progress):
         any_finite, all_finite = finite.any(axis=(1, 2, 3)), finite.all(axis=(1, 2, 3))
         no_finite += int((~any_finite).sum())
         partly += int((any_finite & ~all_finite).sum())
-        id_parts.append(readers.as_bytes(chunk[info.columns.id]))
+        id_parts.append(as_bytes(chunk[info.columns.id]))
         label_parts.append(normalised)
         progress(f"inspect {info.name}", start + len(chunk), info.rows)
     ids, row_labels = np.concatenate(id_parts), np.concatenate(label_parts)

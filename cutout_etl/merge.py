@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import LabelConflictError, UsageError
+from .schema import as_bytes
 
 UNKNOWN = -1
 MAX_LISTED = 5
@@ -15,13 +16,7 @@ MAX_LISTED = 5
 
 def normalize_labels(values: np.ndarray) -> np.ndarray:
     """Bytes or str labels as stripped, upper-case bytes."""
-    if values.dtype.kind == "S":
-        raw = values
-    elif values.dtype.kind == "U":
-        raw = np.char.encode(values, "utf-8")
-    else:
-        raw = np.array([v if isinstance(v, bytes) else str(v).encode() for v in values], dtype="S")
-    return np.char.upper(np.char.strip(raw))
+    return np.char.upper(as_bytes(values))
 
 
 def parse_classes(classes: Sequence[str] | None, default: Sequence[str]) -> list[str]:

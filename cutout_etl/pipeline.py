@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from . import __version__, readers
 from .dataset import open_dataset
 from .errors import DatasetError
 from .merge import UNKNOWN, DuplicateReport, parse_classes, resolve_duplicates
-from .scan import FileHasher, ProgressFn, ReadOptions, Scan, no_progress, open_inputs, scan_inputs
+from .scan import FileHasher, ProgressFn, ReadOptions, Scan, no_progress, scan_inputs
 from .schema import (
     DEFAULT_CLASSES,
     FORMAT_NAME,
@@ -82,7 +82,7 @@ class Plan:
                 }
             )
         return {
-            "rows_read": int(len(self.keep)),
+            "rows_read": len(self.keep),
             "rows_kept": int(self.keep.sum()),
             "dropped": {r: int(m.sum()) for r, m in self.dropped.items()},
             "duplicate_ids": vars(self.duplicates),
@@ -342,13 +342,14 @@ def _split_metadata(options: SplitOptions) -> dict:
 def merge(
     paths: Sequence[Path],
     out: Path,
-    read: ReadOptions = ReadOptions(),
-    merge_options: MergeOptions = MergeOptions(),
+    read: ReadOptions | None = None,
+    merge_options: MergeOptions | None = None,
     overwrite: bool = False,
     progress: ProgressFn = no_progress,
     fsync: bool = False,
 ) -> dict:
     """`cutout-etl merge`: one table of all kept rows, sorted by class then ID."""
+    read, merge_options = read or ReadOptions(), merge_options or MergeOptions()
     classes = parse_classes(merge_options.classes, DEFAULT_CLASSES)
     paths = [Path(p) for p in paths]
     with _job(paths, out, overwrite, fsync) as (tmp, hasher):
@@ -364,14 +365,16 @@ def merge(
 def build(
     paths: Sequence[Path],
     out: Path,
-    read: ReadOptions = ReadOptions(),
-    merge_options: MergeOptions = MergeOptions(),
-    split_options: SplitOptions = SplitOptions(),
+    read: ReadOptions | None = None,
+    merge_options: MergeOptions | None = None,
+    split_options: SplitOptions | None = None,
     overwrite: bool = False,
     progress: ProgressFn = no_progress,
     fsync: bool = False,
 ) -> dict:
     """`cutout-etl build`: merge, split and statistics of the train split in one run."""
+    read, merge_options = read or ReadOptions(), merge_options or MergeOptions()
+    split_options = split_options or SplitOptions()
     classes = parse_classes(merge_options.classes, DEFAULT_CLASSES)
     split_metadata = _split_metadata(split_options)
     paths = [Path(p) for p in paths]
@@ -390,13 +393,14 @@ def build(
 def split(
     path: Path,
     out: Path,
-    split_options: SplitOptions = SplitOptions(),
+    split_options: SplitOptions | None = None,
     overwrite: bool = False,
     chunk_rows: int = readers.DEFAULT_CHUNK_ROWS,
     progress: ProgressFn = no_progress,
     fsync: bool = False,
 ) -> dict:
     """`cutout-etl split`: split a merged file; provenance points at the original inputs."""
+    split_options = split_options or SplitOptions()
     split_metadata = _split_metadata(split_options)
     with open_dataset(path) as parent:
         parent_meta = parent.metadata

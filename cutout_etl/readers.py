@@ -208,17 +208,6 @@ def iter_chunks(
         reader.close()
 
 
-def as_bytes(values: np.ndarray) -> np.ndarray:
-    """Strings of any storage (bytes, unicode, variable-length) as stripped bytes."""
-    if values.dtype.kind == "S":
-        out = values
-    elif values.dtype.kind == "U":
-        out = np.char.encode(values, "utf-8")
-    else:
-        out = np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values], dtype="S")
-    return np.char.strip(out)
-
-
 def sha256_file(path: Path, block: int = 1 << 22, stop: threading.Event | None = None) -> str:
     """SHA-256 of a file; gives up (returns "") as soon as `stop` is set."""
     digest = hashlib.sha256()

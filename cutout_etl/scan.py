@@ -23,7 +23,7 @@ from . import readers
 from .errors import DuplicateInputError, ImageShapeError, UnknownLabelError
 from .merge import UNKNOWN, encode_labels, normalize_labels
 from .readers import TableInfo
-from .schema import Columns
+from .schema import Columns, as_bytes
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -149,7 +149,7 @@ def _scan_chunk(entry: InputFile, index: int, start: int, chunk: np.ndarray, cla
     return {
         "file_index": np.full(n, index, dtype=np.int16),
         "row": np.arange(start, start + n, dtype=np.int64),
-        "ids": readers.as_bytes(chunk[columns.id]),
+        "ids": as_bytes(chunk[columns.id]),
         "codes": codes,
         "no_finite": no_finite,
     }

@@ -69,3 +69,14 @@ COLUMN_DESCRIPTIONS = {
     "image": "cutout, channels last (H, W, bands), raw flux copied bit-exact",
 }
 COLUMN_UNITS = {"RAJ2000": "deg", "DECJ2000": "deg", "image": PIXEL_UNIT_ASTROPY}
+
+
+def as_bytes(values: np.ndarray) -> np.ndarray:
+    """Strings of any storage (bytes, unicode, variable-length) as stripped bytes."""
+    if values.dtype.kind == "S":
+        out = values
+    elif values.dtype.kind == "U":
+        out = np.char.encode(values, "utf-8")
+    else:
+        out = np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values], dtype="S")
+    return np.char.strip(out)

@@ -3,6 +3,7 @@ no traceback, and nothing written."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -198,10 +199,10 @@ def test_debug_shows_the_traceback(broken, tmp_path):
 
 def test_table_path_chooses_among_several(tmp_path):
     inputs, _ = several_tables(tmp_path)
-    out = tmp_path / "o.h5"
-    # the good files hold only 'data', so select per run: inspect the odd file alone
+    # the good files hold only 'data': inspect the file with two tables alone
     code, stdout, stderr = run(["inspect", inputs[-1], "--table-path", "dr5", "--json"])
     assert code == 0, stderr
+    assert json.loads(stdout)["files"][0]["table_path"] == "dr5"
 
 
 def test_existing_output_refused_without_overwrite(tmp_path):
