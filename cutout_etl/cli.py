@@ -277,6 +277,26 @@ def build(
     _emit(result, json_out, quiet, show)
 
 
+@app.command()
+def verify(
+    dataset: Annotated[Path, typer.Argument(help="A dataset (or merged file) written by cutout-etl.", show_default=False)],
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Check a dataset against its own checksums, counts, IDs and statistics.
+
+    Exit status 0 only when everything holds; otherwise each failure is listed.
+
+    Example: cutout-etl verify dataset.h5 --json
+    """
+    from .verify import verify as verify_dataset
+
+    report = _run(lambda p: verify_dataset(dataset, p), quiet, debug)
+    _emit(report, json_out, quiet, render.verify_report)
+    raise typer.Exit(0 if report["ok"] else 1)
+
+
 @app.command("demo-data")
 def demo_data(
     directory: Annotated[Path, typer.Argument(help="Where to write the three class files.", show_default=False)],

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, readers
+from .checksums import ALGORITHM, TableChecksums, dataset_digest
 from .dataset import open_dataset
 from .errors import DatasetError
 from .merge import UNKNOWN, DuplicateReport, parse_classes, resolve_duplicates
@@ -135,22 +136,29 @@ def _write_tables(
     progress: ProgressFn,
     carry_provenance: bool = False,
     stats_table: str | None = None,
-) -> dict | None:
+) -> tuple[dict | None, dict[str, dict]]:
     """Write every table in stored order, gathering its rows from the inputs.
 
-    Returns the statistics of `stats_table`, accumulated on the way in stored
-    order, so they do not depend on the order of the inputs.
+    Returns the statistics of `stats_table` and every table's checksums, both
+    accumulated on the way in stored order, so they do not depend on the
+    order of the inputs.
     """
     scan = plan.scan
     dtype = output_dtype(scan.id_len, max(len(c) for c in scan.classes), scan.image_shape)
     offsets = create_tables(out, {t: layout.tables_rows[t]["rows"] for t in layout.tables}, dtype)
     fill = _RecordFiller(scan, dtype, carry_provenance)
     acc = BandStats(n_bands=scan.image_shape[-1])
+    checksums = {name: TableChecksums(options.chunk_rows) for name in layout.tables}
     total, done = int(plan.keep.sum()), 0
+
+    def store(name: str, positions: np.ndarray, records: np.ndarray) -> None:
+        writer.write(name, positions, records)
+        checksums[name].add(records)
+
     with (
         contextlib.ExitStack() as stack,
         RowWriter(out, offsets, dtype.itemsize) as writer,
-        _Background(writer.write) as write,
+        _Background(store) as write,
         _Background(acc.update) as add_stats,
     ):
         sources = _open_row_readers(scan, stack)
@@ -165,7 +173,15 @@ def _write_tables(
                     add_stats(records["image"])
                 done += len(block)
                 progress("write", done, total)
-    return {"split": stats_table, **acc.summary(bands=band_names(scan.image_shape[-1]))} if stats_table else None
+    stats = {"split": stats_table, **acc.summary(bands=band_names(scan.image_shape[-1]))} if stats_table else None
+    return stats, {name: c.to_dict() for name, c in checksums.items()}
+
+
+def _seal(metadata: dict, checksums: dict[str, dict]) -> dict:
+    """Add the checksums and the content digest: the last step before writing metadata."""
+    metadata["checksums"] = {"algorithm": ALGORITHM, "tables": checksums}
+    metadata["digest"] = dataset_digest(metadata, checksums)
+    return metadata
 
 
 class _Background:
@@ -355,10 +371,10 @@ def merge(
     with _job(paths, out, overwrite, fsync) as (tmp, hasher):
         plan = plan_rows(scan_inputs(paths, classes, read, merge_options.drop_unknown, progress), merge_options)
         layout = _merged_layout(plan)
-        _write_tables(plan, layout, tmp, read, progress)
+        _, checksums = _write_tables(plan, layout, tmp, read, progress)
         hasher.finish(plan.scan.files, progress)
         metadata = _metadata("merged", plan, layout, [f.describe() for f in plan.scan.files])
-        write_metadata(tmp, metadata)
+        write_metadata(tmp, _seal(metadata, checksums))
     return metadata
 
 
@@ -383,10 +399,10 @@ def build(
         layout = _split_layout(plan, split_options)
         metadata = _metadata("dataset", plan, layout, [])
         metadata["split"] = split_metadata
-        metadata["stats"] = _write_tables(plan, layout, tmp, read, progress, stats_table="train")
+        metadata["stats"], checksums = _write_tables(plan, layout, tmp, read, progress, stats_table="train")
         hasher.finish(plan.scan.files, progress)
         metadata["inputs"] = [f.describe() for f in plan.scan.files]
-        write_metadata(tmp, metadata)
+        write_metadata(tmp, _seal(metadata, checksums))
     return metadata
 
 
@@ -414,8 +430,10 @@ def split(
         metadata = _metadata("dataset", plan, layout, parent_meta["inputs"])
         metadata["report"] = parent_meta["report"]
         metadata["split"] = split_metadata
-        metadata["stats"] = _write_tables(plan, layout, tmp, read, progress, carry_provenance=True, stats_table="train")
+        metadata["stats"], checksums = _write_tables(
+            plan, layout, tmp, read, progress, carry_provenance=True, stats_table="train"
+        )
         hasher.finish(plan.scan.files, progress)
         metadata["parent"] = plan.scan.files[0].describe()
-        write_metadata(tmp, metadata)
+        write_metadata(tmp, _seal(metadata, checksums))
     return metadata

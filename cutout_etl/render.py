@@ -101,3 +101,10 @@ def inspect_report(console: Console, report: dict) -> None:
         console.print(f"{p['level']}: {where}{p['message']}{count}", style=style, highlight=False, markup=False)
     verdict = "usable" if report["ok"] else "NOT usable"
     console.print(f"{report['errors']} errors, {report['warnings']} warnings: files {verdict}", highlight=False)
+
+
+def verify_report(console: Console, report: dict) -> None:
+    for failure in report["failures"]:
+        console.print(f"FAIL {failure}", style="red", highlight=False, markup=False)
+    verdict = "verified" if report["ok"] else f"{len(report['failures'])} failures"
+    console.print(f"{verdict}: {', '.join(report['checks'])}", highlight=False, markup=False)

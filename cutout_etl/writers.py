@@ -133,6 +133,7 @@ def create_tables(path: Path, tables: Mapping[str, int], dtype: np.dtype) -> dic
     scattered order into a sparse file cost 3x more, and a full disk fails
     here rather than half way.
     """
+    _check_room(path, sum(tables.values()) * dtype.itemsize + _HEADER_ROOM)
     offsets = {}
     with h5py.File(path, "w", track_order=True) as f:
         for name, rows in tables.items():
@@ -141,6 +142,26 @@ def create_tables(path: Path, tables: Mapping[str, int], dtype: np.dtype) -> dic
             offsets[name] = f[name].id.get_offset()
     _reserve(path)
     return offsets
+
+
+_HEADER_ROOM = 1 << 20  # HDF5 headers, astropy column metadata, our JSON: well under 1 MiB
+
+
+def _check_room(path: Path, nbytes: int) -> None:
+    """Fail on a full disk or a file-size limit before HDF5 writes anything.
+
+    HDF5 does not recover from a failed metadata write: the library is left
+    in a state that crashes the interpreter at exit.
+    """
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    finally:
+        os.ftruncate(fd, 0)
+        os.close(fd)
 
 
 def _reserve(path: Path) -> None:

@@ -1,0 +1,147 @@
+"""`cutout-etl verify`: prove a dataset is what its metadata claims.
+
+Recomputes every block checksum and the content digest, recounts rows and
+classes, checks labels and IDs (no ID twice, so none in two splits), that the
+inputs' provenance is there, and recomputes the stored statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .checksums import TableChecksums, dataset_digest
+from .dataset import Dataset, open_dataset
+from .scan import ProgressFn, no_progress
+from .stats import BandStats
+
+MOMENTS = ("sum", "mean", "m2", "variance", "std")
+MOMENT_RTOL = 1e-9  # moments depend on the order of float64 additions only
+
+
+def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
+    """Check a dataset; returns {"ok", "checks", "failures"}, never raises for bad content."""
+    failures: list[str] = []
+    with open_dataset(path) as ds:
+        meta = ds.metadata
+        stored = (meta.get("checksums") or {}).get("tables")
+        if not stored:
+            return _result(["no checksums in the metadata: written by an older cutout-etl or altered"], [])
+        stats_split = (meta.get("stats") or {}).get("split")
+        recomputed, ids, acc = {}, [], None
+        for name in ds.splits:
+            block_rows = stored[name]["block_rows"]
+            table_acc = BandStats(n_bands=len(ds.bands)) if name == stats_split else None
+            recomputed[name], table_ids = _scan_table(ds, name, block_rows, table_acc, failures, progress)
+            ids.append(table_ids)
+            acc = table_acc or acc
+            failures += _compare_blocks(name, stored[name], recomputed[name], block_rows)
+    checks = ["block checksums", "row and class counts", "labels", "IDs unique across splits", "content digest", "provenance"]
+    failures += _unique_ids(ds.splits, ids)
+    if dataset_digest(meta, recomputed) != meta.get("digest"):
+        failures.append("content digest differs from the stored one")
+    failures += _provenance(meta)
+    if acc is not None:
+        checks.append(f"statistics of {stats_split}")
+        failures += _compare_stats(meta["stats"], acc.summary(bands=meta["bands"]))
+    return _result(failures, checks)
+
+
+def _result(failures: list[str], checks: list[str]) -> dict:
+    return {"ok": not failures, "checks": checks, "failures": failures}
+
+
+def _blocks(ds: Dataset, name: str, block_rows: int) -> Iterator[np.ndarray]:
+    split = ds[name]
+    for start in range(0, len(split), block_rows):
+        yield split.read(start, start + block_rows)
+
+
+def _scan_table(ds: Dataset, name: str, block_rows: int, acc: BandStats | None, failures: list[str], progress: ProgressFn):
+    """One pass over a table: checksums, counts, label checks, IDs, statistics."""
+    checksums = TableChecksums(block_rows)
+    n_classes = len(ds.classes)
+    class_names = np.array([c.encode() for c in ds.classes])
+    counts = np.zeros(n_classes, dtype=np.int64)
+    ids, bad_labels, bad_names, done = [], 0, 0, 0
+    for rows in _blocks(ds, name, block_rows):
+        checksums.add(rows)
+        labels = rows["label"]
+        valid = (labels >= 0) & (labels < n_classes)
+        bad_labels += int((~valid).sum())
+        counts += np.bincount(labels[valid], minlength=n_classes)
+        bad_names += int((class_names[labels[valid]] != rows["SPECTYPE"][valid]).sum())
+        ids.append(rows["ID"])
+        if acc is not None:
+            acc.update(rows["image"])
+        done += len(rows)
+        progress(f"verify {name}", done, len(ds[name]))
+    expected = ds.metadata["tables_rows"][name]
+    if done != expected["rows"]:
+        failures.append(f"{name}: {done} rows, the metadata says {expected['rows']}")
+    found = {c: int(n) for c, n in zip(ds.classes, counts)}
+    if found != expected["class_counts"]:
+        failures.append(f"{name}: class counts {found}, the metadata says {expected['class_counts']}")
+    if bad_labels:
+        failures.append(f"{name}: {bad_labels} labels outside 0..{n_classes - 1}")
+    if bad_names:
+        failures.append(f"{name}: {bad_names} rows whose SPECTYPE is not classes[label]")
+    return checksums.to_dict(), np.concatenate(ids) if ids else np.zeros(0, "S1")
+
+
+def _compare_blocks(name: str, stored: dict, recomputed: dict, block_rows: int) -> list[str]:
+    failures = []
+    for kind, expected in stored["blocks"].items():
+        found = recomputed["blocks"].get(kind, [])
+        if len(found) != len(expected):
+            failures.append(f"{name}: {len(found)} {kind} blocks, the metadata lists {len(expected)}")
+        for i, (a, b) in enumerate(zip(expected, found)):
+            if a != b:
+                first = i * block_rows
+                failures.append(f"{name} block {i} (rows {first}-{first + block_rows - 1}): {kind} checksum mismatch")
+    return failures
+
+
+def _unique_ids(splits: list[str], ids: list[np.ndarray]) -> list[str]:
+    if not ids:
+        return []
+    every = np.concatenate(ids)
+    split_of = np.concatenate([np.full(len(i), s) for s, i in enumerate(ids)])
+    order = np.argsort(every, kind="stable")
+    every, split_of = every[order], split_of[order]
+    starts = np.flatnonzero(np.r_[True, every[1:] != every[:-1]])
+    repeated = np.diff(np.r_[starts, len(every)]) > 1
+    if not repeated.any():
+        return []
+    across = np.minimum.reduceat(split_of, starts) != np.maximum.reduceat(split_of, starts)
+    names = ", ".join(v.decode(errors="replace") for v in every[starts[repeated]][:5])
+    return [f"{int(repeated.sum())} IDs appear more than once ({int(across.sum())} of them in two splits), e.g. {names}"]
+
+
+def _provenance(meta: dict) -> list[str]:
+    inputs = meta.get("inputs") or []
+    if not inputs:
+        return ["no input provenance (inputs) in the metadata"]
+    incomplete = [i.get("name", "?") for i in inputs if len(i.get("sha256", "")) != 64 or not i.get("size")]
+    return [f"inputs without size or SHA-256: {', '.join(incomplete)}"] if incomplete else []
+
+
+def _compare_stats(stored: dict, found: dict) -> list[str]:
+    failures = []
+    if stored.get("n_cutouts") != found["n_cutouts"]:
+        failures.append(f"statistics: {stored.get('n_cutouts')} cutouts stored, {found['n_cutouts']} recomputed")
+    for band, values in found["bands"].items():
+        kept = stored.get("bands", {}).get(band, {})
+        for key, value in values.items():
+            if not _same(kept.get(key), value, key in MOMENTS):
+                failures.append(f"statistics: band {band} {key} stored {kept.get(key)!r}, recomputed {value!r}")
+    return failures
+
+
+def _same(a: object, b: object, moment: bool) -> bool:
+    if moment and isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=MOMENT_RTOL, abs_tol=0.0)
+    return a == b
