@@ -93,8 +93,8 @@ def generate(directory: Path, rows: int) -> tuple[list[Path], float]:
     return [Path(line) for line in gen.stdout.splitlines()], gen.wall_s
 
 
-def build(files: list[Path], out: Path) -> Run:
-    return run([CLI, "build", *files, "-o", out, "--quiet"])
+def build(files: list[Path], out: Path, *options: str) -> Run:
+    return run([CLI, "build", *files, "-o", out, "--quiet", *options])
 
 
 def count_rows(dataset: Path) -> int:
@@ -128,13 +128,17 @@ def measure_main(workdir: Path, rows: int) -> dict:
           f"{'OK' if total == 3 * rows else 'MISMATCH'}")
     os.sync()
 
+    parquet = build(files, workdir / "build" / "dataset_parquet", "--format", "parquet")
+    shutil.rmtree(workdir / "build" / "dataset_parquet")
+    os.sync()
+
     by_hand_dir = workdir / "by_hand"
     by_hand_dir.mkdir()
     manual = run([sys.executable, SCRIPT, "--by-hand", *files, "--out", by_hand_dir])
     os.sync()
     return {"rows_per_class": rows, "input_mb": input_bytes / MB, "generation_s": gen_s,
             "rows_found": total, "rows_ok": total == 3 * rows,
-            "runs": {"cp": cp, "build": built, "by-hand": manual}}
+            "runs": {"cp": cp, "build": built, "build parquet": parquet, "by-hand": manual}}
 
 
 def main_ratios(runs: dict[str, Run]) -> list[Ratio]:
@@ -144,13 +148,15 @@ def main_ratios(runs: dict[str, Run]) -> list[Ratio]:
         Ratio("by-hand time / build time", manual.wall_s / built.wall_s, ">=", 5.0),
         Ratio("by-hand RSS / build RSS", manual.peak_rss_mb / built.peak_rss_mb, ">=", 5.0),
         Ratio("build RSS MB", built.peak_rss_mb, "<", BUILD_RSS_LIMIT_MB),
+        Ratio("parquet throughput / hdf5 throughput", built.wall_s / runs["build parquet"].wall_s, ">=", 0.5),
+        Ratio("build parquet RSS MB", runs["build parquet"].peak_rss_mb, "<", BUILD_RSS_LIMIT_MB),
     ]
 
 
 def print_main(result: dict, ratios: list[Ratio]) -> None:
-    print(f"\n{'step':<10}{'wall s':>10}{'input MB/s':>12}{'peak RSS MB':>14}")
+    print(f"\n{'step':<15}{'wall s':>10}{'input MB/s':>12}{'peak RSS MB':>14}")
     for name, r in result["runs"].items():
-        print(f"{name:<10}{r.wall_s:>10.2f}{result['input_mb'] / r.wall_s:>12.0f}{r.peak_rss_mb:>14.1f}")
+        print(f"{name:<15}{r.wall_s:>10.2f}{result['input_mb'] / r.wall_s:>12.0f}{r.peak_rss_mb:>14.1f}")
     print()
     print_ratios(ratios)
 

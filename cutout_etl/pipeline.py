@@ -22,23 +22,25 @@ import numpy as np
 
 from . import __version__, readers
 from .checksums import ALGORITHM, TableChecksums, dataset_digest
-from .dataset import open_dataset
+from .dataset import open_dataset, row_dtype
 from .errors import DatasetError
 from .merge import UNKNOWN, DuplicateReport, parse_classes, resolve_duplicates
 from .scan import FileHasher, ProgressFn, ReadOptions, Scan, no_progress, scan_inputs
 from .schema import (
     DEFAULT_CLASSES,
+    DEFAULT_ROWS_PER_SHARD,
     FORMAT_NAME,
     FORMAT_VERSION,
     MERGED_TABLE,
     PIXEL_UNIT,
     SPLIT_NAMES,
     band_names,
+    is_parquet_path,
     output_dtype,
 )
 from .split import assign_splits, parse_fractions
 from .stats import BandStats
-from .writers import RowWriter, atomic_output, create_tables, write_metadata
+from .writers import HDF5Sink, Sink, atomic_output, write_metadata
 
 DROP_REASONS = ("unknown_label", "no_finite_pixel", "duplicate_id", "conflicting_labels")
 
@@ -127,11 +129,14 @@ class Layout:
     position: np.ndarray  # int64
     tables_rows: dict[str, dict]  # table -> {"rows": n, "class_counts": {...}}
 
+    def rows(self) -> dict[str, int]:
+        return {name: self.tables_rows[name]["rows"] for name in self.tables}
+
 
 def _write_tables(
     plan: Plan,
     layout: Layout,
-    out: Path,
+    sink: Sink,
     options: ReadOptions,
     progress: ProgressFn,
     carry_provenance: bool = False,
@@ -144,20 +149,17 @@ def _write_tables(
     order of the inputs.
     """
     scan = plan.scan
-    dtype = output_dtype(scan.id_len, max(len(c) for c in scan.classes), scan.image_shape)
-    offsets = create_tables(out, {t: layout.tables_rows[t]["rows"] for t in layout.tables}, dtype)
-    fill = _RecordFiller(scan, dtype, carry_provenance)
+    fill = _RecordFiller(scan, _row_dtype(scan), carry_provenance)
     acc = BandStats(n_bands=scan.image_shape[-1])
     checksums = {name: TableChecksums(options.chunk_rows) for name in layout.tables}
     total, done = int(plan.keep.sum()), 0
 
     def store(name: str, positions: np.ndarray, records: np.ndarray) -> None:
-        writer.write(name, positions, records)
+        sink.write(name, positions, records)
         checksums[name].add(records)
 
     with (
         contextlib.ExitStack() as stack,
-        RowWriter(out, offsets, dtype.itemsize) as writer,
         _Background(store) as write,
         _Background(acc.update) as add_stats,
     ):
@@ -287,6 +289,10 @@ def stats(path: Path, split: str = "train", chunk_rows: int = readers.DEFAULT_CH
 # ---------------------------------------------------------------- commands
 
 
+def _row_dtype(scan: Scan) -> np.dtype:
+    return output_dtype(scan.id_len, max(len(c) for c in scan.classes), scan.image_shape)
+
+
 def _metadata(kind: str, plan: Plan, layout: Layout, inputs: list[dict]) -> dict:
     scan = plan.scan
     return {
@@ -299,6 +305,7 @@ def _metadata(kind: str, plan: Plan, layout: Layout, inputs: list[dict]) -> dict
         "image_shape": list(scan.image_shape),
         "image_layout": "channels last (height, width, bands)",
         "pixel_unit": PIXEL_UNIT,
+        "row_dtype": {"id_bytes": scan.id_len, "class_bytes": max(len(c) for c in scan.classes)},
         "tables": layout.tables,
         "tables_rows": layout.tables_rows,
         "inputs": inputs,
@@ -306,11 +313,30 @@ def _metadata(kind: str, plan: Plan, layout: Layout, inputs: list[dict]) -> dict
     }
 
 
+@dataclass
+class OutputOptions:
+    """Where and how the output is written."""
+
+    format: str | None = None  # "hdf5", "parquet", or None: from the path
+    overwrite: bool = False
+    fsync: bool = False
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+
+
 @contextlib.contextmanager
-def _job(paths: Sequence[Path], out: Path, overwrite: bool, fsync: bool):
+def _job(paths: Sequence[Path], out: str | Path, output: OutputOptions):
     """An atomic output and the background hashing of the inputs."""
-    with atomic_output(Path(out), overwrite, fsync) as tmp, FileHasher(paths) as hasher:
-        yield tmp, hasher
+    parquet = is_parquet_path(out, output.format)
+    with atomic_output(Path(out), output.overwrite, output.fsync, parquet) as tmp, FileHasher(paths) as hasher:
+        yield tmp, hasher, parquet
+
+
+def open_sink(tmp: Path, parquet: bool, rows: dict[str, int], dtype: np.dtype, classes: Sequence[str], output: OutputOptions) -> Sink:
+    if parquet:
+        from .parquet import ParquetSink  # pyarrow is imported only when Parquet is written
+
+        return ParquetSink(tmp, rows, int(np.prod(dtype["image"].shape)), classes, output.rows_per_shard)
+    return HDF5Sink(tmp, rows, dtype)
 
 
 def _class_counts(scan: Scan, mask: np.ndarray) -> dict[str, int]:
@@ -357,83 +383,115 @@ def _split_metadata(options: SplitOptions) -> dict:
 
 def merge(
     paths: Sequence[Path],
-    out: Path,
+    out: str | Path,
     read: ReadOptions | None = None,
     merge_options: MergeOptions | None = None,
-    overwrite: bool = False,
+    output: OutputOptions | None = None,
     progress: ProgressFn = no_progress,
-    fsync: bool = False,
 ) -> dict:
     """`cutout-etl merge`: one table of all kept rows, sorted by class then ID."""
     read, merge_options = read or ReadOptions(), merge_options or MergeOptions()
+    output = output or OutputOptions()
     classes = parse_classes(merge_options.classes, DEFAULT_CLASSES)
     paths = [Path(p) for p in paths]
-    with _job(paths, out, overwrite, fsync) as (tmp, hasher):
+    with _job(paths, out, output) as (tmp, hasher, parquet):
         plan = plan_rows(scan_inputs(paths, classes, read, merge_options.drop_unknown, progress), merge_options)
         layout = _merged_layout(plan)
-        _, checksums = _write_tables(plan, layout, tmp, read, progress)
-        hasher.finish(plan.scan.files, progress)
-        metadata = _metadata("merged", plan, layout, [f.describe() for f in plan.scan.files])
-        write_metadata(tmp, _seal(metadata, checksums))
+        with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(plan.scan), classes, output)) as sink:
+            _, checksums = _write_tables(plan, layout, sink, read, progress)
+            hasher.finish(plan.scan.files, progress)
+            metadata = _metadata("merged", plan, layout, [f.describe() for f in plan.scan.files])
+            sink.finish(_seal(metadata, checksums))
     return metadata
 
 
 def build(
     paths: Sequence[Path],
-    out: Path,
+    out: str | Path,
     read: ReadOptions | None = None,
     merge_options: MergeOptions | None = None,
     split_options: SplitOptions | None = None,
-    overwrite: bool = False,
+    output: OutputOptions | None = None,
     progress: ProgressFn = no_progress,
-    fsync: bool = False,
 ) -> dict:
     """`cutout-etl build`: merge, split and statistics of the train split in one run."""
     read, merge_options = read or ReadOptions(), merge_options or MergeOptions()
-    split_options = split_options or SplitOptions()
+    split_options, output = split_options or SplitOptions(), output or OutputOptions()
     classes = parse_classes(merge_options.classes, DEFAULT_CLASSES)
     split_metadata = _split_metadata(split_options)
     paths = [Path(p) for p in paths]
-    with _job(paths, out, overwrite, fsync) as (tmp, hasher):
+    with _job(paths, out, output) as (tmp, hasher, parquet):
         plan = plan_rows(scan_inputs(paths, classes, read, merge_options.drop_unknown, progress), merge_options)
         layout = _split_layout(plan, split_options)
         metadata = _metadata("dataset", plan, layout, [])
         metadata["split"] = split_metadata
-        metadata["stats"], checksums = _write_tables(plan, layout, tmp, read, progress, stats_table="train")
-        hasher.finish(plan.scan.files, progress)
-        metadata["inputs"] = [f.describe() for f in plan.scan.files]
-        write_metadata(tmp, _seal(metadata, checksums))
+        with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(plan.scan), classes, output)) as sink:
+            metadata["stats"], checksums = _write_tables(plan, layout, sink, read, progress, stats_table="train")
+            hasher.finish(plan.scan.files, progress)
+            metadata["inputs"] = [f.describe() for f in plan.scan.files]
+            sink.finish(_seal(metadata, checksums))
     return metadata
 
 
 def split(
     path: Path,
-    out: Path,
+    out: str | Path,
     split_options: SplitOptions | None = None,
-    overwrite: bool = False,
+    output: OutputOptions | None = None,
     chunk_rows: int = readers.DEFAULT_CHUNK_ROWS,
     progress: ProgressFn = no_progress,
-    fsync: bool = False,
 ) -> dict:
-    """`cutout-etl split`: split a merged file; provenance points at the original inputs."""
-    split_options = split_options or SplitOptions()
+    """`cutout-etl split`: split a merged HDF5 file; provenance points at the original inputs."""
+    split_options, output = split_options or SplitOptions(), output or OutputOptions()
     split_metadata = _split_metadata(split_options)
     with open_dataset(path) as parent:
         parent_meta = parent.metadata
-    if parent_meta.get("kind") != "merged":
-        raise DatasetError(f"{path}: is a cutout-etl {parent_meta.get('kind')}, expected the output of merge")
+        parent_format = parent.format
+    if parent_meta.get("kind") != "merged" or parent_format != "hdf5":
+        raise DatasetError(f"{path}: is a cutout-etl {parent_meta.get('kind')} ({parent_format}), expected the HDF5 output of merge")
     read = ReadOptions(table_path=MERGED_TABLE, chunk_rows=chunk_rows)
     classes = parent_meta["classes"]
-    with _job([Path(path)], out, overwrite, fsync) as (tmp, hasher):
+    with _job([Path(path)], out, output) as (tmp, hasher, parquet):
         plan = plan_rows(scan_inputs([Path(path)], classes, read, False, progress), MergeOptions(classes=classes))
         layout = _split_layout(plan, split_options)
         metadata = _metadata("dataset", plan, layout, parent_meta["inputs"])
         metadata["report"] = parent_meta["report"]
         metadata["split"] = split_metadata
-        metadata["stats"], checksums = _write_tables(
-            plan, layout, tmp, read, progress, carry_provenance=True, stats_table="train"
-        )
-        hasher.finish(plan.scan.files, progress)
-        metadata["parent"] = plan.scan.files[0].describe()
-        write_metadata(tmp, _seal(metadata, checksums))
+        with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(plan.scan), classes, output)) as sink:
+            metadata["stats"], checksums = _write_tables(
+                plan, layout, sink, read, progress, carry_provenance=True, stats_table="train"
+            )
+            hasher.finish(plan.scan.files, progress)
+            metadata["parent"] = plan.scan.files[0].describe()
+            sink.finish(_seal(metadata, checksums))
+    return metadata
+
+
+def convert(
+    path: Path,
+    out: str | Path,
+    output: OutputOptions | None = None,
+    progress: ProgressFn = no_progress,
+) -> dict:
+    """`cutout-etl convert`: HDF5 <-> Parquet, block by block, checked bit-exact by the content digest."""
+    output = output or OutputOptions()
+    with open_dataset(path) as ds, _job([], out, output) as (tmp, _, parquet):
+        metadata = dict(ds.metadata)
+        block_rows = metadata["checksums"]["tables"][ds.splits[0]]["block_rows"]
+        rows = {name: len(ds[name]) for name in ds.splits}
+        checksums = {name: TableChecksums(block_rows) for name in ds.splits}
+        with contextlib.closing(open_sink(tmp, parquet, rows, row_dtype(metadata), ds.classes, output)) as sink:
+            total, done = sum(rows.values()), 0
+            for name in ds.splits:
+                for start in range(0, rows[name], block_rows):
+                    records = ds[name].read(start, start + block_rows)
+                    sink.write(name, np.arange(start, start + len(records)), records)
+                    checksums[name].add(records)
+                    done += len(records)
+                    progress("convert", done, total)
+            digest = metadata.get("digest")
+            _seal(metadata, {name: c.to_dict() for name, c in checksums.items()})
+            if digest is not None and metadata["digest"] != digest:
+                raise DatasetError(f"{path}: converted content differs from the source (digest {metadata['digest']} != {digest})")
+            sink.finish(metadata)
     return metadata

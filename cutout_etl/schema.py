@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -15,6 +16,12 @@ DEFAULT_CLASSES = ("GALAXY", "QSO", "STAR")
 KIDS_BANDS = ("u", "g", "r", "i")
 SPLIT_NAMES = ("train", "val", "test")
 MERGED_TABLE = "data"
+
+# Parquet datasets: a directory, shards under data/, named the Hugging Face way
+DATA_DIR = "data"
+SIDECAR = "cutout_etl.json"
+FILE_SPLIT = {"train": "train", "val": "validation", "test": "test", MERGED_TABLE: MERGED_TABLE}
+DEFAULT_ROWS_PER_SHARD = 16384  # ~340 MB of 36x36x4 cutouts
 
 
 @dataclass(frozen=True)
@@ -80,3 +87,13 @@ def as_bytes(values: np.ndarray) -> np.ndarray:
     else:
         out = np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values], dtype="S")
     return np.char.strip(out)
+
+
+def is_parquet_path(path: str | Path, fmt: str | None = None) -> bool:
+    """Parquet when asked, or for a path ending in / or .parquet, or an existing directory.
+
+    Pass the path as the user typed it: pathlib drops a trailing slash.
+    """
+    if fmt is not None:
+        return fmt == "parquet"
+    return str(path).endswith(("/", ".parquet")) or Path(path).is_dir()

@@ -13,9 +13,11 @@ import errno
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import h5py
 import numpy as np
@@ -36,9 +38,16 @@ def remove_stale_temps(target: Path) -> list[Path]:
     for candidate in target.parent.glob(f".{target.name}{_TMP_MARK}*"):
         pid = candidate.name.rsplit(_TMP_MARK, 1)[1].split("-")[0]
         if pid.isdigit() and not _process_alive(int(pid)):
-            candidate.unlink(missing_ok=True)
+            _remove(candidate)
             removed.append(candidate)
     return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _process_alive(pid: int) -> bool:
@@ -51,44 +60,61 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def check_target(target: Path, overwrite: bool) -> None:
+def check_target(target: Path, overwrite: bool, directory: bool = False) -> None:
     """Refuse an existing output without --overwrite, or an unwritable directory."""
     if target.exists() and not overwrite:
         raise OutputExistsError(f"{target}: output exists; use --overwrite to replace it")
-    if target.is_dir():
-        raise OutputExistsError(f"{target}: is a directory, expected an output file path")
+    if target.exists() and target.is_dir() != directory:
+        kind, wanted = ("a directory", "a file") if target.is_dir() else ("a file", "a directory")
+        raise OutputExistsError(f"{target}: is {kind}; this output format writes {wanted}")
     if not target.parent.is_dir():
         raise OutputWriteError(f"{target}: output directory {target.parent} does not exist")
 
 
 @contextmanager
-def atomic_output(target: Path, overwrite: bool, fsync: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it into place on success.
+def atomic_output(target: Path, overwrite: bool, fsync: bool = False, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path (a file, or a directory) beside `target`; rename it into place on success.
 
-    On any failure, Ctrl-C included, the temporary file is removed and an
+    On any failure, Ctrl-C included, the temporary output is removed and an
     existing target is left untouched. The rename alone protects against a
-    killed process; `fsync` also flushes the file to disk first, which
+    killed process; `fsync` also flushes the data to disk first, which
     protects against a power cut at the price of a full writeback.
     """
-    check_target(target, overwrite)
+    check_target(target, overwrite, directory)
     remove_stale_temps(target)
     tmp = temp_path_for(target)
     try:
-        _create_empty(tmp, target)
+        _claim(tmp, target, directory)
         yield tmp
         if fsync:
-            _fsync(tmp)
-        os.replace(tmp, target)
+            for path in tmp.rglob("*") if directory else [tmp]:
+                if path.is_file():
+                    _fsync(path)
+        _replace(tmp, target)
     except OSError as exc:
         raise OutputWriteError(f"{target}: cannot write output ({_os_reason(exc)})") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
 
 
-def _create_empty(tmp: Path, target: Path) -> None:
+def _replace(tmp: Path, target: Path) -> None:
+    """Rename into place; an existing directory is moved aside first (rename cannot replace it)."""
+    if not (target.is_dir() and not target.is_symlink()):
+        os.replace(tmp, target)
+        return
+    aside = temp_path_for(target)
+    os.replace(target, aside)
+    os.replace(tmp, target)
+    _remove(aside)
+
+
+def _claim(tmp: Path, target: Path, directory: bool) -> None:
     """Claim the temporary name now, so an unwritable directory fails before any work."""
     try:
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        if directory:
+            tmp.mkdir()
+        else:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     except OSError as exc:
         raise OutputWriteError(f"{target}: cannot write in {target.parent} ({_os_reason(exc)})") from exc
 
@@ -216,10 +242,38 @@ class RowWriter:
         self.rows_written += len(records)
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> RowWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Sink(Protocol):
+    """Where the write pass puts each block of records (HDF5 file or Parquet shards)."""
+
+    def write(self, name: str, positions: np.ndarray, records: np.ndarray) -> None: ...
+    def finish(self, metadata: Mapping) -> None: ...
+    def close(self) -> None: ...
+
+
+class HDF5Sink:
+    """The HDF5 output: tables preallocated, rows written at their positions."""
+
+    def __init__(self, path: Path, tables_rows: Mapping[str, int], dtype: np.dtype) -> None:
+        self.path = path
+        self._writer = RowWriter(path, create_tables(path, tables_rows, dtype), dtype.itemsize)
+
+    def write(self, name: str, positions: np.ndarray, records: np.ndarray) -> None:
+        self._writer.write(name, positions, records)
+
+    def finish(self, metadata: Mapping) -> None:
+        self._writer.close()
+        write_metadata(self.path, metadata)
+
+    def close(self) -> None:
+        self._writer.close()
