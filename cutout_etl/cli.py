@@ -19,7 +19,7 @@ from .errors import CutoutEtlError
 from .inspect import inspect_files
 from .readers import DEFAULT_CHUNK_ROWS
 from .scan import ReadOptions
-from .schema import Columns
+from .schema import DEFAULT_ROWS_PER_SHARD, Columns
 
 app = typer.Typer(
     help="Turn astronomers' HDF5 cutout tables into machine-learning-ready datasets.",
@@ -31,7 +31,9 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Inputs = Annotated[list[Path], typer.Argument(help="Class files (astropy HDF5 tables), one per class.", show_default=False)]
-Output = Annotated[Path, typer.Option("--output", "-o", help="Output file.", show_default=False)]
+Output = Annotated[str, typer.Option("--output", "-o", help="Output: an HDF5 file, or a Parquet directory (a path ending in / or .parquet, or --format parquet).", show_default=False)]
+Format = Annotated[str | None, typer.Option("--format", help="hdf5 or parquet [default: from the output path].", show_default=False)]
+RowsPerShard = Annotated[int, typer.Option(help="Parquet: rows per shard file (16384 = ~340 MB).", min=1)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (and nothing else there).")]
@@ -44,6 +46,12 @@ Classes = Annotated[str | None, typer.Option(help="Class names in code order, e.
 DropUnknown = Annotated[bool, typer.Option("--drop-unknown", help="Drop rows whose label is not a class (counted) instead of failing.")]
 OnConflict = Annotated[str, typer.Option(help="One ID with different labels: 'error' or 'drop' (all copies, counted).")]
 Fractions = Annotated[str, typer.Option(help="Train,val,test fractions.")]
+MatchRadius = Annotated[float, typer.Option(help="Objects closer than this (arcsec) are one object (0: off).", min=0)]
+GroupRadius = Annotated[float | None, typer.Option(help="Objects closer than this (arcsec) share a split [default: the cutout's half-diagonal] (0: off).", min=0, show_default=False)]
+PixelScale = Annotated[float, typer.Option(help="Arcsec per pixel, for the default group radius (KiDS: 0.2).", min=0)]
+GroupBy = Annotated[str, typer.Option(help="'sky': whole sky cells go to one split; 'none'.")]
+CellDeg = Annotated[float, typer.Option(help="Sky cell size in degrees, with --group-by sky.", min=0.001)]
+Tolerance = Annotated[float, typer.Option(help="Allowed gap between a class's achieved and target split fraction (reported).", min=0)]
 Seed = Annotated[int, typer.Option(help="Seed of the keyed hash that assigns splits.")]
 Fsync = Annotated[bool, typer.Option("--fsync", help="Flush the output to disk before renaming it into place (survives a power cut; costs a full writeback).")]
 ChunkRows = Annotated[int, typer.Option(help="Rows read per chunk (bounds memory: ~21 KB a row).", min=1)]
@@ -134,18 +142,28 @@ def _read_options(image_column: str, label_column: str, id_column: str, table_pa
     return ReadOptions(Columns(id=id_column, label=label_column, image=image_column), table_path, chunk_rows)
 
 
-def _merge_options(classes: str | None, drop_unknown: bool, on_conflict: str) -> pipeline.MergeOptions:
+def _merge_options(classes: str | None, drop_unknown: bool, on_conflict: str, match_radius: float) -> pipeline.MergeOptions:
     if on_conflict not in ("error", "drop"):
         raise typer.BadParameter(f"expected 'error' or 'drop' (got {on_conflict!r})", param_hint="--on-conflict")
-    return pipeline.MergeOptions(classes.split(",") if classes else None, drop_unknown, on_conflict)
+    return pipeline.MergeOptions(classes.split(",") if classes else None, drop_unknown, on_conflict, match_radius)
 
 
-def _split_options(fractions: str, seed: int) -> pipeline.SplitOptions:
+def _output(fmt: str | None, overwrite: bool, fsync: bool, rows_per_shard: int) -> pipeline.OutputOptions:
+    if fmt not in (None, "hdf5", "parquet"):
+        raise typer.BadParameter(f"expected 'hdf5' or 'parquet' (got {fmt!r})", param_hint="--format")
+    return pipeline.OutputOptions(fmt, overwrite, fsync, rows_per_shard)
+
+
+def _split_options(
+    fractions: str, seed: int, group_radius: float | None, pixel_scale: float, group_by: str, cell_deg: float, tolerance: float
+) -> pipeline.SplitOptions:
     try:
         values = [float(v) for v in fractions.split(",")]
     except ValueError:
         raise typer.BadParameter(f"expected numbers like 0.7,0.15,0.15 (got {fractions!r})", param_hint="--fractions") from None
-    return pipeline.SplitOptions(values, seed)
+    if group_by not in ("none", "sky"):
+        raise typer.BadParameter(f"expected 'none' or 'sky' (got {group_by!r})", param_hint="--group-by")
+    return pipeline.SplitOptions(values, seed, group_radius, pixel_scale, group_by, cell_deg, tolerance)
 
 
 @app.command()
@@ -157,6 +175,7 @@ def inspect(
     table_path: TablePath = None,
     classes: Classes = None,
     chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write the report as one self-contained HTML page (tables plus example and histogram images), for sharing; replaced if it exists.", show_default=False)] = None,
     json_out: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -169,8 +188,20 @@ def inspect(
     """
     read = _read_options(image_column, label_column, id_column, table_path, chunk_rows)
     class_list = classes.split(",") if classes else None
+    if html is not None:
+        from .preview import check_output
+
+        _run(lambda p: check_output(html, files), quiet, debug)
     report = _run(lambda p: inspect_files(files, read, class_list, p), quiet, debug)
+    if html is not None:
+        from .report_html import write_inspect_html
+
+        report["html"] = _run(lambda p: write_inspect_html(files, report, html, read, progress=p), quiet, debug)
     _emit(report, json_out, quiet, render.inspect_report)
+    if html is not None and not (quiet or json_out):
+        for note in report["html"]["notes"]:
+            err.print(f"note: {note}", markup=False)
+        err.print(f"wrote {html}", markup=False)
     raise typer.Exit(0 if report["ok"] else 1)
 
 
@@ -185,7 +216,10 @@ def merge(
     classes: Classes = None,
     drop_unknown: DropUnknown = False,
     on_conflict: OnConflict = "error",
+    match_radius: MatchRadius = 1.0,
     chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    output_format: Format = None,
+    rows_per_shard: RowsPerShard = DEFAULT_ROWS_PER_SHARD,
     overwrite: Overwrite = False,
     fsync: Fsync = False,
     json_out: Json = False,
@@ -197,8 +231,8 @@ def merge(
     Example: cutout-etl merge image_table_*.hdf5 -o merged.h5
     """
     read = _read_options(image_column, label_column, id_column, table_path, chunk_rows)
-    options = _merge_options(classes, drop_unknown, on_conflict)
-    result = _run(lambda p: pipeline.merge(files, output, read, options, overwrite, p, fsync), quiet, debug)
+    options = _merge_options(classes, drop_unknown, on_conflict, match_radius)
+    result = _run(lambda p: pipeline.merge(files, output, read, options, _output(output_format, overwrite, fsync, rows_per_shard), p), quiet, debug)
     _emit(result, json_out, quiet, render.run_summary)
 
 
@@ -208,7 +242,14 @@ def split(
     output: Output,
     fractions: Fractions = "0.7,0.15,0.15",
     seed: Seed = 0,
+    group_radius: GroupRadius = None,
+    pixel_scale: PixelScale = 0.2,
+    group_by: GroupBy = "none",
+    cell_deg: CellDeg = 1.0,
+    tolerance: Tolerance = 0.02,
     chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    output_format: Format = None,
+    rows_per_shard: RowsPerShard = DEFAULT_ROWS_PER_SHARD,
     overwrite: Overwrite = False,
     fsync: Fsync = False,
     json_out: Json = False,
@@ -219,8 +260,8 @@ def split(
 
     Example: cutout-etl split merged.h5 -o dataset.h5 --fractions 0.7,0.15,0.15 --seed 0
     """
-    options = _split_options(fractions, seed)
-    result = _run(lambda p: pipeline.split(merged, output, options, overwrite, chunk_rows, p, fsync), quiet, debug)
+    options = _split_options(fractions, seed, group_radius, pixel_scale, group_by, cell_deg, tolerance)
+    result = _run(lambda p: pipeline.split(merged, output, options, _output(output_format, overwrite, fsync, rows_per_shard), chunk_rows, p), quiet, debug)
     _emit(result, json_out, quiet, render.run_summary)
 
 
@@ -252,9 +293,17 @@ def build(
     classes: Classes = None,
     drop_unknown: DropUnknown = False,
     on_conflict: OnConflict = "error",
+    match_radius: MatchRadius = 1.0,
     fractions: Fractions = "0.7,0.15,0.15",
     seed: Seed = 0,
+    group_radius: GroupRadius = None,
+    pixel_scale: PixelScale = 0.2,
+    group_by: GroupBy = "none",
+    cell_deg: CellDeg = 1.0,
+    tolerance: Tolerance = 0.02,
     chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    output_format: Format = None,
+    rows_per_shard: RowsPerShard = DEFAULT_ROWS_PER_SHARD,
     overwrite: Overwrite = False,
     fsync: Fsync = False,
     json_out: Json = False,
@@ -266,15 +315,37 @@ def build(
     Example: cutout-etl build image_table_*.hdf5 -o dataset.h5 --seed 0
     """
     read = _read_options(image_column, label_column, id_column, table_path, chunk_rows)
-    merge_options = _merge_options(classes, drop_unknown, on_conflict)
-    split_options = _split_options(fractions, seed)
-    result = _run(lambda p: pipeline.build(files, output, read, merge_options, split_options, overwrite, p, fsync), quiet, debug)
+    merge_options = _merge_options(classes, drop_unknown, on_conflict, match_radius)
+    split_options = _split_options(fractions, seed, group_radius, pixel_scale, group_by, cell_deg, tolerance)
+    result = _run(lambda p: pipeline.build(files, output, read, merge_options, split_options, _output(output_format, overwrite, fsync, rows_per_shard), p), quiet, debug)
 
     def show(console: Console, metadata: dict) -> None:
         render.run_summary(console, metadata)
         render.stats_table(console, metadata)
 
     _emit(result, json_out, quiet, show)
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="A dataset: HDF5 file or Parquet directory.", show_default=False)],
+    output: Annotated[str, typer.Argument(help="The converted dataset (format from the path, or --format).", show_default=False)],
+    output_format: Format = None,
+    rows_per_shard: RowsPerShard = DEFAULT_ROWS_PER_SHARD,
+    overwrite: Overwrite = False,
+    fsync: Fsync = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Convert a dataset between HDF5 and Parquet, losslessly (checked by the content digest).
+
+    Example: cutout-etl convert dataset.h5 dataset_parquet/
+    """
+    fmt = output_format or ("hdf5" if source.is_dir() else "parquet")
+    options = _output(fmt, overwrite, fsync, rows_per_shard)
+    result = _run(lambda p: pipeline.convert(source, output, options, p), quiet, debug)
+    _emit(result, json_out, quiet, render.run_summary)
 
 
 @app.command()
@@ -295,6 +366,50 @@ def verify(
     report = _run(lambda p: verify_dataset(dataset, p), quiet, debug)
     _emit(report, json_out, quiet, render.verify_report)
     raise typer.Exit(0 if report["ok"] else 1)
+
+
+@app.command()
+def preview(
+    inputs: Annotated[list[Path], typer.Argument(help="One dataset (from build, split or merge), or class files.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The grid PNG to write (replaced if it exists).", show_default=False)],
+    per_class: Annotated[int, typer.Option(help="Examples per class, one grid row each.", min=1, max=50)] = 6,
+    split: Annotated[str | None, typer.Option(help="Dataset split to draw from [default: train, or a merged file's only table].", show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random draw of examples.", min=0)] = 0,
+    hist: Annotated[Path | None, typer.Option(help="Also write this PNG: per band, pixel and central-flux distributions, one curve per class, and colours.", show_default=False)] = None,
+    hist_per_class: Annotated[int, typer.Option(help="Objects per class drawn for --hist.", min=1)] = 2000,
+    image_column: ImageColumn = "image",
+    label_column: LabelColumn = "SPECTYPE",
+    id_column: IdColumn = "ID",
+    table_path: TablePath = None,
+    chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    json_out: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Draw example cutouts band by band, grouped by class, on one stretch for every object.
+
+    Each band is shown as asinh((x - sky) / (3 sky sigma)) with the dataset's stored
+    statistics (computed from the drawn cutouts for class files), so brightness and
+    colour differences stay visible; a colour composite of i, r, g ends each row.
+    Reads only the rows it draws. Needs the plot extra (matplotlib).
+
+    Example: cutout-etl preview dataset.h5 -o preview.png --hist hist.png
+    """
+    from .preview import preview as draw_preview
+
+    read = _read_options(image_column, label_column, id_column, table_path, chunk_rows)
+    result = _run(lambda p: draw_preview(inputs, output, per_class, split, seed, hist, hist_per_class, read, p), quiet, debug)
+
+    def show(console: Console, summary: dict) -> None:
+        shown = ", ".join(f"{c} {n}" for c, n in summary["shown_per_class"].items())
+        where = summary["name"] + (f", {summary['split']} split" if summary["split"] else "")
+        console.print(f"wrote {summary['output']}: {shown} from {where}", highlight=False, markup=False)
+        console.print(f"softening: {summary['softening']['source']}", highlight=False, markup=False)
+        if summary.get("hist"):
+            counts = ", ".join(f"{c} {n}" for c, n in summary["histogram_objects_per_class"].items())
+            console.print(f"wrote {summary['hist']}: distributions of {counts} objects", highlight=False, markup=False)
+
+    _emit(result, json_out, quiet, show)
 
 
 @app.command("demo-data")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import readers
+from . import readers, sky
 from .errors import CutoutEtlError
 from .merge import normalize_labels, parse_classes
 from .scan import ProgressFn, ReadOptions, no_progress
@@ -32,6 +32,8 @@ def inspect_files(
     read: ReadOptions | None = None,
     classes: Sequence[str] | None = None,
     progress: ProgressFn = no_progress,
+    match_radius: float = 1.0,
+    pixel_scale: float = 0.2,
 ) -> dict:
     """Report on each file and across files; never raises for bad input."""
     read = read or ReadOptions()
@@ -44,8 +46,11 @@ def inspect_files(
         if ids is not None:
             ids_by_file[path.name if path.name not in ids_by_file else str(path)] = ids
     problems += _across_files(reports, ids_by_file)
+    positions, position_problems = _positions(reports, ids_by_file, match_radius, pixel_scale)
+    problems += position_problems
     return {
         "files": reports,
+        "positions": positions,
         "classes": class_list,
         "problems": problems,
         "errors": sum(p["level"] == "error" for p in problems),
@@ -90,7 +95,7 @@ def _describe_table(info: readers.TableInfo) -> dict:
 def _read_contents(report, info, f, read: ReadOptions, classes, progress):
     labels: Counter = Counter()
     acc = BandStats(n_bands=info.image_shape[-1])
-    id_parts, label_parts, no_finite, partly = [], [], 0, 0
+    id_parts, label_parts, ra_parts, dec_parts, no_finite, partly = [], [], [], [], 0, 0
     for start, chunk in readers.iter_chunks(info, f, read.chunk_rows):
         normalised = normalize_labels(chunk[info.columns.label])
         values, counts = np.unique(normalised, return_counts=True)
@@ -103,6 +108,8 @@ def _read_contents(report, info, f, read: ReadOptions, classes, progress):
         partly += int((any_finite & ~all_finite).sum())
         id_parts.append(as_bytes(chunk[info.columns.id]))
         label_parts.append(normalised)
+        ra_parts.append(chunk[info.columns.ra].astype(np.float64))
+        dec_parts.append(chunk[info.columns.dec].astype(np.float64))
         progress(f"inspect {info.name}", start + len(chunk), info.rows)
     ids, row_labels = np.concatenate(id_parts), np.concatenate(label_parts)
     report["labels"] = dict(labels.most_common())
@@ -111,7 +118,8 @@ def _read_contents(report, info, f, read: ReadOptions, classes, progress):
     report["rows_partly_nonfinite"] = partly
     duplicates = _duplicated(ids)
     report["duplicate_ids"] = {"ids": len(duplicates), "examples": _examples(duplicates)}
-    return _file_problems(report, info, classes, duplicates), (ids, row_labels)
+    positions = (np.concatenate(ra_parts), np.concatenate(dec_parts))
+    return _file_problems(report, info, classes, duplicates), (ids, row_labels, *positions)
 
 
 def _pixel_summary(acc: BandStats, info: readers.TableInfo) -> dict:
@@ -187,3 +195,45 @@ def _shared_ids(ids_by_file: dict) -> list[dict]:
     if conflict:
         problems.append(_problem("warning", None, f"IDs in more than one file with conflicting labels (merge needs --on-conflict drop), e.g. {', '.join(_examples(np.array(conflict)))}", len(conflict)))
     return problems
+
+
+def _positions(reports: list[dict], ids_by_file: dict, match_radius: float, pixel_scale: float) -> tuple[dict, list[dict]]:
+    """Objects at one position under two IDs, and neighbours that share pixels."""
+    usable = [r for r in reports if r["usable"]]
+    if not ids_by_file or not usable:
+        return {}, []
+    image = usable[0]["image"]
+    group_radius = sky.half_diagonal_arcsec((image["height"], image["width"]), pixel_scale)
+    parts = list(ids_by_file.values())
+    ids, labels, ra, dec = (np.concatenate([p[k] for p in parts]) for k in range(4))
+    duplicates = sky.components(len(ids), sky.pairs_within(ra, dec, match_radius))
+    same, conflicting = _label_agreement(duplicates, labels)
+    sizes = np.bincount(sky.components(len(ids), sky.pairs_within(ra, dec, group_radius)))
+    summary = {
+        "match_radius_arcsec": match_radius,
+        "duplicate_groups_same_label": len(same),
+        "duplicate_groups_conflicting": len(conflicting),
+        "group_radius_arcsec": group_radius,
+        "neighbour_groups": int((sizes > 1).sum()),
+        "rows_in_neighbour_groups": int(sizes[sizes > 1].sum()),
+        "largest_neighbour_group": int(sizes.max(initial=0)),
+    }
+    problems = []
+    if same:
+        problems.append(_problem("warning", None, f"objects within {match_radius:g} arcsec of another under a different ID, one label (merge keeps the smallest ID), e.g. {', '.join(_examples(ids[same]))}", len(same)))
+    if conflicting:
+        problems.append(_problem("warning", None, f"objects within {match_radius:g} arcsec of another with a different label (merge needs --on-conflict drop), e.g. {', '.join(_examples(ids[conflicting]))}", len(conflicting)))
+    return summary, problems
+
+
+def _label_agreement(groups: np.ndarray, labels: np.ndarray) -> tuple[list[int], list[int]]:
+    """First rows of the groups of several rows: those with one label, those with several."""
+    order = np.argsort(groups, kind="stable")
+    starts = np.flatnonzero(np.r_[True, groups[order][1:] != groups[order][:-1]])
+    stops = np.r_[starts[1:], len(order)]
+    same, conflicting = [], []
+    for a, b in zip(starts, stops):
+        if b - a > 1:
+            members = order[a:b]
+            (same if len(set(labels[members].tolist())) == 1 else conflicting).append(int(members[0]))
+    return same, conflicting

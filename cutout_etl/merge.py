@@ -57,14 +57,18 @@ def resolve_duplicates(
     classes: Sequence[str],
     on_conflict: str,
     describe_row,
+    what: str = "IDs",
+    shown: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, DuplicateReport]:
-    """Rows to drop so every ID appears once: (extra copies, conflicting rows, report).
+    """Rows to drop so every key in `ids` appears once: (extra copies, conflicting rows, report).
 
-    `tiebreak` orders the copies of one ID (lower is kept); it must not depend
-    on the order the files were given in. Copies with one label keep the
-    first; copies with different labels are an error, or all dropped when
-    on_conflict == "drop". `describe_row(i)` names row i for messages.
+    `tiebreak` orders the copies of one key (lower is kept); it must not
+    depend on the order the files were given in. Copies with one label keep
+    the first; copies with different labels are an error, or all dropped when
+    on_conflict == "drop". `describe_row(i)` names row i for messages, `what`
+    names the keys, and `shown` (default: the keys) is what examples show.
     """
+    shown = ids if shown is None else shown
     drop = np.zeros(len(ids), dtype=bool)
     conflicted = np.zeros(len(ids), dtype=bool)
     report = DuplicateReport()
@@ -83,7 +87,8 @@ def resolve_duplicates(
     dup_sizes = sizes[sizes > 1]
     conflicts = lo != hi
     if conflicts.any() and on_conflict != "drop":
-        raise LabelConflictError(_conflict_message(order, dup_starts[conflicts], dup_sizes[conflicts], ids, codes, classes, describe_row))
+        members = [order[a : a + n] for a, n in zip(dup_starts[conflicts], dup_sizes[conflicts])]
+        raise LabelConflictError(_conflict_message(members, shown, codes, classes, describe_row, what))
     for start, size, conflict in zip(dup_starts, dup_sizes, conflicts):
         members = order[start : start + size]
         if conflict:
@@ -95,18 +100,17 @@ def resolve_duplicates(
             report.same_label_groups += 1
             report.same_label_dropped += int(size - 1)
         if len(report.examples) < MAX_LISTED:
-            report.examples.append(ids[members[0]].decode(errors="replace"))
+            report.examples.append(shown[members[0]].decode(errors="replace"))
     return drop, conflicted, report
 
 
-def _conflict_message(order, starts, sizes, ids, codes, classes, describe_row) -> str:
+def _conflict_message(groups, shown, codes, classes, describe_row, what: str) -> str:
     parts = []
-    for start, size in list(zip(starts, sizes))[:MAX_LISTED]:
-        members = order[start : start + size]
+    for members in groups[:MAX_LISTED]:
         copies = ", ".join(sorted(f"{classes[codes[m]]} in {describe_row(m)}" for m in members))
-        parts.append(f"'{ids[members[0]].decode(errors='replace')}' ({copies})")
-    more = f" and {len(starts) - MAX_LISTED} more" if len(starts) > MAX_LISTED else ""
+        parts.append(f"'{shown[members[0]].decode(errors='replace')}' ({copies})")
+    more = f" and {len(groups) - MAX_LISTED} more" if len(groups) > MAX_LISTED else ""
     return (
-        f"{len(starts)} IDs carry conflicting labels: {'; '.join(parts)}{more}; "
+        f"{len(groups)} {what} carry conflicting labels: {'; '.join(parts)}{more}; "
         "use --on-conflict drop to drop them"
     )

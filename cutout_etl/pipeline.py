@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, readers
+from . import __version__, readers, sky
 from .checksums import ALGORITHM, TableChecksums, dataset_digest
 from .dataset import open_dataset, row_dtype
 from .errors import DatasetError
@@ -42,7 +42,14 @@ from .split import assign_splits, parse_fractions
 from .stats import BandStats
 from .writers import HDF5Sink, Sink, atomic_output, write_metadata
 
-DROP_REASONS = ("unknown_label", "no_finite_pixel", "duplicate_id", "conflicting_labels")
+DROP_REASONS = (
+    "unknown_label",
+    "no_finite_pixel",
+    "duplicate_id",
+    "conflicting_labels",
+    "duplicate_position",
+    "conflicting_position",
+)
 
 
 @dataclass
@@ -52,12 +59,20 @@ class MergeOptions:
     classes: Sequence[str] | None = None
     drop_unknown: bool = False
     on_conflict: str = "error"  # or "drop"
+    match_radius: float = 1.0  # arcsec: closer objects are one object; 0 turns matching off
 
 
 @dataclass
 class SplitOptions:
+    """Fractions, seed, and what must stay together in one split."""
+
     fractions: Sequence[float] = (0.7, 0.15, 0.15)
     seed: int = 0
+    group_radius: float | None = None  # arcsec; None: the cutout's half-diagonal; 0: no groups
+    pixel_scale: float = 0.2  # arcsec per pixel, for the default group radius
+    group_by: str = "none"  # or "sky": whole sky cells go to one split
+    cell_deg: float = 1.0
+    tolerance: float = 0.02  # allowed |achieved - target| class fraction per split, reported
 
 
 @dataclass
@@ -68,6 +83,8 @@ class Plan:
     keep: np.ndarray
     dropped: dict[str, np.ndarray]  # reason -> bool mask of rows
     duplicates: DuplicateReport = field(default_factory=DuplicateReport)
+    positions: DuplicateReport = field(default_factory=DuplicateReport)
+    match_radius: float = 0.0
 
     def report(self) -> dict:
         files = self.scan.files
@@ -89,6 +106,7 @@ class Plan:
             "rows_kept": int(self.keep.sum()),
             "dropped": {r: int(m.sum()) for r, m in self.dropped.items()},
             "duplicate_ids": vars(self.duplicates),
+            "duplicate_positions": {"match_radius_arcsec": self.match_radius, **vars(self.positions)},
             "rows_partly_nonfinite": sum(f.rows_partly_nonfinite for f in files),
             "rows_cast_to_float32": sum(f.info.rows for f in files if f.info.image_dtype != np.float32),
             "files": per_file,
@@ -114,7 +132,32 @@ def plan_rows(scan: Scan, options: MergeOptions) -> Plan:
     dropped["duplicate_id"][candidates[extra]] = True
     dropped["conflicting_labels"][candidates[conflicting]] = True
     keep[candidates[extra | conflicting]] = False
-    return Plan(scan=scan, keep=keep, dropped=dropped, duplicates=duplicates)
+    positions = _resolve_positions(scan, keep, dropped, options)
+    return Plan(scan, keep, dropped, duplicates, positions, options.match_radius)
+
+
+def _resolve_positions(scan: Scan, keep: np.ndarray, dropped: dict, options: MergeOptions) -> DuplicateReport:
+    """Objects within the match radius are one object: keep the smallest ID, or refuse differing labels."""
+    candidates = np.flatnonzero(keep)
+    pairs = sky.pairs_within(scan.ra[candidates], scan.dec[candidates], options.match_radius)
+    if len(pairs) == 0:
+        return DuplicateReport()
+    group = sky.components(len(candidates), pairs)
+    ids = scan.ids[candidates]
+    extra, conflicting, report = resolve_duplicates(
+        group,
+        scan.codes[candidates],
+        np.argsort(np.argsort(ids, kind="stable")),  # rank of the ID: the smallest ID is kept
+        scan.classes,
+        options.on_conflict,
+        lambda i: f"'{ids[i].decode(errors='replace')}' ({scan.describe_row(candidates[i])})",
+        what=f"objects within {options.match_radius:g} arcsec of another",
+        shown=ids,
+    )
+    dropped["duplicate_position"][candidates[extra]] = True
+    dropped["conflicting_position"][candidates[conflicting]] = True
+    keep[candidates[extra | conflicting]] = False
+    return report
 
 
 # ---------------------------------------------------------------- pass 2
@@ -356,11 +399,13 @@ def _merged_layout(plan: Plan) -> Layout:
     return Layout([MERGED_TABLE], table_of_row, position, rows)
 
 
-def _split_layout(plan: Plan, options: SplitOptions) -> Layout:
+def _split_layout(plan: Plan, options: SplitOptions) -> tuple[Layout, dict]:
+    """The split of the kept rows, and its description for the metadata."""
     scan = plan.scan
     kept = np.flatnonzero(plan.keep)
     fractions = parse_fractions(options.fractions)
-    assignment = assign_splits(scan.ids[kept], scan.codes[kept], scan.classes, fractions, options.seed)
+    groups, grouping = _groups(scan, kept, options)
+    assignment = assign_splits(scan.ids[kept], scan.codes[kept], scan.classes, fractions, options.seed, groups)
     table_of_row = np.full(len(scan.ids), -1, dtype=np.int8)
     position = np.zeros(len(scan.ids), dtype=np.int64)
     table_of_row[kept] = assignment.split
@@ -369,16 +414,51 @@ def _split_layout(plan: Plan, options: SplitOptions) -> Layout:
         name: {"rows": sum(assignment.counts[name].values()), "class_counts": assignment.counts[name]}
         for name in SPLIT_NAMES
     }
-    return Layout(list(SPLIT_NAMES), table_of_row, position, rows)
-
-
-def _split_metadata(options: SplitOptions) -> dict:
-    return {
-        "fractions": list(parse_fractions(options.fractions)),
+    description = {
+        "fractions": list(fractions),
         "seed": options.seed,
-        "method": "stratified by class; within a class rows are ranked by BLAKE2b-64 of the ID keyed by the seed",
+        "method": "stratified by class; rows ranked by BLAKE2b-64 of the ID keyed by the seed; "
+        "groups of rows placed whole, largest first",
         "order": "classes interleaved in proportion inside each split; keyed-hash order within a class",
+        **grouping,
+        **_achieved(assignment.counts, scan.classes, fractions, options.tolerance),
     }
+    return Layout(list(SPLIT_NAMES), table_of_row, position, rows), description
+
+
+def _groups(scan: Scan, kept: np.ndarray, options: SplitOptions) -> tuple[np.ndarray, dict]:
+    """Rows that must share a split: neighbours within the group radius, and sky cells."""
+    radius = options.group_radius
+    if radius is None:
+        radius = sky.half_diagonal_arcsec(scan.image_shape, options.pixel_scale)
+    ra, dec = scan.ra[kept], scan.dec[kept]
+    pairs = sky.pairs_within(ra, dec, radius)
+    if options.group_by == "sky":
+        _, first, cell = np.unique(sky.sky_cells(ra, dec, options.cell_deg), return_index=True, return_inverse=True)
+        pairs = np.concatenate([pairs, np.column_stack([first[cell], np.arange(len(kept))])])
+    groups = sky.components(len(kept), pairs)
+    sizes = np.bincount(groups)
+    description = {
+        "group_radius_arcsec": radius,
+        "pixel_scale_arcsec": options.pixel_scale,
+        "group_by": options.group_by,
+        "cell_deg": options.cell_deg if options.group_by == "sky" else None,
+        "groups_of_several_rows": int((sizes > 1).sum()),
+        "rows_in_groups": int(sizes[sizes > 1].sum()),
+        "largest_group": int(sizes.max(initial=0)),
+    }
+    return groups, description
+
+
+def _achieved(counts: dict, classes: Sequence[str], fractions: Sequence[float], tolerance: float) -> dict:
+    """Each class's share in each split, and how far it is from the target."""
+    achieved, worst = {}, 0.0
+    for name in classes:
+        total = sum(counts[s][name] for s in SPLIT_NAMES)
+        shares = [counts[s][name] / total if total else 0.0 for s in SPLIT_NAMES]
+        achieved[name] = dict(zip(SPLIT_NAMES, shares))
+        worst = max([worst, *(abs(a - f) for a, f in zip(shares, fractions))] if total else [worst])
+    return {"achieved_fractions": achieved, "max_fraction_deviation": worst, "tolerance": tolerance, "within_tolerance": worst <= tolerance}
 
 
 def merge(
@@ -418,11 +498,11 @@ def build(
     read, merge_options = read or ReadOptions(), merge_options or MergeOptions()
     split_options, output = split_options or SplitOptions(), output or OutputOptions()
     classes = parse_classes(merge_options.classes, DEFAULT_CLASSES)
-    split_metadata = _split_metadata(split_options)
+    parse_fractions(split_options.fractions)  # a usage error before any work
     paths = [Path(p) for p in paths]
     with _job(paths, out, output) as (tmp, hasher, parquet):
         plan = plan_rows(scan_inputs(paths, classes, read, merge_options.drop_unknown, progress), merge_options)
-        layout = _split_layout(plan, split_options)
+        layout, split_metadata = _split_layout(plan, split_options)
         metadata = _metadata("dataset", plan, layout, [])
         metadata["split"] = split_metadata
         with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(plan.scan), classes, output)) as sink:
@@ -443,7 +523,7 @@ def split(
 ) -> dict:
     """`cutout-etl split`: split a merged HDF5 file; provenance points at the original inputs."""
     split_options, output = split_options or SplitOptions(), output or OutputOptions()
-    split_metadata = _split_metadata(split_options)
+    parse_fractions(split_options.fractions)
     with open_dataset(path) as parent:
         parent_meta = parent.metadata
         parent_format = parent.format
@@ -452,8 +532,9 @@ def split(
     read = ReadOptions(table_path=MERGED_TABLE, chunk_rows=chunk_rows)
     classes = parent_meta["classes"]
     with _job([Path(path)], out, output) as (tmp, hasher, parquet):
-        plan = plan_rows(scan_inputs([Path(path)], classes, read, False, progress), MergeOptions(classes=classes))
-        layout = _split_layout(plan, split_options)
+        merged = MergeOptions(classes=classes, match_radius=0.0)  # merge already resolved duplicates
+        plan = plan_rows(scan_inputs([Path(path)], classes, read, False, progress), merged)
+        layout, split_metadata = _split_layout(plan, split_options)
         metadata = _metadata("dataset", plan, layout, parent_meta["inputs"])
         metadata["report"] = parent_meta["report"]
         metadata["split"] = split_metadata

@@ -37,6 +37,19 @@ def run_summary(console: Console, metadata: dict) -> None:
         console.print(f"  kept {report['rows_partly_nonfinite']} rows with some NaN/inf pixels", highlight=False)
     if report.get("rows_cast_to_float32"):
         console.print(f"  cast {report['rows_cast_to_float32']} float64 images to float32", highlight=False)
+    split = metadata.get("split")
+    if split and "group_radius_arcsec" in split:
+        cells = f" and {split['cell_deg']:g} deg sky cells" if split.get("group_by") == "sky" else ""
+        console.print(
+            f"kept whole: {split['groups_of_several_rows']} groups of neighbours within "
+            f"{split['group_radius_arcsec']:.2f} arcsec{cells} ({split['rows_in_groups']} rows, largest {split['largest_group']})",
+            highlight=False,
+        )
+        style = None if split["within_tolerance"] else "yellow"
+        console.print(
+            f"class fractions within {split['max_fraction_deviation']:.4f} of the targets (tolerance {split['tolerance']:g})",
+            style=style, highlight=False,
+        )
 
 
 def stats_table(console: Console, metadata: dict) -> None:
@@ -93,6 +106,16 @@ def inspect_report(console: Console, report: dict) -> None:
         for band, s in file["pixels"].items():
             grid.add_row(band, _fmt(s["min"]), _fmt(s["median"]), _fmt(s["max"]), str(s["nan_pixels"]), str(s["inf_pixels"]), str(s["cutouts_no_finite"]))
         console.print(grid)
+    positions = report.get("positions") or {}
+    if positions:
+        console.rule("positions")
+        console.print(
+            f"within {positions['match_radius_arcsec']:g} arcsec (one object): {positions['duplicate_groups_same_label']} with one label, "
+            f"{positions['duplicate_groups_conflicting']} with conflicting labels; neighbours within "
+            f"{positions['group_radius_arcsec']:.2f} arcsec (shared pixels): {positions['neighbour_groups']} groups, "
+            f"{positions['rows_in_neighbour_groups']} rows, largest {positions['largest_neighbour_group']}",
+            highlight=False,
+        )
     console.rule("problems")
     for p in report["problems"]:
         where = f"{p['file']}: " if p["file"] else ""

@@ -2,7 +2,7 @@
 
 Reads IDs, labels and pixel finiteness chunk by chunk (images are never held
 beyond one chunk). What it keeps per row is small: ID, class code, source
-file and row, one flag. Files are hashed by `FileHasher` in a background
+file and row, position, one flag. Files are hashed by `FileHasher` in a background
 thread while the passes run.
 """
 
@@ -74,6 +74,8 @@ class Scan:
     ids: np.ndarray  # bytes, stripped
     codes: np.ndarray  # int16, UNKNOWN for labels outside classes
     no_finite: np.ndarray  # bool: the image has no finite pixel
+    ra: np.ndarray  # float64, degrees
+    dec: np.ndarray  # float64, degrees
     image_shape: tuple[int, int, int]
     read_order: list[int]  # files (canonical indices) in the order their rows appear above
 
@@ -152,6 +154,8 @@ def _scan_chunk(entry: InputFile, index: int, start: int, chunk: np.ndarray, cla
         "ids": as_bytes(chunk[columns.id]),
         "codes": codes,
         "no_finite": no_finite,
+        "ra": chunk[columns.ra].astype(np.float64),
+        "dec": chunk[columns.dec].astype(np.float64),
     }
 
 
@@ -236,6 +240,8 @@ def _canonical(inputs: list[InputFile], parts: list[dict], classes: list[str], s
         ids=joined["ids"],
         codes=joined["codes"],
         no_finite=joined["no_finite"],
+        ra=joined["ra"],
+        dec=joined["dec"],
         image_shape=shape,
         read_order=remap.tolist(),
     )

@@ -77,29 +77,85 @@ def assign_splits(
     classes: Sequence[str],
     fractions: Sequence[float],
     seed: int,
+    groups: np.ndarray | None = None,
 ) -> SplitPlan:
-    """Stratified assignment of unique IDs with class codes to the splits."""
+    """Stratified assignment of unique IDs with class codes to the splits.
+
+    Rows with the same `groups` value always land in one split. Groups of
+    several rows are placed first, largest first (ties in hash order), each
+    in the first split where it fits every class's quota, else where the
+    quotas lack the most; single rows then fill what is left of each class's
+    quotas in hash order. Without groups of several rows the per-class counts
+    are exact.
+    """
     hashes = keyed_hash(ids, seed)
-    split = np.empty(len(ids), dtype=np.int8)
+    targets = _targets(codes, classes, fractions)  # (classes, splits)
+    split = np.full(len(ids), -1, dtype=np.int8)
+    taken = np.zeros_like(targets)
+    if groups is not None:
+        _place_groups(groups, codes, hashes, targets, taken, split, len(classes))
+    _fill_quotas(ids, codes, hashes, targets, taken, split, fractions)
+    return _plan(split, codes, classes, np.lexsort((ids, hashes)))
+
+
+def _targets(codes: np.ndarray, classes: Sequence[str], fractions: Sequence[float]) -> np.ndarray:
     non_empty = sum(f > 0 for f in fractions)
-    interleave = np.empty(len(ids), dtype=np.float64)  # where a row sorts inside its split
-    counts: dict[str, dict[str, int]] = {name: {} for name in SPLIT_NAMES}
-    for code, name in enumerate(classes):
-        members = np.flatnonzero(codes == code)
-        if 0 < len(members) < non_empty:
-            raise SplitError(
-                f"class {name} has {len(members)} rows, fewer than the {non_empty} non-empty splits"
-            )
-        ranked = members[np.lexsort((ids[members], hashes[members]))]
-        bounds = np.cumsum([0, *split_counts(len(members), fractions)])
-        for s, split_name in enumerate(SPLIT_NAMES):
-            rows = ranked[bounds[s] : bounds[s + 1]]
-            split[rows] = s
-            interleave[rows] = (np.arange(len(rows)) + 0.5) / max(len(rows), 1)
-            counts[split_name][name] = len(rows)
-    position = np.empty(len(ids), dtype=np.int64)
-    for s in range(len(SPLIT_NAMES)):
-        members = np.flatnonzero(split == s)
-        ordered = members[np.lexsort((codes[members], interleave[members]))]
+    sizes = np.bincount(codes, minlength=len(classes))
+    for name, size in zip(classes, sizes):
+        if 0 < size < non_empty:
+            raise SplitError(f"class {name} has {size} rows, fewer than the {non_empty} non-empty splits")
+    return np.array([split_counts(int(n), fractions) for n in sizes], dtype=np.int64).reshape(len(classes), -1)
+
+
+def _place_groups(groups, codes, hashes, targets, taken, split, n_classes) -> None:
+    """Put each group of several rows whole into one split (first fit, largest first)."""
+    order = np.lexsort((hashes, groups))
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    multi = np.flatnonzero(sizes > 1)
+    if len(multi) == 0:
+        return
+    first_hash = hashes[order[starts[multi]]]  # the group's smallest hash: its place in the queue
+    open_splits = np.flatnonzero(targets.sum(axis=0) > 0)
+    for g in multi[np.lexsort((first_hash, -sizes[multi]))]:
+        members = order[starts[g] : starts[g] + sizes[g]]
+        need = np.bincount(codes[members], minlength=n_classes)
+        room = targets - taken
+        fits = [s for s in open_splits if np.all(need <= room[:, s])]
+        chosen = fits[0] if fits else open_splits[np.argmax((room[:, open_splits] * (need > 0)[:, None]).sum(axis=0))]
+        split[members] = chosen
+        taken[:, chosen] += need
+
+
+def _fill_quotas(ids, codes, hashes, targets, taken, split, fractions) -> None:
+    """Single rows, class by class in hash order, into what is left of each split's quota."""
+    last_open = max(i for i, f in enumerate(fractions) if f > 0)
+    for code in range(targets.shape[0]):
+        free = np.flatnonzero((codes == code) & (split < 0))
+        ranked = free[np.lexsort((ids[free], hashes[free]))]
+        room = np.maximum(targets[code] - taken[code], 0)
+        room[last_open] = max(len(ranked) - room[:last_open].sum(), 0)
+        bounds = np.minimum(np.cumsum([0, *room]), len(ranked))
+        for s in range(len(SPLIT_NAMES)):
+            split[ranked[bounds[s] : bounds[s + 1]]] = s
+
+
+def _plan(split: np.ndarray, codes: np.ndarray, classes: Sequence[str], hash_order: np.ndarray) -> SplitPlan:
+    """Counts, and positions with the classes interleaved in proportion inside each split.
+
+    Within a class, rows keep their hash order (`hash_order` lists all rows in it).
+    """
+    counts: dict[str, dict[str, int]] = {}
+    position = np.empty(len(split), dtype=np.int64)
+    for s, split_name in enumerate(SPLIT_NAMES):
+        members = hash_order[split[hash_order] == s]
+        interleave = np.empty(len(members))
+        counts[split_name] = {}
+        for code, name in enumerate(classes):
+            mine = np.flatnonzero(codes[members] == code)
+            interleave[mine] = (np.arange(len(mine)) + 0.5) / max(len(mine), 1)
+            counts[split_name][name] = len(mine)
+        ordered = members[np.lexsort((codes[members], interleave))]
         position[ordered] = np.arange(len(ordered))
     return SplitPlan(split=split, position=position, counts=counts)

@@ -28,12 +28,18 @@ def make_table(
     seed: int = 0,
     prefix: str = "OBJ",
 ) -> Table:
-    """A small valid class table: unique IDs, sky noise at 2e-12, one label."""
+    """A small valid class table: sky noise at 2e-12, one label.
+
+    Row i is object number start + i: its ID and position follow from that
+    number alone (objects 36 arcsec apart along the equator), so the same
+    object in two tables has the same ID and position.
+    """
     rng = np.random.default_rng(seed)
+    number = start + np.arange(n)
     t = Table()
-    t["ID"] = np.array([f"{prefix} J{start + i:08d}".encode() for i in range(n)], dtype="S29")
-    t["RAJ2000"] = rng.uniform(120, 240, n)
-    t["DECJ2000"] = rng.uniform(-3, 3, n)
+    t["ID"] = np.array([f"{prefix} J{k:08d}".encode() for k in number], dtype="S29")
+    t["RAJ2000"] = 120 + number * 0.01
+    t["DECJ2000"] = np.zeros(n)
     t["SPECTYPE"] = np.array([label] * n, dtype="S6" if isinstance(label, bytes) else "U6")
     t["image"] = (rng.standard_normal((n, *shape)) * 2e-12).astype(dtype)
     return t

@@ -16,7 +16,7 @@ from cutout_etl.cli import app
 
 from .conftest import DEMO_ROWS, make_table, write_table
 
-COMMANDS = ["inspect", "merge", "split", "stats", "build", "demo-data"]
+COMMANDS = ["inspect", "merge", "split", "stats", "build", "convert", "verify", "preview", "demo-data"]
 
 
 def invoke(*args):

@@ -1,0 +1,60 @@
+"""Positions on the sky: duplicates, neighbour groups and sky cells. No I/O.
+
+Angles are matched as chords between unit vectors in a KD-tree (scipy), which
+is exact on the sphere: a chord of 2 sin(theta/2) is an angle theta.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+ARCSEC_PER_DEG = 3600.0
+
+
+def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    cos_dec = np.cos(dec)
+    return np.column_stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)])
+
+
+def pairs_within(ra_deg: np.ndarray, dec_deg: np.ndarray, radius_arcsec: float) -> np.ndarray:
+    """Index pairs (i < j) of positions at most `radius_arcsec` apart, shape (M, 2)."""
+    finite = np.flatnonzero(np.isfinite(ra_deg) & np.isfinite(dec_deg))
+    if radius_arcsec <= 0 or len(finite) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    chord = 2 * np.sin(np.radians(radius_arcsec / ARCSEC_PER_DEG) / 2)
+    tree = cKDTree(unit_vectors(ra_deg[finite], dec_deg[finite]))
+    pairs = tree.query_pairs(chord, output_type="ndarray").astype(np.int64)
+    return np.sort(finite[pairs], axis=1) if len(pairs) else np.zeros((0, 2), dtype=np.int64)
+
+
+def separation_arcsec(ra1, dec1, ra2, dec2) -> np.ndarray:
+    chord = np.linalg.norm(unit_vectors(ra1, dec1) - unit_vectors(ra2, dec2), axis=1)
+    return np.degrees(2 * np.arcsin(np.clip(chord / 2, 0, 1))) * ARCSEC_PER_DEG
+
+
+def components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Friends-of-friends: the connected component of each of n points linked by `pairs`."""
+    if len(pairs) == 0:
+        return np.arange(n, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def half_diagonal_arcsec(image_shape: tuple[int, ...], pixel_scale_arcsec: float) -> float:
+    """Objects closer than this appear in each other's cutouts."""
+    height, width = image_shape[:2]
+    return 0.5 * float(np.hypot(height, width)) * pixel_scale_arcsec
+
+
+def sky_cells(ra_deg: np.ndarray, dec_deg: np.ndarray, cell_deg: float) -> np.ndarray:
+    """Roughly equal-area cells: declination bands of `cell_deg`, each cut in RA to about square cells."""
+    bands = int(np.ceil(180 / cell_deg))
+    band = np.clip(np.floor((np.asarray(dec_deg) + 90) / cell_deg), 0, bands - 1).astype(np.int64)
+    centre = np.radians(-90 + (band + 0.5) * cell_deg)
+    per_band = np.maximum(1, np.floor(360 * np.cos(centre) / cell_deg)).astype(np.int64)
+    column = np.floor(np.mod(ra_deg, 360) / 360 * per_band).astype(np.int64) % per_band
+    return band * (int(np.ceil(360 / cell_deg)) + 1) + column
