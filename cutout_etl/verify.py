@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import sky
 from .checksums import TableChecksums, dataset_digest
 from .dataset import Dataset, open_dataset
 from .scan import ProgressFn, no_progress
@@ -31,16 +32,19 @@ def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
         if not stored:
             return _result(["no checksums in the metadata: written by an older cutout-etl or altered"], [])
         stats_split = (meta.get("stats") or {}).get("split")
-        recomputed, ids, acc = {}, [], None
+        recomputed, ids, acc, positions = {}, [], None, []
         for name in ds.splits:
             block_rows = stored[name]["block_rows"]
             table_acc = BandStats(n_bands=len(ds.bands)) if name == stats_split else None
-            recomputed[name], table_ids = _scan_table(ds, name, block_rows, table_acc, failures, progress)
+            recomputed[name], table_ids, table_positions = _scan_table(ds, name, block_rows, table_acc, failures, progress)
             ids.append(table_ids)
+            positions.append(table_positions)
             acc = table_acc or acc
             failures += _compare_blocks(name, stored[name], recomputed[name], block_rows)
     checks = ["block checksums", "row and class counts", "labels", "IDs unique across splits", "content digest", "provenance"]
     failures += _unique_ids(ds.splits, ids)
+    failures += _neighbours(meta, positions)
+    checks.append("no neighbours or duplicate positions across splits")
     if dataset_digest(meta, recomputed) != meta.get("digest"):
         failures.append("content digest differs from the stored one")
     failures += _provenance(meta)
@@ -66,7 +70,7 @@ def _scan_table(ds: Dataset, name: str, block_rows: int, acc: BandStats | None, 
     n_classes = len(ds.classes)
     class_names = np.array([c.encode() for c in ds.classes])
     counts = np.zeros(n_classes, dtype=np.int64)
-    ids, bad_labels, bad_names, done = [], 0, 0, 0
+    ids, ra, dec, bad_labels, bad_names, done = [], [], [], 0, 0, 0
     for rows in _blocks(ds, name, block_rows):
         checksums.add(rows)
         labels = rows["label"]
@@ -75,6 +79,8 @@ def _scan_table(ds: Dataset, name: str, block_rows: int, acc: BandStats | None, 
         counts += np.bincount(labels[valid], minlength=n_classes)
         bad_names += int((class_names[labels[valid]] != rows["SPECTYPE"][valid]).sum())
         ids.append(rows["ID"])
+        ra.append(rows["RAJ2000"])
+        dec.append(rows["DECJ2000"])
         if acc is not None:
             acc.update(rows["image"])
         done += len(rows)
@@ -89,7 +95,9 @@ def _scan_table(ds: Dataset, name: str, block_rows: int, acc: BandStats | None, 
         failures.append(f"{name}: {bad_labels} labels outside 0..{n_classes - 1}")
     if bad_names:
         failures.append(f"{name}: {bad_names} rows whose SPECTYPE is not classes[label]")
-    return checksums.to_dict(), np.concatenate(ids) if ids else np.zeros(0, "S1")
+    if not ids:
+        return checksums.to_dict(), np.zeros(0, "S1"), (np.zeros(0), np.zeros(0))
+    return checksums.to_dict(), np.concatenate(ids), (np.concatenate(ra), np.concatenate(dec))
 
 
 def _compare_blocks(name: str, stored: dict, recomputed: dict, block_rows: int) -> list[str]:
@@ -119,6 +127,24 @@ def _unique_ids(splits: list[str], ids: list[np.ndarray]) -> list[str]:
     across = np.minimum.reduceat(split_of, starts) != np.maximum.reduceat(split_of, starts)
     names = ", ".join(v.decode(errors="replace") for v in every[starts[repeated]][:5])
     return [f"{int(repeated.sum())} IDs appear more than once ({int(across.sum())} of them in two splits), e.g. {names}"]
+
+
+def _neighbours(meta: dict, positions: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """No two objects within the match radius at all; none within the group radius in two splits."""
+    ra = np.concatenate([p[0] for p in positions]) if positions else np.zeros(0)
+    dec = np.concatenate([p[1] for p in positions]) if positions else np.zeros(0)
+    split_of = np.concatenate([np.full(len(p[0]), s) for s, p in enumerate(positions)]) if positions else np.zeros(0)
+    failures = []
+    match = ((meta.get("report") or {}).get("duplicate_positions") or {}).get("match_radius_arcsec") or 0
+    close = sky.pairs_within(ra, dec, match)
+    if len(close):
+        failures.append(f"{len(close)} pairs of objects within the match radius ({match:g} arcsec) remain")
+    radius = (meta.get("split") or {}).get("group_radius_arcsec") or 0
+    pairs = sky.pairs_within(ra, dec, radius)
+    apart = int((split_of[pairs[:, 0]] != split_of[pairs[:, 1]]).sum()) if len(pairs) else 0
+    if apart:
+        failures.append(f"{apart} pairs of neighbours within {radius:.2f} arcsec are in different splits")
+    return failures
 
 
 def _provenance(meta: dict) -> list[str]:

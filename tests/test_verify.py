@@ -44,7 +44,7 @@ def small_dataset(demo_files, tmp_path_factory):
 def test_fresh_build_and_merge_verify(small_dataset, demo_files, tmp_path):
     assert verify(small_dataset) == {"ok": True, "checks": [
         "block checksums", "row and class counts", "labels", "IDs unique across splits",
-        "content digest", "provenance", "statistics of train",
+        "content digest", "provenance", "no neighbours or duplicate positions across splits", "statistics of train",
     ], "failures": []}
     merged = tmp_path / "merged.h5"
     pipeline.merge(demo_files, merged)
