@@ -117,6 +117,9 @@ def open_source(
     paths = [Path(p) for p in paths]
     if not paths:
         raise UsageError("no input: give a dataset or class files")
+    for path in paths:
+        if path.is_dir():
+            raise UsageError(f"{path}: preview reads HDF5; convert a Parquet dataset first (cutout-etl convert {path} dataset.h5)")
     datasets = [p for p in paths if is_dataset(p)]
     if datasets and len(paths) > 1:
         raise UsageError(f"{datasets[0]}: is a cutout-etl dataset; preview takes one dataset, or class files, not both")
