@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import resource
 import shutil
@@ -17,12 +16,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from astropy.table import Table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cutout_etl import open_dataset, pipeline
+from cutout_etl import pipeline
 from cutout_etl.cli import app
 from cutout_etl.scan import ReadOptions
 from cutout_etl.schema import METADATA_ATTR
