@@ -1,12 +1,13 @@
-"""The steps chained: merge, split, stats and build.
+"""The steps chained: merge, split, stats, build and convert.
 
-Every command is at most three streaming passes over row chunks:
-1. scan: IDs, labels and pixel finiteness of every row (`scan.py`);
-2. write: read the inputs again in order and write each kept row straight
-   to its final position in the output (`writers.RowWriter`);
-3. stats: read the training split back and accumulate statistics.
-Only per-row bookkeeping (ID, class, file, row: ~50 bytes a row) grows with
-the number of rows; images never exceed one chunk in memory.
+Every command is two streaming passes over row chunks:
+1. scan: ID, label, position and pixel finiteness of every row (`scan.py`);
+   then, in memory and on those facts only, drops, duplicates and the split;
+2. write: each output table in stored order, block by block, gathering the
+   block's rows from the inputs; worker threads write the block (`Sink`),
+   checksum it and feed the training blocks to the statistics.
+Only per-row bookkeeping (ID, class, file, row, position, split: ~80 bytes a
+row) grows with the number of rows; images never exceed a few blocks in memory.
 """
 
 from __future__ import annotations
