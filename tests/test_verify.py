@@ -182,7 +182,8 @@ def mutate_structure(path: Path, data) -> None:
             del f["data.__table_column_meta__"]
             f["data.__table_column_meta__"] = np.array([b"%YAML garbage: [", data.draw(st.binary(max_size=40))])
         elif choice == "attr":
-            f["data"].attrs[data.draw(st.text(min_size=1, max_size=8))] = data.draw(st.binary(max_size=30))
+            name = data.draw(st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=8))
+            f["data"].attrs[name] = np.frombuffer(data.draw(st.binary(min_size=1, max_size=30)), np.uint8)
         elif choice == "rename":
             f.move("data", data.draw(st.sampled_from(["x", "deep/er", "data2"])))
         elif choice == "extra_table":
