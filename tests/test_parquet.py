@@ -81,10 +81,10 @@ def test_verify_on_parquet_names_a_changed_block(both, tmp_path):
     flat[5] = np.nextafter(flat[5], np.float32(1))
     image = pa.FixedSizeListArray.from_arrays(pa.array(flat), 5184)
     table = table.set_column(table.schema.get_field_index("image"), "image", image)
-    pq.write_table(table, shard)  # train rows 100-199: inside the first 1024-row checksum block
+    pq.write_table(table, shard)  # train rows 100-199: inside the first 512-row checksum block
     report = verify(copy)
     assert not report["ok"]
-    assert "train block 0 (rows 0-1023): image checksum mismatch" in report["failures"]
+    assert "train block 0 (rows 0-511): image checksum mismatch" in report["failures"]
 
 
 def test_convert_round_trip_is_bit_exact(both, tmp_path):
