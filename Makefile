@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,keras,plot]'
+	$(BIN)/python -m pip install --quiet -e '.[test,keras,plot,dask]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -3,12 +3,15 @@
 Each table gets, per block of rows, an xxh3-128 checksum of its image bytes,
 of its content columns and of its provenance columns, so `verify` can name
 the block that changed. Each content column also gets one checksum over the
-whole table, computed as a stream, so it does not depend on the block size.
-The dataset digest is a SHA-256 over those streams and the metadata that
-defines the content (classes, bands, shape, unit, split parameters, row and
-class counts). Outside it, on purpose: provenance (`source_file`,
-`source_row`, `inputs`, `parent`, `report`), the tool version, and the
-statistics (derived from the content; `verify` recomputes them).
+whole table: an xxh3-128 over the column's per-block xxh3-128 digests in
+block order. Blocks can so be checksummed anywhere (a Dask task each) and
+combined in order on the client; the digest therefore depends on the block
+size, recorded as `block_rows`. The dataset digest is a SHA-256 over those
+streams and the metadata that defines the content (classes, bands, shape,
+unit, split parameters, row and class counts). Outside it, on purpose:
+provenance (`source_file`, `source_row`, `inputs`, `parent`, `report`), the
+tool version, and the statistics (derived from the content; `verify`
+recomputes them).
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ def _columns_digest(records: np.ndarray, columns: tuple[str, ...]) -> str:
     return hasher.hexdigest()
 
 
+def block_checksums(records: np.ndarray) -> dict:
+    """Everything one block contributes to its table's checksums: small, picklable."""
+    columns = {name: xxhash.xxh3_128_digest(np.ascontiguousarray(records[name])) for name in CONTENT_COLUMNS}
+    return {
+        "image": columns["image"].hex(),
+        "columns": _columns_digest(records, CONTENT_COLUMNS[:-1]),
+        "provenance": _columns_digest(records, PROVENANCE_COLUMNS),
+        "streams": columns,
+    }
+
+
 class TableChecksums:
     """Checksums of one table, fed block by block in stored order."""
 
@@ -42,12 +56,14 @@ class TableChecksums:
         self._streams = {name: xxhash.xxh3_128() for name in CONTENT_COLUMNS}
 
     def add(self, records: np.ndarray) -> None:
-        columns = {name: np.ascontiguousarray(records[name]) for name in CONTENT_COLUMNS}
-        for name, values in columns.items():
-            self._streams[name].update(values)
-        self.blocks["image"].append(xxhash.xxh3_128_hexdigest(columns["image"]))
-        self.blocks["columns"].append(_columns_digest(records, CONTENT_COLUMNS[:-1]))
-        self.blocks["provenance"].append(_columns_digest(records, PROVENANCE_COLUMNS))
+        self.add_block(block_checksums(records))
+
+    def add_block(self, block: Mapping) -> None:
+        """Add the `block_checksums` of the next block in stored order."""
+        for kind, digests in self.blocks.items():
+            digests.append(block[kind])
+        for name, hasher in self._streams.items():
+            hasher.update(block["streams"][name])
 
     def to_dict(self) -> dict:
         return {

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import pipeline, render
+from .distributed import ClusterOptions
 from .errors import CutoutEtlError
 from .inspect import inspect_files
 from .readers import DEFAULT_CHUNK_ROWS
@@ -54,7 +55,10 @@ CellDeg = Annotated[float, typer.Option(help="Sky cell size in degrees, with --g
 Tolerance = Annotated[float, typer.Option(help="Allowed gap between a class's achieved and target split fraction (reported).", min=0)]
 Seed = Annotated[int, typer.Option(help="Seed of the keyed hash that assigns splits.")]
 Fsync = Annotated[bool, typer.Option("--fsync", help="Flush the output to disk before renaming it into place (survives a power cut; costs a full writeback).")]
-ChunkRows = Annotated[int, typer.Option(help="Rows read per chunk (bounds memory: ~21 KB a row).", min=1)]
+ChunkRows = Annotated[int, typer.Option(help="Rows read per chunk (bounds memory: ~21 KB a row); also the checksum block, so the digest depends on it.", min=1)]
+Scheduler = Annotated[str, typer.Option(help="Where rows are written: local (this process), dask (a LocalCluster of --workers processes) or a Dask scheduler address, e.g. tcp://host:8786.")]
+Workers = Annotated[int | None, typer.Option(help="With --scheduler dask: worker processes [default: cores]; with an address: wait for this many workers.", min=1, show_default=False)]
+SchedulerFile = Annotated[str | None, typer.Option(help="A Dask scheduler file (as dask-jobqueue or dask-mpi write it) instead of --scheduler.", show_default=False)]
 
 
 class ProgressReporter:
@@ -138,6 +142,10 @@ def _emit(result: dict, as_json: bool, quiet: bool, render_fn: Callable[[Console
         render_fn(err, result)
 
 
+def _cluster(scheduler: str, workers: int | None, scheduler_file: str | None) -> ClusterOptions:
+    return ClusterOptions(scheduler=scheduler, workers=workers, scheduler_file=scheduler_file)
+
+
 def _read_options(image_column: str, label_column: str, id_column: str, table_path: str | None, chunk_rows: int) -> ReadOptions:
     return ReadOptions(Columns(id=id_column, label=label_column, image=image_column), table_path, chunk_rows)
 
@@ -218,6 +226,9 @@ def merge(
     on_conflict: OnConflict = "error",
     match_radius: MatchRadius = 1.0,
     chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    scheduler: Scheduler = "local",
+    workers: Workers = None,
+    scheduler_file: SchedulerFile = None,
     output_format: Format = None,
     rows_per_shard: RowsPerShard = DEFAULT_ROWS_PER_SHARD,
     overwrite: Overwrite = False,
@@ -232,7 +243,8 @@ def merge(
     """
     read = _read_options(image_column, label_column, id_column, table_path, chunk_rows)
     options = _merge_options(classes, drop_unknown, on_conflict, match_radius)
-    result = _run(lambda p: pipeline.merge(files, output, read, options, _output(output_format, overwrite, fsync, rows_per_shard), p), quiet, debug)
+    cluster = _cluster(scheduler, workers, scheduler_file)
+    result = _run(lambda p: pipeline.merge(files, output, read, options, _output(output_format, overwrite, fsync, rows_per_shard), p, cluster), quiet, debug)
     _emit(result, json_out, quiet, render.run_summary)
 
 
@@ -248,6 +260,9 @@ def split(
     cell_deg: CellDeg = 1.0,
     tolerance: Tolerance = 0.02,
     chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    scheduler: Scheduler = "local",
+    workers: Workers = None,
+    scheduler_file: SchedulerFile = None,
     output_format: Format = None,
     rows_per_shard: RowsPerShard = DEFAULT_ROWS_PER_SHARD,
     overwrite: Overwrite = False,
@@ -261,7 +276,8 @@ def split(
     Example: cutout-etl split merged.h5 -o dataset.h5 --fractions 0.7,0.15,0.15 --seed 0
     """
     options = _split_options(fractions, seed, group_radius, pixel_scale, group_by, cell_deg, tolerance)
-    result = _run(lambda p: pipeline.split(merged, output, options, _output(output_format, overwrite, fsync, rows_per_shard), chunk_rows, p), quiet, debug)
+    cluster = _cluster(scheduler, workers, scheduler_file)
+    result = _run(lambda p: pipeline.split(merged, output, options, _output(output_format, overwrite, fsync, rows_per_shard), chunk_rows, p, cluster), quiet, debug)
     _emit(result, json_out, quiet, render.run_summary)
 
 
@@ -270,6 +286,9 @@ def stats(
     dataset: Annotated[Path, typer.Argument(help="A dataset from `build` or `split`.", show_default=False)],
     split: Annotated[str, typer.Option(help="The split to compute statistics on.")] = "train",
     chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    scheduler: Scheduler = "local",
+    workers: Workers = None,
+    scheduler_file: SchedulerFile = None,
     json_out: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -278,7 +297,8 @@ def stats(
 
     Example: cutout-etl stats dataset.h5
     """
-    result = _run(lambda p: pipeline.stats(dataset, split, chunk_rows, p), quiet, debug)
+    cluster = _cluster(scheduler, workers, scheduler_file)
+    result = _run(lambda p: pipeline.stats(dataset, split, chunk_rows, p, cluster), quiet, debug)
     _emit(result, json_out, quiet, render.stats_table)
 
 
@@ -302,6 +322,9 @@ def build(
     cell_deg: CellDeg = 1.0,
     tolerance: Tolerance = 0.02,
     chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
+    scheduler: Scheduler = "local",
+    workers: Workers = None,
+    scheduler_file: SchedulerFile = None,
     output_format: Format = None,
     rows_per_shard: RowsPerShard = DEFAULT_ROWS_PER_SHARD,
     overwrite: Overwrite = False,
@@ -313,11 +336,14 @@ def build(
     """Merge, split and compute statistics in one run: the main job.
 
     Example: cutout-etl build image_table_*.hdf5 -o dataset.h5 --seed 0
+
+    On a Dask cluster: cutout-etl build image_table_*.hdf5 -o dataset.h5 --scheduler dask --workers 4
     """
     read = _read_options(image_column, label_column, id_column, table_path, chunk_rows)
     merge_options = _merge_options(classes, drop_unknown, on_conflict, match_radius)
     split_options = _split_options(fractions, seed, group_radius, pixel_scale, group_by, cell_deg, tolerance)
-    result = _run(lambda p: pipeline.build(files, output, read, merge_options, split_options, _output(output_format, overwrite, fsync, rows_per_shard), p), quiet, debug)
+    cluster = _cluster(scheduler, workers, scheduler_file)
+    result = _run(lambda p: pipeline.build(files, output, read, merge_options, split_options, _output(output_format, overwrite, fsync, rows_per_shard), p, cluster), quiet, debug)
 
     def show(console: Console, metadata: dict) -> None:
         render.run_summary(console, metadata)

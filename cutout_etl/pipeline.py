@@ -8,24 +8,28 @@ Every command is two streaming passes over row chunks:
    checksum it and feed the training blocks to the statistics.
 Only per-row bookkeeping (ID, class, file, row, position, split: ~80 bytes a
 row) grows with the number of rows; images never exceed a few blocks in memory.
+With a Dask scheduler (`ClusterOptions`), pass 1 stays here and pass 2 runs
+as Dask tasks of whole blocks (`distributed.py`); the output is the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, readers, sky
+from . import __version__, distributed, readers, sky
 from .checksums import ALGORITHM, TableChecksums, dataset_digest
 from .dataset import open_dataset, row_dtype
-from .errors import DatasetError
+from .distributed import ClusterOptions
+from .errors import DatasetError, UsageError
 from .merge import UNKNOWN, DuplicateReport, parse_classes, resolve_duplicates
+from .records import RecordFiller, RowFacts, open_row_readers
 from .scan import FileHasher, ProgressFn, ReadOptions, Scan, no_progress, scan_inputs
 from .schema import (
     DEFAULT_CLASSES,
@@ -185,18 +189,59 @@ def _write_tables(
     progress: ProgressFn,
     carry_provenance: bool = False,
     stats_table: str | None = None,
+    cluster: tuple[object, ClusterOptions] | None = None,
 ) -> tuple[dict | None, dict[str, dict]]:
     """Write every table in stored order, gathering its rows from the inputs.
 
     Returns the statistics of `stats_table` and every table's checksums, both
     accumulated on the way in stored order, so they do not depend on the
-    order of the inputs.
+    order of the inputs. With a `cluster` (a Dask client and its options),
+    the blocks are written by Dask tasks (`distributed.py`); the result is the same.
     """
     scan = plan.scan
-    fill = _RecordFiller(scan, _row_dtype(scan), carry_provenance)
+    dtype = _row_dtype(scan)
+    tables = _tables_in_order(plan, layout)
+    if cluster is not None:
+        client, cluster_options = cluster
+        assert isinstance(sink, HDF5Sink), "Dask tasks write HDF5 only (_check_cluster)"
+        job = distributed.WriteJob(
+            [f.info for f in scan.files], scan.classes, dtype, sink.path, sink.offsets,
+            options.chunk_rows, carry_provenance, scan.image_shape[-1],
+        )
+        acc, checksums = distributed.write_tables(client, job, tables, stats_table, cluster_options.blocks_per_task, progress)
+    else:
+        acc, checksums = _write_here(scan, dtype, tables, sink, options.chunk_rows, progress, carry_provenance, stats_table)
+    stats = {"split": stats_table, **acc.summary(bands=band_names(scan.image_shape[-1]))} if stats_table else None
+    return stats, {name: c.to_dict() for name, c in checksums.items()}
+
+
+def _tables_in_order(plan: Plan, layout: Layout) -> list[tuple[str, RowFacts, np.ndarray]]:
+    """Each table's rows in stored order: their facts and their positions."""
+    scan = plan.scan
+    facts = RowFacts(scan.ids, scan.codes, scan.file_index, scan.row)
+    tables = []
+    for t, name in enumerate(layout.tables):
+        members = np.flatnonzero(layout.table_of_row == t)
+        in_order = members[np.argsort(layout.position[members])]
+        tables.append((name, facts.take(in_order), layout.position[in_order]))
+    return tables
+
+
+def _write_here(
+    scan: Scan,
+    dtype: np.dtype,
+    tables: list[tuple[str, RowFacts, np.ndarray]],
+    sink: Sink,
+    chunk_rows: int,
+    progress: ProgressFn,
+    carry_provenance: bool,
+    stats_table: str | None,
+) -> tuple[BandStats, dict[str, TableChecksums]]:
+    """The local write pass: this process reads; worker threads write, checksum and add statistics."""
+    fill = RecordFiller(scan.classes, dtype, carry_provenance)
     acc = BandStats(n_bands=scan.image_shape[-1])
-    checksums = {name: TableChecksums(options.chunk_rows) for name in layout.tables}
-    total, done = int(plan.keep.sum()), 0
+    checksums = {name: TableChecksums(chunk_rows) for name, _, _ in tables}
+    total, done = sum(len(facts) for _, facts, _ in tables), 0
 
     def store(name: str, positions: np.ndarray, records: np.ndarray) -> None:
         sink.write(name, positions, records)
@@ -207,20 +252,17 @@ def _write_tables(
         _Background(store) as write,
         _Background(acc.update) as add_stats,
     ):
-        sources = _open_row_readers(scan, stack)
-        for t, name in enumerate(layout.tables):
-            members = np.flatnonzero(layout.table_of_row == t)
-            in_order = members[np.argsort(layout.position[members])]
-            for first in range(0, len(in_order), options.chunk_rows):
-                block = in_order[first : first + options.chunk_rows]
-                records = fill(block, sources)
-                write(name, layout.position[block], records)
+        sources = open_row_readers([f.info for f in scan.files], stack)
+        for name, facts, positions in tables:
+            for first in range(0, len(facts), chunk_rows):
+                block = slice(first, first + chunk_rows)
+                records = fill(facts.take(block), sources)
+                write(name, positions[block], records)
                 if name == stats_table:
                     add_stats(records["image"])
-                done += len(block)
+                done += len(records)
                 progress("write", done, total)
-    stats = {"split": stats_table, **acc.summary(bands=band_names(scan.image_shape[-1]))} if stats_table else None
-    return stats, {name: c.to_dict() for name, c in checksums.items()}
+    return acc, checksums
 
 
 def _seal(metadata: dict, checksums: dict[str, dict]) -> dict:
@@ -261,54 +303,19 @@ class _Background:
             self._pool.shutdown(wait=True)
 
 
-def _open_row_readers(scan: Scan, stack: contextlib.ExitStack) -> list[readers.RowReader]:
-    sources = []
-    for entry in scan.files:
-        f = stack.enter_context(readers.open_h5(entry.info.path))
-        reader = readers.RowReader(entry.info, f)
-        stack.callback(reader.close)
-        sources.append(reader)
-    return sources
-
-
-class _RecordFiller:
-    """Builds output records for a block of scan rows from their input rows."""
-
-    def __init__(self, scan: Scan, dtype: np.dtype, carry_provenance: bool) -> None:
-        self.scan = scan
-        self.dtype = dtype
-        self.carry_provenance = carry_provenance
-        self.class_names = np.array([c.encode() for c in scan.classes])
-
-    def __call__(self, block: np.ndarray, sources: Sequence[readers.RowReader]) -> np.ndarray:
-        scan = self.scan
-        records = np.empty(len(block), self.dtype)
-        records["ID"] = scan.ids[block]
-        records["label"] = scan.codes[block]
-        records["SPECTYPE"] = self.class_names[scan.codes[block]]
-        records["source_file"] = scan.file_index[block]
-        records["source_row"] = scan.row[block]
-        file_of_row = scan.file_index[block]
-        for file_index in np.unique(file_of_row):
-            mine = np.flatnonzero(file_of_row == file_index)
-            mine = mine[np.argsort(scan.row[block[mine]])]
-            source = sources[file_index]
-            rows = source.read(scan.row[block[mine]])
-            columns = source.info.columns
-            records["RAJ2000"][mine] = rows[columns.ra]
-            records["DECJ2000"][mine] = rows[columns.dec]
-            records["image"][mine] = rows[columns.image]
-            if self.carry_provenance:
-                records["source_file"][mine] = rows["source_file"]
-                records["source_row"][mine] = rows["source_row"]
-        return records
-
-
 # ---------------------------------------------------------------- pass 3
 
 
-def _table_stats(path: Path, table: str, bands: list[str], chunk_rows: int, progress: ProgressFn) -> dict:
-    """Per-band statistics of one table, in one streaming pass in stored order."""
+def _table_stats(
+    path: Path, table: str, bands: list[str], chunk_rows: int, progress: ProgressFn, cluster: tuple[object, ClusterOptions] | None = None
+) -> dict:
+    """Per-band statistics of one table, in one streaming pass in stored order (or Dask tasks merged in that order)."""
+    if cluster is not None:
+        with readers.open_h5(path) as f:
+            rows = len(f[table])
+        client, options = cluster
+        acc = distributed.table_stats(client, path, table, rows, len(bands), chunk_rows, options.blocks_per_task, progress)
+        return {"split": table, **acc.summary(bands=bands)}
     acc = BandStats(n_bands=len(bands))
     with readers.open_h5(path) as f:
         ds = f[table]
@@ -319,13 +326,22 @@ def _table_stats(path: Path, table: str, bands: list[str], chunk_rows: int, prog
     return {"split": table, **acc.summary(bands=bands)}
 
 
-def stats(path: Path, split: str = "train", chunk_rows: int = readers.DEFAULT_CHUNK_ROWS, progress: ProgressFn = no_progress) -> dict:
+def stats(
+    path: Path,
+    split: str = "train",
+    chunk_rows: int = readers.DEFAULT_CHUNK_ROWS,
+    progress: ProgressFn = no_progress,
+    cluster: ClusterOptions | None = None,
+) -> dict:
     """`cutout-etl stats`: compute a split's statistics and store them in the dataset."""
+    if cluster is not None:
+        cluster.check()
     with open_dataset(path) as ds:
         metadata = ds.metadata
         if split not in ds.splits:
             raise DatasetError(f"{path}: no split '{split}' (splits: {', '.join(ds.splits)})")
-    metadata["stats"] = _table_stats(Path(path), split, metadata["bands"], chunk_rows, progress)
+    with _cluster(cluster) as client:
+        metadata["stats"] = _table_stats(Path(path), split, metadata["bands"], chunk_rows, progress, client)
     write_metadata(path, metadata)
     return metadata
 
@@ -373,6 +389,25 @@ def _job(paths: Sequence[Path], out: str | Path, output: OutputOptions):
     parquet = is_parquet_path(out, output.format)
     with atomic_output(Path(out), output.overwrite, output.fsync, parquet) as tmp, FileHasher(paths) as hasher:
         yield tmp, hasher, parquet
+
+
+@contextlib.contextmanager
+def _cluster(options: ClusterOptions | None) -> Iterator[tuple[object, ClusterOptions] | None]:
+    """None for the local path; else a Dask client (and its options) for the write pass."""
+    if options is None or options.is_local:
+        yield None
+        return
+    with distributed.connect(options) as client:
+        yield client, options
+
+
+def _check_cluster(options: ClusterOptions | None, out: str | Path, output: OutputOptions) -> None:
+    """Usage errors about --scheduler, before any work."""
+    if options is None:
+        return
+    options.check()
+    if not options.is_local and is_parquet_path(out, output.format):
+        raise UsageError(f"{out}: --scheduler {options.scheduler}: Parquet output is written by the local path only; write HDF5, then `cutout-etl convert`")
 
 
 def open_sink(tmp: Path, parquet: bool, rows: dict[str, int], dtype: np.dtype, classes: Sequence[str], output: OutputOptions) -> Sink:
@@ -469,17 +504,19 @@ def merge(
     merge_options: MergeOptions | None = None,
     output: OutputOptions | None = None,
     progress: ProgressFn = no_progress,
+    cluster: ClusterOptions | None = None,
 ) -> dict:
     """`cutout-etl merge`: one table of all kept rows, sorted by class then ID."""
     read, merge_options = read or ReadOptions(), merge_options or MergeOptions()
     output = output or OutputOptions()
     classes = parse_classes(merge_options.classes, DEFAULT_CLASSES)
+    _check_cluster(cluster, out, output)
     paths = [Path(p) for p in paths]
-    with _job(paths, out, output) as (tmp, hasher, parquet):
+    with _job(paths, out, output) as (tmp, hasher, parquet), _cluster(cluster) as client:
         plan = plan_rows(scan_inputs(paths, classes, read, merge_options.drop_unknown, progress), merge_options)
         layout = _merged_layout(plan)
         with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(plan.scan), classes, output)) as sink:
-            _, checksums = _write_tables(plan, layout, sink, read, progress)
+            _, checksums = _write_tables(plan, layout, sink, read, progress, cluster=client)
             hasher.finish(plan.scan.files, progress)
             metadata = _metadata("merged", plan, layout, [f.describe() for f in plan.scan.files])
             sink.finish(_seal(metadata, checksums))
@@ -494,20 +531,25 @@ def build(
     split_options: SplitOptions | None = None,
     output: OutputOptions | None = None,
     progress: ProgressFn = no_progress,
+    cluster: ClusterOptions | None = None,
 ) -> dict:
-    """`cutout-etl build`: merge, split and statistics of the train split in one run."""
+    """`cutout-etl build`: merge, split and statistics of the train split in one run.
+
+    `cluster` runs the write pass on Dask (`distributed.py`); the output is the same.
+    """
     read, merge_options = read or ReadOptions(), merge_options or MergeOptions()
     split_options, output = split_options or SplitOptions(), output or OutputOptions()
     classes = parse_classes(merge_options.classes, DEFAULT_CLASSES)
     parse_fractions(split_options.fractions)  # a usage error before any work
+    _check_cluster(cluster, out, output)
     paths = [Path(p) for p in paths]
-    with _job(paths, out, output) as (tmp, hasher, parquet):
+    with _job(paths, out, output) as (tmp, hasher, parquet), _cluster(cluster) as client:
         plan = plan_rows(scan_inputs(paths, classes, read, merge_options.drop_unknown, progress), merge_options)
         layout, split_metadata = _split_layout(plan, split_options)
         metadata = _metadata("dataset", plan, layout, [])
         metadata["split"] = split_metadata
         with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(plan.scan), classes, output)) as sink:
-            metadata["stats"], checksums = _write_tables(plan, layout, sink, read, progress, stats_table="train")
+            metadata["stats"], checksums = _write_tables(plan, layout, sink, read, progress, stats_table="train", cluster=client)
             hasher.finish(plan.scan.files, progress)
             metadata["inputs"] = [f.describe() for f in plan.scan.files]
             sink.finish(_seal(metadata, checksums))
@@ -521,10 +563,12 @@ def split(
     output: OutputOptions | None = None,
     chunk_rows: int = readers.DEFAULT_CHUNK_ROWS,
     progress: ProgressFn = no_progress,
+    cluster: ClusterOptions | None = None,
 ) -> dict:
     """`cutout-etl split`: split a merged HDF5 file; provenance points at the original inputs."""
     split_options, output = split_options or SplitOptions(), output or OutputOptions()
     parse_fractions(split_options.fractions)
+    _check_cluster(cluster, out, output)
     with open_dataset(path) as parent:
         parent_meta = parent.metadata
         parent_format = parent.format
@@ -532,7 +576,7 @@ def split(
         raise DatasetError(f"{path}: is a cutout-etl {parent_meta.get('kind')} ({parent_format}), expected the HDF5 output of merge")
     read = ReadOptions(table_path=MERGED_TABLE, chunk_rows=chunk_rows)
     classes = parent_meta["classes"]
-    with _job([Path(path)], out, output) as (tmp, hasher, parquet):
+    with _job([Path(path)], out, output) as (tmp, hasher, parquet), _cluster(cluster) as client:
         merged = MergeOptions(classes=classes, match_radius=0.0)  # merge already resolved duplicates
         plan = plan_rows(scan_inputs([Path(path)], classes, read, False, progress), merged)
         layout, split_metadata = _split_layout(plan, split_options)
@@ -541,7 +585,7 @@ def split(
         metadata["split"] = split_metadata
         with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(plan.scan), classes, output)) as sink:
             metadata["stats"], checksums = _write_tables(
-                plan, layout, sink, read, progress, carry_provenance=True, stats_table="train"
+                plan, layout, sink, read, progress, carry_provenance=True, stats_table="train", cluster=client
             )
             hasher.finish(plan.scan.files, progress)
             metadata["parent"] = plan.scan.files[0].describe()

@@ -7,9 +7,6 @@ is exact on the sphere: a chord of 2 sin(theta/2) is an angle theta.
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
 ARCSEC_PER_DEG = 3600.0
 
@@ -25,6 +22,8 @@ def pairs_within(ra_deg: np.ndarray, dec_deg: np.ndarray, radius_arcsec: float) 
     finite = np.flatnonzero(np.isfinite(ra_deg) & np.isfinite(dec_deg))
     if radius_arcsec <= 0 or len(finite) < 2:
         return np.zeros((0, 2), dtype=np.int64)
+    from scipy.spatial import cKDTree  # scipy costs 0.25 s to import: only when matching
+
     chord = 2 * np.sin(np.radians(radius_arcsec / ARCSEC_PER_DEG) / 2)
     tree = cKDTree(unit_vectors(ra_deg[finite], dec_deg[finite]))
     pairs = tree.query_pairs(chord, output_type="ndarray").astype(np.int64)
@@ -40,6 +39,9 @@ def components(n: int, pairs: np.ndarray) -> np.ndarray:
     """Friends-of-friends: the connected component of each of n points linked by `pairs`."""
     if len(pairs) == 0:
         return np.arange(n, dtype=np.int64)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)
 

@@ -266,7 +266,8 @@ class HDF5Sink:
 
     def __init__(self, path: Path, tables_rows: Mapping[str, int], dtype: np.dtype) -> None:
         self.path = path
-        self._writer = RowWriter(path, create_tables(path, tables_rows, dtype), dtype.itemsize)
+        self.offsets = create_tables(path, tables_rows, dtype)  # Dask tasks write at these offsets too
+        self._writer = RowWriter(path, self.offsets, dtype.itemsize)
 
     def write(self, name: str, positions: np.ndarray, records: np.ndarray) -> None:
         self._writer.write(name, positions, records)

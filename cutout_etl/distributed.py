@@ -1,0 +1,206 @@
+"""Pass 2 on a Dask cluster: `--scheduler dask` or `--scheduler tcp://host:port`.
+
+The client keeps pass 1 (the label-and-ID scan, the plan and the split) and
+cuts each output table, in stored order, into tasks of whole blocks
+(`blocks_per_task` x `chunk_rows` rows). A task receives only small per-row
+arrays for its rows (`RowFacts`, positions) and the input and output paths;
+it opens the inputs itself, builds the records as the local path does
+(`records.RecordFiller`), pwrites them at their offsets into the
+preallocated HDF5 output (every worker must see the same file system), and
+returns its per-block checksums and, for the statistics table, its
+`BandStats` partial. The client combines both in task order, so checksums
+and the digest equal the local path's for the same `chunk_rows`.
+
+`dask.distributed` is imported only here, and only when a scheduler other
+than `local` is asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import readers
+from .checksums import TableChecksums, block_checksums
+from .errors import UsageError
+from .readers import TableInfo
+from .records import RecordFiller, RowFacts, open_row_readers
+from .stats import BandStats
+from .writers import RowWriter
+
+LOCAL = "local"
+LOCAL_CLUSTER = "dask"
+DEFAULT_BLOCKS_PER_TASK = 16
+
+
+@dataclass
+class ClusterOptions:
+    """Where pass 2 runs: here (`local`), a new LocalCluster (`dask`), or an existing scheduler."""
+
+    scheduler: str = LOCAL  # "local", "dask", or an address such as tcp://host:8786
+    workers: int | None = None  # dask: LocalCluster size [cores]; an address: wait for this many
+    scheduler_file: str | None = None  # as dask-jobqueue, dask-mpi and `dask scheduler --scheduler-file` write it
+    blocks_per_task: int = DEFAULT_BLOCKS_PER_TASK
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheduler == LOCAL and self.scheduler_file is None
+
+    def check(self) -> None:
+        """A usage error before any work."""
+        known = self.scheduler in (LOCAL, LOCAL_CLUSTER) or "://" in self.scheduler
+        if not known:
+            raise UsageError(f"--scheduler: '{self.scheduler}' is not local, dask or a scheduler address such as tcp://host:8786")
+        if self.is_local and self.workers is not None:
+            raise UsageError("--workers: needs --scheduler dask, a scheduler address or --scheduler-file")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers: must be at least 1 (got {self.workers})")
+        if self.blocks_per_task < 1:
+            raise UsageError(f"blocks_per_task: must be at least 1 (got {self.blocks_per_task})")
+
+
+@contextlib.contextmanager
+def connect(options: ClusterOptions) -> Iterator[object]:
+    """A `distributed.Client` for the options; a LocalCluster lives as long as the context."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise UsageError("--scheduler: Dask is not installed; pip install 'cutout-etl[dask]'") from None
+    if options.scheduler == LOCAL_CLUSTER and options.scheduler_file is None:
+        n = options.workers or os.cpu_count() or 1
+        with (
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+        return
+    where = options.scheduler_file or options.scheduler
+    try:
+        if options.scheduler_file is not None:
+            client = Client(scheduler_file=options.scheduler_file, timeout="30s")
+        else:
+            client = Client(options.scheduler, timeout="30s")
+        if options.workers:
+            client.wait_for_workers(options.workers, timeout=600)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UsageError(f"{where}: cannot reach the Dask scheduler ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    with client:
+        yield client
+
+
+@dataclass
+class WriteJob:
+    """What every task shares: paths, the row type, block size. Small and picklable."""
+
+    inputs: list[TableInfo]
+    classes: list[str]
+    dtype: np.dtype
+    output: Path
+    offsets: dict[str, int]
+    chunk_rows: int
+    carry_provenance: bool
+    n_bands: int
+
+
+@dataclass
+class Task:
+    """Whole blocks of one table: its rows' facts and their positions in the table."""
+
+    table: str
+    facts: RowFacts
+    positions: np.ndarray
+    stats: bool
+
+
+def run_task(job: WriteJob, task: Task) -> tuple[list[dict], BandStats | None]:
+    """Runs on a worker: gather, write and checksum the task's blocks; its statistics partial."""
+    fill = RecordFiller(job.classes, job.dtype, job.carry_provenance)
+    acc = BandStats(n_bands=job.n_bands) if task.stats else None
+    blocks = []
+    with contextlib.ExitStack() as stack:
+        sources = open_row_readers(job.inputs, stack)
+        writer = stack.enter_context(RowWriter(job.output, job.offsets, job.dtype.itemsize))
+        for first in range(0, len(task.facts), job.chunk_rows):
+            part = slice(first, first + job.chunk_rows)
+            records = fill(task.facts.take(part), sources)
+            writer.write(task.table, task.positions[part], records)
+            blocks.append(block_checksums(records))
+            if acc is not None:
+                acc.update(records["image"])
+    return blocks, acc
+
+
+def write_tables(
+    client: object,
+    job: WriteJob,
+    tables: Sequence[tuple[str, RowFacts, np.ndarray]],
+    stats_table: str | None,
+    blocks_per_task: int,
+    progress: Callable[[str, int, int], None],
+) -> tuple[BandStats, dict[str, TableChecksums]]:
+    """Submit every task, then collect them in stored order (checksums and statistics in that order)."""
+    job = replace(job, inputs=[replace(i, path=Path(i.path).resolve()) for i in job.inputs], output=Path(job.output).resolve())
+    step = job.chunk_rows * blocks_per_task
+    futures = []
+    for name, facts, positions in tables:
+        for first in range(0, len(facts), step):
+            task = Task(name, facts.take(slice(first, first + step)), positions[first : first + step], name == stats_table)
+            futures.append((name, len(task.facts), client.submit(run_task, job, task, pure=False)))  # type: ignore[attr-defined]
+    acc = BandStats(n_bands=job.n_bands)
+    checksums = {name: TableChecksums(job.chunk_rows) for name, _, _ in tables}
+    total, done = sum(n for _, n, _ in futures), 0
+    try:
+        for i, (name, n, future) in enumerate(futures):
+            blocks, partial = future.result()
+            futures[i] = (name, n, None)  # release the result on the workers
+            for block in blocks:
+                checksums[name].add_block(block)
+            if partial is not None:
+                acc.merge(partial)
+            done += n
+            progress("write", done, total)
+    finally:
+        client.cancel([f for _, _, f in futures if f is not None])  # type: ignore[attr-defined]
+    return acc, checksums
+
+
+def stats_task(path: Path, table: str, start: int, stop: int, n_bands: int, chunk_rows: int) -> BandStats:
+    """Runs on a worker: the statistics partial of rows [start, stop) of one table."""
+    acc = BandStats(n_bands=n_bands)
+    with readers.open_h5(path) as f:
+        ds = f[table]
+        for first in range(start, stop, chunk_rows):
+            acc.update(readers.read_rows(path, ds, first, min(first + chunk_rows, stop))["image"])
+    return acc
+
+
+def table_stats(
+    client: object,
+    path: Path,
+    table: str,
+    rows: int,
+    n_bands: int,
+    chunk_rows: int,
+    blocks_per_task: int,
+    progress: Callable[[str, int, int], None],
+) -> BandStats:
+    """`stats` on Dask: a task per row range, partials merged on the client in stored order."""
+    path, step = Path(path).resolve(), chunk_rows * blocks_per_task
+    futures = [
+        (min(start + step, rows), client.submit(stats_task, path, table, start, min(start + step, rows), n_bands, chunk_rows, pure=False))  # type: ignore[attr-defined]
+        for start in range(0, rows, step)
+    ]
+    acc = BandStats(n_bands=n_bands)
+    try:
+        for i, (stop, future) in enumerate(futures):
+            acc.merge(future.result())
+            futures[i] = (stop, None)
+            progress("stats", stop, rows)
+    finally:
+        client.cancel([f for _, f in futures if f is not None])  # type: ignore[attr-defined]
+    return acc
