@@ -20,8 +20,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.installed
 	$(BIN)/cutout-etl demo-data $(DEMO) --rows 1000
-	$(BIN)/cutout-etl inspect $(DEMO)/image_table_*.hdf5 || true
+	$(BIN)/cutout-etl inspect $(DEMO)/image_table_*.hdf5
 	$(BIN)/cutout-etl build $(DEMO)/image_table_*.hdf5 -o $(DEMO)/dataset.h5 --overwrite
+	$(BIN)/cutout-etl verify $(DEMO)/dataset.h5
 	$(BIN)/python -c "import cutout_etl; ds = cutout_etl.open_dataset('$(DEMO)/dataset.h5'); print(ds)"
 
 test: $(VENV)/.installed-test
