@@ -340,6 +340,11 @@ def stats(
         metadata = ds.metadata
         if split not in ds.splits:
             raise DatasetError(f"{path}: no split '{split}' (splits: {', '.join(ds.splits)})")
+        if ds.format != "hdf5":
+            raise UsageError(
+                f"{path}: a Parquet dataset's statistics are written by build into every shard; "
+                f"to recompute them, convert to HDF5 (cutout-etl convert {path} dataset.h5)"
+            )
     with _cluster(cluster) as client:
         metadata["stats"] = _table_stats(Path(path), split, metadata["bands"], chunk_rows, progress, client)
     write_metadata(path, metadata)

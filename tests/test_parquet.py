@@ -180,3 +180,9 @@ def test_hugging_face_datasets_finds_splits_and_class_names(both, tmp_path):
     assert np.array_equal(image.view(np.uint32), first["image"][0].view(np.uint32))
     plain = datasets.load_dataset("parquet", data_dir=str(directory / "data"), cache_dir=str(tmp_path / "cache2"))
     assert plain["test"].features["label"].names == ["GALAXY", "QSO", "STAR"]
+
+
+def test_stats_on_parquet_says_how(both):
+    result = CliRunner().invoke(app, ["stats", str(both[1])])
+    assert result.exit_code == 2
+    assert "a Parquet dataset's statistics are written by build into every shard" in result.stderr
