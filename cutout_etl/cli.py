@@ -53,7 +53,7 @@ PixelScale = Annotated[float, typer.Option(help="Arcsec per pixel, for the defau
 GroupBy = Annotated[str, typer.Option(help="'sky': whole sky cells go to one split; 'none'.")]
 CellDeg = Annotated[float, typer.Option(help="Sky cell size in degrees, with --group-by sky.", min=0.001)]
 Tolerance = Annotated[float, typer.Option(help="Allowed gap between a class's achieved and target split fraction (reported).", min=0)]
-Seed = Annotated[int, typer.Option(help="Seed of the keyed hash that assigns splits.")]
+Seed = Annotated[int, typer.Option(help="Seed of the keyed hash that assigns splits.", min=0, max=2**63 - 1)]
 Fsync = Annotated[bool, typer.Option("--fsync", help="Flush the output to disk before renaming it into place (survives a power cut; costs a full writeback).")]
 ChunkRows = Annotated[int, typer.Option(help="Rows read per chunk (bounds memory: ~21 KB a row); also the checksum block, so the digest depends on it.", min=1)]
 Scheduler = Annotated[str, typer.Option(help="Where rows are written: local (this process), dask (a LocalCluster of --workers processes) or a Dask scheduler address, e.g. tcp://host:8786.")]

@@ -206,7 +206,9 @@ def _positions(reports: list[dict], ids_by_file: dict, match_radius: float, pixe
     group_radius = sky.half_diagonal_arcsec((image["height"], image["width"]), pixel_scale)
     parts = list(ids_by_file.values())
     ids, labels, ra, dec = (np.concatenate([p[k] for p in parts]) for k in range(4))
-    duplicates = sky.components(len(ids), sky.pairs_within(ra, dec, match_radius))
+    close = sky.pairs_within(ra, dec, match_radius)
+    close = close[ids[close[:, 0]] != ids[close[:, 1]]]  # copies of one ID are reported as duplicate IDs
+    duplicates = sky.components(len(ids), close)
     same, conflicting = _label_agreement(duplicates, labels)
     sizes = np.bincount(sky.components(len(ids), sky.pairs_within(ra, dec, group_radius)))
     summary = {

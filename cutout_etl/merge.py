@@ -28,6 +28,9 @@ def parse_classes(classes: Sequence[str] | None, default: Sequence[str]) -> list
         raise UsageError("--classes: no class names given")
     if len(set(names)) != len(names):
         raise UsageError(f"--classes: a class is listed twice ({', '.join(names)})")
+    odd = [n for n in names if not n.isascii()]
+    if odd:  # labels are compared and stored as ASCII bytes, as the survey catalogues write them
+        raise UsageError(f"--classes: class names must be ASCII (got {', '.join(odd)})")
     return names
 
 

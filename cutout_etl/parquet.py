@@ -109,6 +109,14 @@ def table_to_records(table: pa.Table, dtype: np.dtype) -> np.ndarray:
     return records
 
 
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def shard_names(split: str, rows: int, rows_per_shard: int) -> list[str]:
     count = max(1, math.ceil(rows / rows_per_shard))
     return [f"{FILE_SPLIT[split]}-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
@@ -162,7 +170,13 @@ class ParquetSink:
         start = self._written[name]
         if len(positions) and (positions[0] != start or np.any(np.diff(positions) != 1)):
             raise ValueError(f"Parquet tables are written in stored order (table {name}, row {start})")
-        table = records_to_table(records, self.schema)
+        try:
+            table = records_to_table(records, self.schema)
+        except UnicodeDecodeError as exc:
+            bad = next(i for i in records["ID"] if not _is_utf8(i))
+            raise UsageError(
+                f"ID {bad!r} is not UTF-8 text, which Parquet's string columns need; write HDF5 instead"
+            ) from exc
         offset = 0
         while offset < len(records):
             shard, within = divmod(start + offset, self.rows_per_shard)

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from . import __version__, distributed, readers, sky
 from .checksums import ALGORITHM, TableChecksums, dataset_digest
 from .dataset import open_dataset, row_dtype
 from .distributed import ClusterOptions
-from .errors import DatasetError, UsageError
+from .errors import DatasetError, EmptyTableError, UsageError
 from .merge import UNKNOWN, DuplicateReport, parse_classes, resolve_duplicates
 from .records import RecordFiller, RowFacts, open_row_readers
 from .scan import FileHasher, ProgressFn, ReadOptions, Scan, no_progress, scan_inputs
@@ -93,6 +94,7 @@ class Plan:
 
     def report(self) -> dict:
         files = self.scan.files
+        cast = [i for i, f in enumerate(files) if f.info.image_dtype != np.float32]
         per_file = []
         for index, entry in enumerate(files):
             in_file = self.scan.file_index == index
@@ -102,7 +104,7 @@ class Plan:
                     "labels": dict(sorted(entry.label_counts.items())),
                     "rows_kept": int(np.count_nonzero(self.keep & in_file)),
                     "dropped": {r: int(np.count_nonzero(m & in_file)) for r, m in self.dropped.items()},
-                    "rows_partly_nonfinite_kept": entry.rows_partly_nonfinite,
+                    "rows_partly_nonfinite_kept": int(np.count_nonzero(self.keep & in_file & self.scan.partly_nonfinite)),
                     "image_cast_to_float32": entry.info.image_dtype != np.float32,
                 }
             )
@@ -112,8 +114,8 @@ class Plan:
             "dropped": {r: int(m.sum()) for r, m in self.dropped.items()},
             "duplicate_ids": vars(self.duplicates),
             "duplicate_positions": {"match_radius_arcsec": self.match_radius, **vars(self.positions)},
-            "rows_partly_nonfinite": sum(f.rows_partly_nonfinite for f in files),
-            "rows_cast_to_float32": sum(f.info.rows for f in files if f.info.image_dtype != np.float32),
+            "rows_partly_nonfinite": int(np.count_nonzero(self.keep & self.scan.partly_nonfinite)),
+            "rows_cast_to_float32": int(np.count_nonzero(self.keep & np.isin(self.scan.file_index, cast))),
             "files": per_file,
         }
 
@@ -125,11 +127,10 @@ def plan_rows(scan: Scan, options: MergeOptions) -> Plan:
     dropped["no_finite_pixel"] = scan.no_finite & ~dropped["unknown_label"]
     keep = ~(dropped["unknown_label"] | dropped["no_finite_pixel"])
     candidates = np.flatnonzero(keep)
-    tiebreak = scan.file_index.astype(np.int64) << 40 | scan.row
     extra, conflicting, duplicates = resolve_duplicates(
         scan.ids[candidates],
         scan.codes[candidates],
-        tiebreak[candidates],
+        _copy_order(scan, candidates),
         scan.classes,
         options.on_conflict,
         lambda i: scan.describe_row(candidates[i]),
@@ -138,7 +139,40 @@ def plan_rows(scan: Scan, options: MergeOptions) -> Plan:
     dropped["conflicting_labels"][candidates[conflicting]] = True
     keep[candidates[extra | conflicting]] = False
     positions = _resolve_positions(scan, keep, dropped, options)
+    if not keep.any():
+        reasons = ", ".join(f"{r.replace('_', ' ')} {int(m.sum())}" for r, m in dropped.items() if m.any())
+        raise EmptyTableError(f"nothing to write: all {len(keep)} rows were dropped ({reasons})")
     return Plan(scan, keep, dropped, duplicates, positions, options.match_radius)
+
+
+def _copy_order(scan: Scan, rows: np.ndarray) -> np.ndarray:
+    """Which copy of a repeated ID is kept: ranked by the image's content, then by file and row.
+
+    Copies may differ in their pixels; ranking them by a hash of the pixels
+    keeps the same one whatever the order of the files or of their rows.
+    Only the repeated IDs' images are read again.
+    """
+    ids = scan.ids[rows]
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    repeated = np.flatnonzero(counts[inverse] > 1)
+    content = np.zeros(len(rows), dtype=np.uint64)
+    if len(repeated):
+        content[repeated] = _image_hashes(scan, rows[repeated])
+    rank = np.empty(len(rows), dtype=np.int64)
+    rank[np.lexsort((scan.row[rows], scan.file_index[rows], content))] = np.arange(len(rows))
+    return rank
+
+
+def _image_hashes(scan: Scan, rows: np.ndarray) -> np.ndarray:
+    hashes = np.empty(len(rows), dtype=np.uint64)
+    with contextlib.ExitStack() as stack:
+        sources = open_row_readers([f.info for f in scan.files], stack)
+        for file_index in np.unique(scan.file_index[rows]):
+            mine = np.flatnonzero(scan.file_index[rows] == file_index)
+            mine = mine[np.argsort(scan.row[rows[mine]])]
+            images = sources[file_index].read(scan.row[rows[mine]])[sources[file_index].info.columns.image]
+            hashes[mine] = [xxhash.xxh3_64_intdigest(np.ascontiguousarray(image, dtype="<f4")) for image in images]
+    return hashes
 
 
 def _resolve_positions(scan: Scan, keep: np.ndarray, dropped: dict, options: MergeOptions) -> DuplicateReport:
@@ -392,6 +426,9 @@ class OutputOptions:
 def _job(paths: Sequence[Path], out: str | Path, output: OutputOptions):
     """An atomic output and the background hashing of the inputs."""
     parquet = is_parquet_path(out, output.format)
+    target = Path(out).resolve()
+    if any(Path(p).resolve() == target for p in paths):
+        raise UsageError(f"{out}: is also an input; write the output elsewhere")
     with atomic_output(Path(out), output.overwrite, output.fsync, parquet) as tmp, FileHasher(paths) as hasher:
         yield tmp, hasher, parquet
 
@@ -606,7 +643,7 @@ def convert(
 ) -> dict:
     """`cutout-etl convert`: HDF5 <-> Parquet, block by block, checked bit-exact by the content digest."""
     output = output or OutputOptions()
-    with open_dataset(path) as ds, _job([], out, output) as (tmp, _, parquet):
+    with open_dataset(path) as ds, _job([Path(path)], out, output) as (tmp, _, parquet):
         metadata = dict(ds.metadata)
         block_rows = metadata["checksums"]["tables"][ds.splits[0]]["block_rows"]
         rows = {name: len(ds[name]) for name in ds.splits}

@@ -74,6 +74,7 @@ class Scan:
     ids: np.ndarray  # bytes, stripped
     codes: np.ndarray  # int16, UNKNOWN for labels outside classes
     no_finite: np.ndarray  # bool: the image has no finite pixel
+    partly_nonfinite: np.ndarray  # bool: some pixels are NaN or inf, not all
     ra: np.ndarray  # float64, degrees
     dec: np.ndarray  # float64, degrees
     image_shape: tuple[int, int, int]
@@ -154,6 +155,7 @@ def _scan_chunk(entry: InputFile, index: int, start: int, chunk: np.ndarray, cla
         "ids": as_bytes(chunk[columns.id]),
         "codes": codes,
         "no_finite": no_finite,
+        "partly_nonfinite": ~all_finite & ~no_finite,
         "ra": chunk[columns.ra].astype(np.float64),
         "dec": chunk[columns.dec].astype(np.float64),
     }
@@ -240,6 +242,7 @@ def _canonical(inputs: list[InputFile], parts: list[dict], classes: list[str], s
         ids=joined["ids"],
         codes=joined["codes"],
         no_finite=joined["no_finite"],
+        partly_nonfinite=joined["partly_nonfinite"],
         ra=joined["ra"],
         dec=joined["dec"],
         image_shape=shape,

@@ -54,9 +54,13 @@ def half_diagonal_arcsec(image_shape: tuple[int, ...], pixel_scale_arcsec: float
 
 def sky_cells(ra_deg: np.ndarray, dec_deg: np.ndarray, cell_deg: float) -> np.ndarray:
     """Roughly equal-area cells: declination bands of `cell_deg`, each cut in RA to about square cells."""
+    ra_deg, dec_deg = np.asarray(ra_deg, dtype=np.float64), np.asarray(dec_deg, dtype=np.float64)
+    known = np.isfinite(ra_deg) & np.isfinite(dec_deg)
+    ra, dec = np.where(known, ra_deg, 0.0), np.where(known, dec_deg, 0.0)
     bands = int(np.ceil(180 / cell_deg))
-    band = np.clip(np.floor((np.asarray(dec_deg) + 90) / cell_deg), 0, bands - 1).astype(np.int64)
+    band = np.clip(np.floor((dec + 90) / cell_deg), 0, bands - 1).astype(np.int64)
     centre = np.radians(-90 + (band + 0.5) * cell_deg)
     per_band = np.maximum(1, np.floor(360 * np.cos(centre) / cell_deg)).astype(np.int64)
-    column = np.floor(np.mod(ra_deg, 360) / 360 * per_band).astype(np.int64) % per_band
-    return band * (int(np.ceil(360 / cell_deg)) + 1) + column
+    column = np.floor(np.mod(ra, 360) / 360 * per_band).astype(np.int64) % per_band
+    cells = band * (int(np.ceil(360 / cell_deg)) + 1) + column
+    return np.where(known, cells, -1 - np.arange(len(cells)))  # no position: a cell of its own

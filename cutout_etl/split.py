@@ -36,6 +36,8 @@ def parse_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 
 def keyed_hash(ids: np.ndarray, seed: int) -> np.ndarray:
     """A 64-bit BLAKE2b of each ID keyed by the seed."""
+    if not 0 <= int(seed) < 2**63:
+        raise UsageError(f"--seed: expected an integer from 0 to 2**63 - 1 (got {seed})")
     key = int(seed).to_bytes(16, "little", signed=True)
     return np.fromiter(
         (int.from_bytes(hashlib.blake2b(i, digest_size=8, key=key).digest(), "little") for i in ids.tolist()),

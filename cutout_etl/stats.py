@@ -501,7 +501,8 @@ class BandStats:
         sigmas = _sketch_quantiles(self._sky_sigma_hist[band], SKY_QUANTILES)
         offset, sigma = medians[1], sigmas[1]
         # Constant frames (no coverage, all zeros) give a zero noise: no softening can be derived.
-        scale = softening_k * sigma if sigma else None
+        # Sigmas in float32's subnormal range are the zero bin of the sketch, not a noise level.
+        scale = softening_k * sigma if sigma and sigma >= np.finfo(np.float32).tiny else None
         return {
             "sky_cutouts": counts["sky_cutouts"],
             "sky_cutouts_skipped": counts["sky_cutouts_skipped"],

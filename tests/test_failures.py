@@ -292,3 +292,31 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
     left = list(out_dir.iterdir())
     assert (child.returncode, left) == (130, []), stderr
     assert stderr.splitlines()[-1] == "interrupted: no output written"
+
+
+def test_every_row_dropped_is_an_error_not_an_empty_dataset(tmp_path):
+    bad = write_table(make_table(5, b"BLAZAR", 0), tmp_path / "blazars.hdf5")
+    code, _, stderr = run(["build", bad, "-o", tmp_path / "o.h5", "--drop-unknown", "--quiet"])
+    assert code == 1
+    assert stderr == "error: nothing to write: all 5 rows were dropped (unknown label 5)\n"
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_output_that_is_an_input_is_refused(tmp_path):
+    files = good(tmp_path)
+    before = files[0].read_bytes()
+    code, _, stderr = run(["merge", *files, "-o", files[0], "--overwrite", "--quiet"])
+    assert code == 2 and stderr == f"error: {files[0]}: is also an input; write the output elsewhere\n"
+    assert files[0].read_bytes() == before
+
+
+def test_non_ascii_class_names_are_refused(tmp_path):
+    files = good(tmp_path)
+    code, _, stderr = run(["build", *files, "-o", tmp_path / "o.h5", "--classes", "GALAXY,ÉTOILE", "--quiet"])
+    assert code == 2 and stderr == "error: --classes: class names must be ASCII (got ÉTOILE)\n"
+
+
+def test_seed_out_of_range_is_a_usage_error(tmp_path):
+    files = good(tmp_path)
+    code, _, stderr = run(["build", *files, "-o", tmp_path / "o.h5", "--seed", str(2**70)])
+    assert code == 2 and "--seed" in stderr

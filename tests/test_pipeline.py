@@ -218,3 +218,17 @@ def test_chunked_compressed_big_endian_input_goes_through_hdf5(tmp_path, class_f
             got.update(zip(rows["ID"].tolist(), rows["image"]))
     for row in records:
         assert np.array_equal(got[bytes(row["ID"])].view(np.uint32), row["image"].view(np.uint32))
+
+
+def test_which_copy_of_a_repeated_id_is_kept_does_not_depend_on_row_order(tmp_path, class_files):
+    """Copies of one ID with different pixels: the kept one follows from content, not position."""
+    t = Table.read(class_files[0], path="data")
+    copies = t[:5].copy()
+    copies["image"] = copies["image"] * 2  # same IDs and positions, other pixels
+    doubled = __import__("astropy.table", fromlist=["vstack"]).vstack([t, copies])
+    forward = write_table(doubled, tmp_path / "forward.h5")
+    backward = write_table(doubled[::-1], tmp_path / "backward.h5")
+    a = pipeline.build([forward, *class_files[1:]], tmp_path / "a.h5")
+    b = pipeline.build([backward, *class_files[1:]], tmp_path / "b.h5")
+    assert a["report"]["dropped"]["duplicate_id"] == 5
+    assert a["digest"] == b["digest"]
