@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import UsageError
 from .schema import DATA_DIR, DEFAULT_ROWS_PER_SHARD, FILE_SPLIT, METADATA_ATTR, SIDECAR
 
 CARD = "README.md"
@@ -173,7 +174,7 @@ class ParquetSink:
         try:
             table = records_to_table(records, self.schema)
         except UnicodeDecodeError as exc:
-            bad = next(i for i in records["ID"] if not _is_utf8(i))
+            bad = next(bytes(i) for i in records["ID"] if not _is_utf8(i))
             raise UsageError(
                 f"ID {bad!r} is not UTF-8 text, which Parquet's string columns need; write HDF5 instead"
             ) from exc

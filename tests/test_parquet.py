@@ -186,3 +186,15 @@ def test_stats_on_parquet_says_how(both):
     result = CliRunner().invoke(app, ["stats", str(both[1])])
     assert result.exit_code == 2
     assert "a Parquet dataset's statistics are written by build into every shard" in result.stderr
+
+
+def test_ids_that_are_not_utf8_give_one_line_for_parquet(tmp_path):
+    from .conftest import make_table, write_table
+
+    odd = make_table(5, b"GALAXY", 0)
+    odd["ID"][0] = b"\xe9obj"
+    files = [write_table(odd, tmp_path / "g.h5"), write_table(make_table(5, b"QSO", 100), tmp_path / "q.h5"), write_table(make_table(5, b"STAR", 200), tmp_path / "s.h5")]
+    result = CliRunner().invoke(app, ["build", *map(str, files), "-o", str(tmp_path / "out") + "/", "--quiet"])
+    assert result.exit_code == 2
+    assert result.stderr == "error: ID b'\\xe9obj' is not UTF-8 text, which Parquet's string columns need; write HDF5 instead\n"
+    assert not (tmp_path / "out").exists()
