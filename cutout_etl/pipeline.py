@@ -423,13 +423,14 @@ class OutputOptions:
 
 
 @contextlib.contextmanager
-def _job(paths: Sequence[Path], out: str | Path, output: OutputOptions):
-    """An atomic output and the background hashing of the inputs."""
+def _job(paths: Sequence[Path], out: str | Path, output: OutputOptions, hash_inputs: bool = True):
+    """An atomic output that is none of the inputs, and the background hashing of the inputs."""
     parquet = is_parquet_path(out, output.format)
     target = Path(out).resolve()
     if any(Path(p).resolve() == target for p in paths):
         raise UsageError(f"{out}: is also an input; write the output elsewhere")
-    with atomic_output(Path(out), output.overwrite, output.fsync, parquet) as tmp, FileHasher(paths) as hasher:
+    hashed = paths if hash_inputs else []
+    with atomic_output(Path(out), output.overwrite, output.fsync, parquet) as tmp, FileHasher(hashed) as hasher:
         yield tmp, hasher, parquet
 
 
@@ -643,7 +644,7 @@ def convert(
 ) -> dict:
     """`cutout-etl convert`: HDF5 <-> Parquet, block by block, checked bit-exact by the content digest."""
     output = output or OutputOptions()
-    with open_dataset(path) as ds, _job([Path(path)], out, output) as (tmp, _, parquet):
+    with open_dataset(path) as ds, _job([Path(path)], out, output, hash_inputs=False) as (tmp, _, parquet):
         metadata = dict(ds.metadata)
         block_rows = metadata["checksums"]["tables"][ds.splits[0]]["block_rows"]
         rows = {name: len(ds[name]) for name in ds.splits}
