@@ -169,13 +169,17 @@ def write_tables(
     return acc, checksums
 
 
-def stats_task(path: Path, table: str, start: int, stop: int, n_bands: int, chunk_rows: int) -> BandStats:
-    """Runs on a worker: the statistics partial of rows [start, stop) of one table."""
+def stats_task(
+    path: Path, table: str, start: int, stop: int, n_bands: int, chunk_rows: int, progress: Callable[[str, int, int], None] | None = None
+) -> BandStats:
+    """The statistics partial of rows [start, stop) of one table: a Dask task, or the whole local pass."""
     acc = BandStats(n_bands=n_bands)
     with readers.open_h5(path) as f:
         ds = f[table]
         for first in range(start, stop, chunk_rows):
             acc.update(readers.read_rows(path, ds, first, min(first + chunk_rows, stop))["image"])
+            if progress is not None:
+                progress("stats", min(first + chunk_rows, stop) - start, stop - start)
     return acc
 
 

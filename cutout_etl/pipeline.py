@@ -344,19 +344,13 @@ def _table_stats(
     path: Path, table: str, bands: list[str], chunk_rows: int, progress: ProgressFn, cluster: tuple[object, ClusterOptions] | None = None
 ) -> dict:
     """Per-band statistics of one table, in one streaming pass in stored order (or Dask tasks merged in that order)."""
+    with readers.open_h5(path) as f:
+        rows = len(f[table])
     if cluster is not None:
-        with readers.open_h5(path) as f:
-            rows = len(f[table])
         client, options = cluster
         acc = distributed.table_stats(client, path, table, rows, len(bands), chunk_rows, options.blocks_per_task, progress)
-        return {"split": table, **acc.summary(bands=bands)}
-    acc = BandStats(n_bands=len(bands))
-    with readers.open_h5(path) as f:
-        ds = f[table]
-        for start in range(0, len(ds), chunk_rows):
-            rows = readers.read_rows(path, ds, start, min(start + chunk_rows, len(ds)))
-            acc.update(rows["image"])
-            progress("stats", start + len(rows), len(ds))
+    else:
+        acc = distributed.stats_task(path, table, 0, rows, len(bands), chunk_rows, progress)
     return {"split": table, **acc.summary(bands=bands)}
 
 
