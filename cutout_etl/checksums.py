@@ -19,9 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
+
+if TYPE_CHECKING:
+    from .records import Block
 
 ALGORITHM = "xxh3-128"
 CONTENT_COLUMNS = ("ID", "RAJ2000", "DECJ2000", "SPECTYPE", "label", "image")
@@ -36,8 +40,8 @@ def _columns_digest(records: np.ndarray, columns: tuple[str, ...]) -> str:
     return hasher.hexdigest()
 
 
-def block_checksums(records: np.ndarray) -> dict:
-    """Everything one block contributes to its table's checksums: small, picklable."""
+def block_checksums(records: np.ndarray | Block) -> dict:
+    """Everything one block (structured records or a `Block`) contributes to its table's checksums: small, picklable."""
     columns = {name: xxhash.xxh3_128_digest(np.ascontiguousarray(records[name])) for name in CONTENT_COLUMNS}
     return {
         "image": columns["image"].hex(),
@@ -55,7 +59,7 @@ class TableChecksums:
         self.blocks: dict[str, list[str]] = {"image": [], "columns": [], "provenance": []}
         self._streams = {name: xxhash.xxh3_128() for name in CONTENT_COLUMNS}
 
-    def add(self, records: np.ndarray) -> None:
+    def add(self, records: np.ndarray | Block) -> None:
         self.add_block(block_checksums(records))
 
     def add_block(self, block: Mapping) -> None:

@@ -124,14 +124,14 @@ def run_task(job: WriteJob, task: Task) -> tuple[list[dict], BandStats | None]:
     blocks = []
     with contextlib.ExitStack() as stack:
         sources = open_row_readers(job.inputs, stack)
-        writer = stack.enter_context(RowWriter(job.output, job.offsets, job.dtype.itemsize))
+        writer = stack.enter_context(RowWriter(job.output, job.offsets, job.dtype))
         for first in range(0, len(task.facts), job.chunk_rows):
             part = slice(first, first + job.chunk_rows)
-            records = fill(task.facts.take(part), sources)
-            writer.write(task.table, task.positions[part], records)
-            blocks.append(block_checksums(records))
+            block = fill(task.facts.take(part), sources)
+            writer.write(task.table, task.positions[part], block)
+            blocks.append(block_checksums(block))
             if acc is not None:
-                acc.update(records["image"])
+                acc.update(block.images)
     return blocks, acc
 
 

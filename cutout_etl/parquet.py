@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError
+from .records import Block
 from .schema import DATA_DIR, DEFAULT_ROWS_PER_SHARD, FILE_SPLIT, METADATA_ATTR, SIDECAR
 
 CARD = "README.md"
@@ -78,8 +79,8 @@ def hf_features(image_size: int, classes: Sequence[str]) -> dict:
     }
 
 
-def records_to_table(records: np.ndarray, schema: pa.Schema) -> pa.Table:
-    """Structured records (the HDF5 row layout) as an Arrow table, images not copied twice."""
+def records_to_table(records: np.ndarray | Block, schema: pa.Schema) -> pa.Table:
+    """Rows (structured records or a `Block`) as an Arrow table, images not copied twice."""
     image = np.ascontiguousarray(records["image"]).reshape(-1)
     size = schema.field("image").type.list_size
     arrays = [
@@ -167,7 +168,7 @@ class ParquetSink:
             self._writers.append(writer)
         return self._open[key]
 
-    def write(self, name: str, positions: np.ndarray, records: np.ndarray) -> None:
+    def write(self, name: str, positions: np.ndarray, records: Block) -> None:
         start = self._written[name]
         if len(positions) and (positions[0] != start or np.any(np.diff(positions) != 1)):
             raise ValueError(f"Parquet tables are written in stored order (table {name}, row {start})")

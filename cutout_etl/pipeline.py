@@ -30,7 +30,7 @@ from .dataset import open_dataset, row_dtype
 from .distributed import ClusterOptions
 from .errors import DatasetError, EmptyTableError, UsageError
 from .merge import UNKNOWN, DuplicateReport, parse_classes, resolve_duplicates
-from .records import RecordFiller, RowFacts, open_row_readers
+from .records import Block, RecordFiller, RowFacts, open_row_readers
 from .scan import FileHasher, ProgressFn, ReadOptions, Scan, no_progress, scan_inputs
 from .schema import (
     DEFAULT_CLASSES,
@@ -273,30 +273,35 @@ def _write_here(
 ) -> tuple[BandStats, dict[str, TableChecksums]]:
     """The local write pass: this process reads; worker threads write, checksum and add statistics."""
     fill = RecordFiller(scan.classes, dtype, carry_provenance)
-    acc = BandStats(n_bands=scan.image_shape[-1])
+    lanes = [BandStats(n_bands=scan.image_shape[-1]) for _ in range(STATS_LANES)]
+    stats_blocks = 0
     checksums = {name: TableChecksums(chunk_rows) for name, _, _ in tables}
     total, done = sum(len(facts) for _, facts, _ in tables), 0
 
-    def store(name: str, positions: np.ndarray, records: np.ndarray) -> None:
-        sink.write(name, positions, records)
-        checksums[name].add(records)
+    def store(name: str, positions: np.ndarray, block: Block) -> None:
+        sink.write(name, positions, block)
+        checksums[name].add(block)
 
-    with (
-        contextlib.ExitStack() as stack,
-        _Background(store) as write,
-        _Background(acc.update) as add_stats,
-    ):
+    with contextlib.ExitStack() as stack:
+        write = stack.enter_context(_Background(store))
+        add_stats = [stack.enter_context(_Background(lane.update)) for lane in lanes]
         sources = open_row_readers([f.info for f in scan.files], stack)
         for name, facts, positions in tables:
             for first in range(0, len(facts), chunk_rows):
                 block = slice(first, first + chunk_rows)
-                records = fill(facts.take(block), sources)
-                write(name, positions[block], records)
+                rows = fill(facts.take(block), sources)
+                write(name, positions[block], rows)
                 if name == stats_table:
-                    add_stats(records["image"])
-                done += len(records)
+                    add_stats[stats_blocks % STATS_LANES](rows.images)
+                    stats_blocks += 1
+                done += len(rows)
                 progress("write", done, total)
-    return acc, checksums
+    for lane in lanes[1:]:
+        lanes[0].merge(lane)
+    return lanes[0], checksums
+
+
+STATS_LANES = 2  # statistics are the slowest step: blocks alternate between two accumulators
 
 
 def _seal(metadata: dict, checksums: dict[str, dict]) -> dict:
@@ -647,10 +652,10 @@ def convert(
             total, done = sum(rows.values()), 0
             for name in ds.splits:
                 for start in range(0, rows[name], block_rows):
-                    records = ds[name].read(start, start + block_rows)
-                    sink.write(name, np.arange(start, start + len(records)), records)
-                    checksums[name].add(records)
-                    done += len(records)
+                    block = Block.from_records(ds[name].read(start, start + block_rows))
+                    sink.write(name, np.arange(start, start + len(block)), block)
+                    checksums[name].add(block)
+                    done += len(block)
                     progress("convert", done, total)
             digest = metadata.get("digest")
             _seal(metadata, {name: c.to_dict() for name, c in checksums.items()})

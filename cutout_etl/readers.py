@@ -20,10 +20,11 @@ from .errors import (
     InputFileError,
     NoTableError,
 )
-from .schema import Columns
+from .schema import Columns, RowCut
 
 DEFAULT_CHUNK_ROWS = 512  # 10.6 MB of 36x36x4 cutouts; larger blocks cost memory, not speed
 _META_SUFFIX = ".__table_column_meta__"
+IOV_MAX = max(os.sysconf("SC_IOV_MAX"), 16) if hasattr(os, "sysconf") else 16  # buffers per readv/writev call
 
 
 @dataclass
@@ -241,6 +242,9 @@ class RowReader:
         self.dtype = self._ds.dtype
         self._offset = _raw_offset(self._ds)
         self._fd = os.open(info.path, os.O_RDONLY) if self._offset is not None else None
+        image = info.columns.image
+        raw_float32 = self._fd is not None and self.dtype[image].base == np.float32
+        self._cut = RowCut.of(self.dtype, image) if raw_float32 else None
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Rows at the given (ascending, unique) indices as a structured array."""
@@ -254,18 +258,47 @@ class RowReader:
         out = np.empty(len(rows), self.dtype)
         raw = memoryview(out.view(np.uint8))
         size = self.dtype.itemsize
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
-            want = (b - a) * size
-            got = os.preadv(self._fd, [raw[a * size : b * size]], self._offset + int(rows[a]) * size)
-            if got != want:
-                raise InputFileError(f"{self.info.path}: truncated: rows {rows[a]}-{rows[b - 1]} lie past the end of the file")
+        for a, b in row_runs(rows):
+            self._preadv([raw[a * size : b * size]], rows, a, b)
         return out
+
+    def read_into(self, rows: np.ndarray, images: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Rows at ascending, unique indices: row i's image into images[slots[i]]; the other fields returned.
+
+        From a raw float32 table the images are read straight into `images`
+        (no intermediate copy); otherwise they are read and cast.
+        """
+        cut = self._cut
+        if cut is None or images.dtype != np.float32 or not images.flags.c_contiguous:
+            data = self.read(rows)
+            images[slots] = data[self.info.columns.image]
+            return data
+        rest = np.empty(len(rows), cut.rest)
+        buffers, per_row = cut.buffers(rest, images, slots.tolist()), cut.buffers_per_row
+        for a, b in row_runs(rows, IOV_MAX // per_row):
+            self._preadv(buffers[a * per_row : b * per_row], rows, a, b)
+        return rest
+
+    def _preadv(self, buffers: list[memoryview], rows: np.ndarray, a: int, b: int) -> None:
+        """Read rows[a:b], consecutive in the file, into `buffers`."""
+        want = (b - a) * self.dtype.itemsize
+        got = os.preadv(self._fd, buffers, self._offset + int(rows[a]) * self.dtype.itemsize)
+        if got != want:
+            raise InputFileError(f"{self.info.path}: truncated: rows {rows[a]}-{rows[b - 1]} lie past the end of the file")
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def row_runs(rows: np.ndarray, longest: int | None = None) -> Iterator[tuple[int, int]]:
+    """(a, b) index ranges of `rows` that are consecutive numbers, at most `longest` long."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for a, b in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(rows)].tolist()):
+        step = longest or b - a
+        for start in range(a, b, max(step, 1)):
+            yield start, min(start + step, b)
 
 
 def _raw_offset(ds: h5py.Dataset) -> int | None:

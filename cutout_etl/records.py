@@ -1,4 +1,4 @@
-"""Build output records from input rows: the one step both write paths share.
+"""Build output blocks from input rows: the one step both write paths share.
 
 The local write pass (`pipeline._write_tables`) and each Dask task
 (`distributed.py`) call `RecordFiller` on a block of rows described by small
@@ -16,6 +16,7 @@ import numpy as np
 
 from . import readers
 from .readers import TableInfo
+from .schema import RowCut
 
 
 @dataclass
@@ -45,31 +46,73 @@ def open_row_readers(infos: Sequence[TableInfo], stack: contextlib.ExitStack) ->
     return sources
 
 
+@dataclass
+class Block:
+    """Rows of an output table, the images held apart from the other columns.
+
+    `images` is one C-contiguous (N, H, W, B) array, so checksums, statistics
+    and Parquet use it without a copy, and reads and writes move each image
+    straight between it and the files (`RowCut.buffers`). `block[name]` is a
+    column, `block[index]` a block of some rows, as with structured records.
+    """
+
+    columns: np.ndarray  # structured: every field but the image (`RowCut.rest`)
+    images: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int, dtype: np.dtype) -> Block:
+        image = dtype["image"]
+        return cls(np.empty(n, image_cut(dtype).rest), np.empty((n, *image.shape), image.base))
+
+    @classmethod
+    def from_records(cls, records: np.ndarray) -> Block:
+        """A block holding a copy of structured `records` of the output dtype."""
+        block = cls.empty(len(records), records.dtype)
+        for name in block.columns.dtype.names:
+            block.columns[name] = records[name]
+        block.images[...] = records["image"]
+        return block
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    def __getitem__(self, key: str | slice | np.ndarray) -> np.ndarray | Block:
+        if isinstance(key, str):
+            return self.images if key == "image" else self.columns[key]
+        return Block(self.columns[key], np.ascontiguousarray(self.images[key]))
+
+
+def image_cut(dtype: np.dtype) -> RowCut:
+    cut = RowCut.of(dtype, "image")
+    assert cut is not None, "output dtypes never overlap fields"
+    return cut
+
+
 class RecordFiller:
-    """Builds output records for a block of rows from their input rows."""
+    """Builds the output block of some rows from their input rows."""
 
     def __init__(self, classes: Sequence[str], dtype: np.dtype, carry_provenance: bool) -> None:
         self.dtype = dtype
         self.carry_provenance = carry_provenance
         self.class_names = np.array([c.encode() for c in classes])
 
-    def __call__(self, facts: RowFacts, sources: Sequence[readers.RowReader]) -> np.ndarray:
-        records = np.empty(len(facts), self.dtype)
-        records["ID"] = facts.ids
-        records["label"] = facts.codes
-        records["SPECTYPE"] = self.class_names[facts.codes]
-        records["source_file"] = facts.file_index
-        records["source_row"] = facts.row
+    def __call__(self, facts: RowFacts, sources: Sequence[readers.RowReader]) -> Block:
+        block = Block.empty(len(facts), self.dtype)
+        columns = block.columns
+        columns["ID"] = facts.ids
+        columns["label"] = facts.codes
+        columns["SPECTYPE"] = self.class_names[facts.codes]
+        columns["source_file"] = facts.file_index
+        columns["source_row"] = facts.row
         for file_index in np.unique(facts.file_index):
             mine = np.flatnonzero(facts.file_index == file_index)
             mine = mine[np.argsort(facts.row[mine])]
             source = sources[file_index]
-            rows = source.read(facts.row[mine])
-            columns = source.info.columns
-            records["RAJ2000"][mine] = rows[columns.ra]
-            records["DECJ2000"][mine] = rows[columns.dec]
-            records["image"][mine] = rows[columns.image]
+            rest = source.read_into(facts.row[mine], block.images, mine)
+            names = source.info.columns
+            columns["RAJ2000"][mine] = rest[names.ra]
+            columns["DECJ2000"][mine] = rest[names.dec]
             if self.carry_provenance:
-                records["source_file"][mine] = rows["source_file"]
-                records["source_row"][mine] = rows["source_row"]
-        return records
+                columns["source_file"][mine] = rest["source_file"]
+                columns["source_row"][mine] = rest["source_row"]
+        return block

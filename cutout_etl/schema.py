@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,66 @@ def output_dtype(id_len: int, class_len: int, image_shape: tuple[int, ...]) -> n
             ("image", "<f4", tuple(image_shape)),
         ]
     )
+
+
+@dataclass(frozen=True)
+class RowCut:
+    """A row layout with one field (the image) held apart from the others.
+
+    `rest` is the row's other fields, packed in their order: a row is
+    rest[:offset] + field + rest[offset:]. Blocks keep the images in one
+    contiguous array and the rest in another, and move whole rows between
+    them and a file with vectored I/O (`buffers`), never copying an image.
+    """
+
+    rest: np.dtype
+    offset: int
+    field_size: int
+
+    @classmethod
+    def of(cls, dtype: np.dtype, name: str) -> RowCut | None:
+        """The cut of field `name` out of `dtype`; None if other fields overlap it."""
+        cut_at, cut_size = dtype.fields[name][1], dtype[name].itemsize
+        names, formats, offsets = [], [], []
+        for other in dtype.names:
+            if other == name:
+                continue
+            field_dtype, offset = dtype.fields[other][:2]
+            if offset < cut_at + cut_size and offset + field_dtype.itemsize > cut_at:
+                return None
+            names.append(other)
+            formats.append(field_dtype)
+            offsets.append(offset if offset < cut_at else offset - cut_size)
+        rest = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": dtype.itemsize - cut_size})
+        return cls(rest, cut_at, cut_size)
+
+    @property
+    def row_size(self) -> int:
+        return self.rest.itemsize + self.field_size
+
+    @property
+    def buffers_per_row(self) -> int:
+        return 1 + (self.offset > 0) + (self.offset < self.rest.itemsize)
+
+    def buffers(self, rest: np.ndarray, field: np.ndarray, slots: Sequence[int]) -> list[memoryview]:
+        """The memory of rows 0..n-1 in file order: rest[i] around field[slots[i]].
+
+        `rest` has dtype `self.rest` and `field` is C-contiguous with rows of
+        `field_size` bytes; both are written through these views (readv) or
+        read (writev).
+        """
+        rest_bytes = memoryview(rest.view(np.uint8)) if len(rest) else memoryview(b"")
+        field_bytes = memoryview(field.reshape(-1).view(np.uint8)) if field.size else memoryview(b"")
+        width, cut, size = self.rest.itemsize, self.offset, self.field_size
+        out: list[memoryview] = []
+        for i, slot in enumerate(slots):
+            start = i * width
+            if cut:
+                out.append(rest_bytes[start:start + cut])
+            out.append(field_bytes[slot * size:(slot + 1) * size])
+            if cut < width:
+                out.append(rest_bytes[start + cut:start + width])
+        return out
 
 
 COLUMN_DESCRIPTIONS = {

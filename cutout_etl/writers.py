@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import secrets
 import shutil
@@ -21,8 +22,11 @@ from typing import Protocol
 
 import h5py
 import numpy as np
+import yaml
 
 from .errors import OutputExistsError, OutputWriteError
+from .readers import IOV_MAX, row_runs
+from .records import Block, image_cut
 from .schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, METADATA_ATTR
 
 _TMP_MARK = ".tmp-"
@@ -135,20 +139,33 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc).splitlines()[0]
 
 
-def column_meta_yaml(dtype: np.dtype, table_meta_dict: Mapping) -> np.ndarray:
-    """astropy's serialized column metadata, so Table.read gets units and meta."""
-    from astropy.table import Table  # 0.3 s to import: only commands that write pay it
-    from astropy.table import meta as table_meta
+def column_meta_yaml(dtype: np.dtype, table_meta: Mapping) -> np.ndarray:
+    """astropy's serialized column metadata, so Table.read gets units, descriptions and meta.
 
-    empty = Table(np.zeros(0, dtype=dtype))
-    for name, unit in COLUMN_UNITS.items():
-        if name in empty.colnames:
-            empty[name].unit = unit
-    for name, text in COLUMN_DESCRIPTIONS.items():
-        if name in empty.colnames:
-            empty[name].description = text
-    empty.meta.update(table_meta_dict)
-    return np.array([line.encode("utf-8") for line in table_meta.get_yaml_from_table(empty)])
+    The lines `astropy.table.meta.get_yaml_from_table` writes for our row
+    layout (a test holds them equal), made here because importing
+    astropy.table costs half a second.
+    """
+    lines = ["datatype:"]
+    for name in dtype.names:
+        column = dtype[name]
+        entry = {"name": name}
+        if name in COLUMN_UNITS:
+            entry["unit"] = COLUMN_UNITS[name]
+        # astropy stores multidimensional columns' type as a subtype of "string" (ECSV).
+        entry["datatype"] = "string" if column.kind in "SU" or column.shape else column.name
+        if name in COLUMN_DESCRIPTIONS:
+            entry["description"] = COLUMN_DESCRIPTIONS[name]
+        if column.shape:
+            entry["subtype"] = f"{column.base.name}[{','.join(map(str, column.shape))}]"
+        lines.append(f"- {_flow_yaml(entry)}")
+    lines.append("meta: !!omap")
+    lines.extend(f"- {_flow_yaml({key: value})}" for key, value in table_meta.items())
+    return np.array([line.encode("utf-8") for line in lines])
+
+
+def _flow_yaml(mapping: Mapping) -> str:
+    return yaml.safe_dump(dict(mapping), default_flow_style=True, sort_keys=False, width=math.inf).strip()
 
 
 def create_tables(path: Path, tables: Mapping[str, int], dtype: np.dtype) -> dict[str, int]:
@@ -217,29 +234,33 @@ def write_metadata(path: Path, metadata: Mapping) -> None:
 
 
 class RowWriter:
-    """Writes records at given row positions of preallocated contiguous tables."""
+    """Writes blocks at given row positions of preallocated contiguous tables.
 
-    def __init__(self, path: Path, offsets: Mapping[str, int | None], itemsize: int) -> None:
+    Each row's columns and image go out in one vectored write per run of
+    consecutive positions, straight from the block's arrays.
+    """
+
+    def __init__(self, path: Path, offsets: Mapping[str, int | None], dtype: np.dtype) -> None:
         self._fd = os.open(path, os.O_WRONLY)
         self._offsets = dict(offsets)
-        self._itemsize = itemsize
+        self._cut = image_cut(dtype)
         self.rows_written = 0
 
-    def write(self, table: str, positions: np.ndarray, records: np.ndarray) -> None:
+    def write(self, table: str, positions: np.ndarray, block: Block) -> None:
         base = self._offsets[table]
         assert base is not None, f"table {table} has no storage"
         if np.any(np.diff(positions) < 0):
             order = np.argsort(positions, kind="stable")
-            positions, records = positions[order], records[order]
-        raw = memoryview(np.ascontiguousarray(records).view(np.uint8))
-        size = self._itemsize
-        runs = np.flatnonzero(np.diff(positions) != 1) + 1
-        for start, stop in zip(np.r_[0, runs], np.r_[runs, len(positions)]):
-            data = raw[start * size : stop * size]
-            written = os.pwrite(self._fd, data, base + int(positions[start]) * size)
-            if written != len(data):
+            positions, block = positions[order], block[order]
+        cut, size = self._cut, self._cut.row_size
+        columns = np.ascontiguousarray(block.columns)
+        buffers = cut.buffers(columns, block.images, range(len(block)))
+        per_row = cut.buffers_per_row
+        for a, b in row_runs(positions, IOV_MAX // per_row):
+            written = os.pwritev(self._fd, buffers[a * per_row : b * per_row], base + int(positions[a]) * size)
+            if written != (b - a) * size:
                 raise OSError(errno.ENOSPC, "short write")
-        self.rows_written += len(records)
+        self.rows_written += len(block)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -256,7 +277,7 @@ class RowWriter:
 class Sink(Protocol):
     """Where the write pass puts each block of records (HDF5 file or Parquet shards)."""
 
-    def write(self, name: str, positions: np.ndarray, records: np.ndarray) -> None: ...
+    def write(self, name: str, positions: np.ndarray, block: Block) -> None: ...
     def finish(self, metadata: Mapping) -> None: ...
     def close(self) -> None: ...
 
@@ -267,10 +288,10 @@ class HDF5Sink:
     def __init__(self, path: Path, tables_rows: Mapping[str, int], dtype: np.dtype) -> None:
         self.path = path
         self.offsets = create_tables(path, tables_rows, dtype)  # Dask tasks write at these offsets too
-        self._writer = RowWriter(path, self.offsets, dtype.itemsize)
+        self._writer = RowWriter(path, self.offsets, dtype)
 
-    def write(self, name: str, positions: np.ndarray, records: np.ndarray) -> None:
-        self._writer.write(name, positions, records)
+    def write(self, name: str, positions: np.ndarray, block: Block) -> None:
+        self._writer.write(name, positions, block)
 
     def finish(self, metadata: Mapping) -> None:
         self._writer.close()

@@ -11,7 +11,8 @@ from astropy.table import Table
 
 from cutout_etl import open_dataset, pipeline
 from cutout_etl.errors import LabelConflictError
-from cutout_etl.schema import METADATA_ATTR, PIXEL_UNIT
+from cutout_etl.schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, METADATA_ATTR, PIXEL_UNIT, output_dtype
+from cutout_etl.writers import column_meta_yaml
 
 from .conftest import DEMO_ROWS, make_table, write_table
 
@@ -53,6 +54,22 @@ def test_build_splits_are_astropy_tables_with_bit_exact_images(built, demo_files
             assert np.array_equal(row["image"].view(np.uint32), image.view(np.uint32))
             seen.add(key(row["ID"]))
     assert seen == set(source)  # every row once: no loss, no overlap
+
+
+@pytest.mark.parametrize("id_len, class_len, shape", [(29, 6, (36, 36, 4)), (3, 1, (8, 8, 1))])
+def test_column_meta_is_what_astropy_writes(id_len, class_len, shape):
+    """Units, descriptions and table meta are written without astropy.table: the same lines."""
+    from astropy.table import meta
+
+    dtype = output_dtype(id_len, class_len, shape)
+    table = Table(np.zeros(0, dtype=dtype))
+    for name, unit in COLUMN_UNITS.items():
+        table[name].unit = unit
+    for name, text in COLUMN_DESCRIPTIONS.items():
+        table[name].description = text
+    table.meta["split"] = "val"
+    expected = [line.encode() for line in meta.get_yaml_from_table(table)]
+    assert column_meta_yaml(dtype, {"split": "val"}).tolist() == expected
 
 
 def test_build_metadata(built, demo_files):
