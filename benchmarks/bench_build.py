@@ -1,10 +1,12 @@
 """Benchmark `cutout-etl build` against `cp` (the I/O floor) and the by-hand way.
 
-    python benchmarks/bench_build.py --rows 30000 [--workdir DIR] [--keep] [--scaling] [--json PATH]
+    python benchmarks/bench_build.py --rows 30000 [--repeat 3] [--workdir DIR] [--keep] [--scaling] [--json PATH]
 
-Generates N demo rows per class once, then times `cp`, `cutout-etl build` and
-the by-hand astropy + scikit-learn script on the same files, each in its own
-process so that its peak RSS is its own.
+Generates N demo rows per class once, then times, in each of `--repeat`
+rounds, `cp`, `cutout-etl build` (HDF5 and Parquet), the by-hand astropy +
+scikit-learn script and the SHA-256 of the inputs alone, on the same files,
+each in its own process so that its peak RSS is its own. Medians over the
+rounds are reported, with their range.
 
 This launcher never imports numpy, astropy or cutout_etl itself: Linux carries
 a process's RSS high-water mark over fork+exec into the child's ru_maxrss, so
@@ -22,6 +24,7 @@ import os
 import resource
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,36 +114,53 @@ def require_free_disk(where: Path, needed: float) -> None:
                          f"found {free / 1e9:.1f} GB")
 
 
-def measure_main(workdir: Path, rows: int) -> dict:
-    """Steps 1-4: generate once, then cp, build and by-hand on the same files."""
+def measure_main(workdir: Path, rows: int, repeat: int) -> dict:
+    """Steps 1-4: generate once, then `repeat` rounds of cp, build, build parquet, by-hand and SHA-256.
+
+    Each round runs every step once, so a slow spell of this shared machine
+    hits all of them; ratios are taken within a round, then the median over rounds.
+    """
     files, gen_s = generate(workdir / "inputs", rows)
     input_bytes = sum(f.stat().st_size for f in files)
     print(f"generation: {gen_s:.1f} s for 3 x {rows} rows ({input_bytes / MB:.0f} MB)")
+    rounds = []
+    for number in range(1, repeat + 1):
+        print(f"round {number} of {repeat} ...", file=sys.stderr, flush=True)
+        rounds.append(measure_round(workdir, files, check=number == 1))
+    total = rounds[0].pop("rows_found")
+    print(f"correctness: {total} rows accounted for (kept or dropped with a reason), expected {3 * rows}: "
+          f"{'OK' if total == 3 * rows else 'MISMATCH'}")
+    return {"rows_per_class": rows, "input_mb": input_bytes / MB, "generation_s": gen_s,
+            "rows_found": total, "rows_ok": total == 3 * rows, "rounds": rounds}
 
+
+def measure_round(workdir: Path, files: list[Path], check: bool) -> dict:
+    runs: dict = {}
     (workdir / "cp").mkdir()
-    cp = run(["cp", *files, workdir / "cp"])
+    runs["cp"] = run(["cp", *files, workdir / "cp"])
     shutil.rmtree(workdir / "cp")
     os.sync()  # untimed: keeps one step's writeback out of the next step's time
 
     (workdir / "build").mkdir()
     out = workdir / "build" / "dataset.h5"
-    built = build(files, out)
-    total = count_rows(out)
-    print(f"correctness: {total} rows accounted for (kept or dropped with a reason), expected {3 * rows}: "
-          f"{'OK' if total == 3 * rows else 'MISMATCH'}")
+    runs["build"] = build(files, out)
+    if check:
+        runs["rows_found"] = count_rows(out)
+    shutil.rmtree(workdir / "build")
     os.sync()
 
-    parquet = build(files, workdir / "build" / "dataset_parquet", "--format", "parquet")
-    shutil.rmtree(workdir / "build" / "dataset_parquet")
+    runs["build parquet"] = build(files, workdir / "dataset_parquet", "--format", "parquet")
+    shutil.rmtree(workdir / "dataset_parquet")
     os.sync()
 
     by_hand_dir = workdir / "by_hand"
     by_hand_dir.mkdir()
-    manual = run([sys.executable, SCRIPT, "--by-hand", *files, "--out", by_hand_dir])
+    runs["by-hand"] = run([sys.executable, SCRIPT, "--by-hand", *files, "--out", by_hand_dir])
+    shutil.rmtree(by_hand_dir)
     os.sync()
-    return {"rows_per_class": rows, "input_mb": input_bytes / MB, "generation_s": gen_s,
-            "rows_found": total, "rows_ok": total == 3 * rows,
-            "runs": {"cp": cp, "build": built, "build parquet": parquet, "by-hand": manual}}
+
+    runs["sha256 only"] = run([sys.executable, SCRIPT, "--sha256", *files])
+    return runs
 
 
 def main_ratios(runs: dict[str, Run]) -> list[Ratio]:
@@ -155,18 +175,38 @@ def main_ratios(runs: dict[str, Run]) -> list[Ratio]:
     ]
 
 
-def print_main(result: dict, ratios: list[Ratio]) -> None:
-    print(f"\n{'step':<15}{'wall s':>10}{'input MB/s':>12}{'peak RSS MB':>14}")
-    for name, r in result["runs"].items():
-        print(f"{name:<15}{r.wall_s:>10.2f}{result['input_mb'] / r.wall_s:>12.0f}{r.peak_rss_mb:>14.1f}")
+def median_ratios(rounds: list[dict]) -> tuple[list[Ratio], dict[str, tuple[float, float]]]:
+    """Each ratio's median over the rounds, and its range."""
+    per_round = [main_ratios(r) for r in rounds]
+    medians, ranges = [], {}
+    for i, first in enumerate(per_round[0]):
+        values = [ratios[i].value for ratios in per_round]
+        medians.append(Ratio(first.name, statistics.median(values), first.op, first.target))
+        ranges[first.name] = (min(values), max(values))
+    return medians, ranges
+
+
+def print_main(result: dict, ratios: list[Ratio], ranges: dict) -> None:
+    rounds = result["rounds"]
+    print(f"\nmedian of {len(rounds)} rounds (range in brackets)")
+    print(f"{'step':<15}{'wall s':>10}{'':>16}{'input MB/s':>12}{'peak RSS MB':>14}")
+    for name in rounds[0]:
+        walls = [r[name].wall_s for r in rounds]
+        wall = statistics.median(walls)
+        spread = f"[{min(walls):.2f}-{max(walls):.2f}]"
+        rss = statistics.median(r[name].peak_rss_mb for r in rounds)
+        print(f"{name:<15}{wall:>10.2f}{spread:>16}{result['input_mb'] / wall:>12.0f}{rss:>14.1f}")
+    sha = statistics.median(r["sha256 only"].wall_s / r["cp"].wall_s for r in rounds)
+    print(f"\nSHA-256 of the inputs alone (build must store it) takes {sha:.2f}x the cp time.")
     print()
-    print_ratios(ratios)
+    print_ratios(ratios, ranges)
 
 
-def print_ratios(ratios: list[Ratio]) -> None:
+def print_ratios(ratios: list[Ratio], ranges: dict | None = None) -> None:
     for r in ratios:
         target = f"{r.op} {r.target:g}"
-        print(f"{r.name:<28}{r.value:>9.2f}   target {target:<8}{'PASS' if r.passed else 'MISS'}")
+        spread = f"[{ranges[r.name][0]:.2f}-{ranges[r.name][1]:.2f}]" if ranges else ""
+        print(f"{r.name:<38}{r.value:>8.2f} {spread:<14} target {target:<8}{'PASS' if r.passed else 'MISS'}")
 
 
 def measure_scaling(base: Path) -> dict:
@@ -209,17 +249,17 @@ def benchmark(args: argparse.Namespace) -> int:
         require_free_disk(base, SCALING_FREE_BYTES)  # fail before minutes of work, not after
     workdir = Path(tempfile.mkdtemp(prefix="bench_build_", dir=base))
     try:
-        result = measure_main(workdir, args.rows)
+        result = measure_main(workdir, args.rows, args.repeat)
     finally:
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir)
-    ratios = main_ratios(result["runs"])
-    print_main(result, ratios)
-    report = {**result, "runs": {k: {"wall_s": r.wall_s, "peak_rss_mb": r.peak_rss_mb}
-                                  for k, r in result["runs"].items()},
-              "ratios": {r.name: r.as_dict() for r in ratios}}
+    ratios, ranges = median_ratios(result["rounds"])
+    print_main(result, ratios, ranges)
+    report = {**result, "rounds": [{k: {"wall_s": r.wall_s, "peak_rss_mb": r.peak_rss_mb} for k, r in runs.items()}
+                                   for runs in result["rounds"]],
+              "ratios": {r.name: {**r.as_dict(), "range": ranges[r.name]} for r in ratios}}
     if args.scaling:
         report["scaling"] = measure_scaling(base)
     print_notes()
@@ -243,6 +283,17 @@ def print_row_count(dataset: Path) -> None:
 
     with cutout_etl.open_dataset(dataset) as ds:  # every row accounted for: kept, or dropped with a reason
         print(sum(len(ds[s]) for s in ds.splits) + sum(ds.metadata["report"]["dropped"].values()))
+
+
+def sha256_only(files: list[Path]) -> None:
+    """The SHA-256 of every input, read in 4 MiB blocks as build does: the part of build no code can skip."""
+    import hashlib
+
+    for f in files:
+        digest = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 22):
+                digest.update(block)
 
 
 def by_hand(files: list[Path], out_dir: Path) -> None:
@@ -277,15 +328,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scaling", action="store_true",
                         help=f"also build {SCALING_ROWS[0]} and {SCALING_ROWS[1]} rows per class and compare peak RSS")
     parser.add_argument("--json", metavar="PATH", help="also write all numbers as JSON to PATH")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of every step; medians are reported (default 3)")
     parser.add_argument("--by-hand", nargs="+", type=Path, metavar="FILE",
                         help="run only the by-hand script on FILEs (needs --out)")
     parser.add_argument("--out", type=Path, help="output directory of --by-hand")
     parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--check", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--sha256", nargs="+", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.by_hand and args.out is None:
         parser.error("--by-hand needs --out DIR")
-    if not (args.by_hand or args.check) and (args.rows is None or args.rows < 1):
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if not (args.by_hand or args.check or args.sha256) and (args.rows is None or args.rows < 1):
         parser.error("--rows N (N >= 1) is required")
     return args
 
@@ -299,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             write_inputs(args.generate, args.rows)
         elif args.check:
             print_row_count(args.check)
+        elif args.sha256:
+            sha256_only(args.sha256)
         else:
             return benchmark(args)
     except BenchError as exc:
