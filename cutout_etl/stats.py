@@ -114,13 +114,26 @@ def quantile_bound(value: float) -> float:
     return math.ldexp(1.0, math.frexp(magnitude)[1] - 9)
 
 
-def _bit_histogram(values: np.ndarray) -> np.ndarray:
-    """Count native float32 values of shape (..., B) into (B, 65536) bins."""
+def _bin_keys(values: np.ndarray) -> np.ndarray:
+    """The 16-bit bin key of each native float32 value of shape (..., B), as (M, B)."""
     n_bands = values.shape[-1]
-    high = values.reshape(-1, n_bands).view(np.uint16)[:, _HIGH_HALF::2]
-    return np.stack(
-        [np.bincount(high[:, band], minlength=_NBINS) for band in range(n_bands)]
-    ).astype(np.int64, copy=False)
+    return values.reshape(-1, n_bands).view(np.uint16)[:, _HIGH_HALF::2]
+
+
+def _bit_histogram(values: np.ndarray) -> list[np.ndarray]:
+    """Count native float32 values of shape (..., B) into 65536 bins per band.
+
+    A list of B count arrays, not one (B, 65536) array: stacking them costs
+    a fresh 2 MB array per chunk, which page faults cost more than counting.
+    """
+    keys = _bin_keys(values)
+    return [np.bincount(keys[:, band], minlength=_NBINS) for band in range(keys.shape[1])]
+
+
+def _count_into(hist: np.ndarray, values: np.ndarray) -> None:
+    """Add a few float32 values of shape (N, B) to the (B, 65536) counts `hist`."""
+    keys = _bin_keys(values)
+    np.add.at(hist, (np.broadcast_to(np.arange(keys.shape[1]), keys.shape), keys), 1)
 
 
 def _rank(n: int, q: float) -> int:
@@ -137,7 +150,7 @@ def _sketch_quantiles(counts: np.ndarray, qs: Sequence[float]) -> list[float | N
     return [float(v) for v in _FINITE_MIDPOINTS[bins]]
 
 
-def _chunk_shift(hist: np.ndarray) -> np.ndarray:
+def _chunk_shift(hist: list[np.ndarray]) -> np.ndarray:
     """Per-band sketch median of a chunk (0 for an empty band), as float32."""
     medians = [_sketch_quantiles(row, [0.5])[0] for row in hist]
     return np.array([0.0 if m is None else m for m in medians], np.float32)
@@ -348,8 +361,7 @@ class BandStats:
         with ThreadPoolExecutor(max_workers=1) as pool:
             sky = pool.submit(_chunk_sky, images, self.border)
             hist = _bit_histogram(images)
-            nonfinite = hist[:, _NONFINITE_POSITIVE].sum(axis=1)
-            nonfinite += hist[:, _NONFINITE_NEGATIVE].sum(axis=1)
+            nonfinite = np.array([c[_NONFINITE_POSITIVE].sum() + c[_NONFINITE_NEGATIVE].sum() for c in hist])
             n_finite = images[..., 0].size - nonfinite
             # Flat indices of NaN/inf pixels; None selects the all-finite fast path.
             bad = np.flatnonzero(~np.isfinite(images)) if nonfinite.any() else None
@@ -357,11 +369,12 @@ class BandStats:
             self._update_moments(images, hist, n_finite, bad)
             self._update_counts(images, hist, n_finite, bad)
             self._add_sky(*sky.result())
-        self._hist += hist
+        for band, counts in enumerate(hist):
+            self._hist[band] += counts
         self.n_cutouts += len(images)
 
     def _update_moments(
-        self, images: np.ndarray, hist: np.ndarray, n: np.ndarray, bad: np.ndarray | None
+        self, images: np.ndarray, hist: list[np.ndarray], n: np.ndarray, bad: np.ndarray | None
     ) -> None:
         n_bands = self.n_bands
         # A float32 shift, so that invalid pixels set to it add exactly 0 below.
@@ -386,7 +399,7 @@ class BandStats:
         self._max = np.fmax(self._max, np.where(n > 0, high, np.nan))
 
     def _update_counts(
-        self, images: np.ndarray, hist: np.ndarray, n_finite: np.ndarray,
+        self, images: np.ndarray, hist: list[np.ndarray], n_finite: np.ndarray,
         bad: np.ndarray | None,
     ) -> None:
         n, h, w, n_bands = images.shape
@@ -405,15 +418,15 @@ class BandStats:
             counts["cutouts_with_invalid"] += (per_cutout > 0).sum(axis=0)
             counts["cutouts_no_finite"] += (per_cutout == h * w).sum(axis=0)
         # Bins 0x0000 and 0x8000 hold +-0 and the tiniest subnormals.
-        if hist[:, 0].any() or hist[:, 0x8000].any():
+        if any(c[0] or c[0x8000] for c in hist):
             counts["zero_pixels"] += _band_total(images == 0, n_bands)
         # Bins above the one holding the threshold count in full; only a
         # non-empty threshold bin needs comparing pixel by pixel.
         key = self._saturation_key
-        if hist[:, key].any():
+        if any(c[key] for c in hist):
             saturated = _band_total(images >= self._saturation32, n_bands) - posinf
         else:
-            saturated = hist[:, key + 1:_POSITIVE_INF_KEY].sum(axis=1)
+            saturated = np.array([c[key + 1:_POSITIVE_INF_KEY].sum() for c in hist])
         counts["saturated_pixels"] += saturated
 
     def _add_sky(self, median: np.ndarray, sigma: np.ndarray) -> None:
@@ -422,8 +435,8 @@ class BandStats:
         self._counts["sky_cutouts_skipped"] += skipped
         # Sketched in float32 like the pixels (NaN rows land in unwalked bins).
         with np.errstate(over="ignore"):
-            self._sky_median_hist += _bit_histogram(median.astype(np.float32))
-            self._sky_sigma_hist += _bit_histogram(sigma.astype(np.float32))
+            _count_into(self._sky_median_hist, median.astype(np.float32))
+            _count_into(self._sky_sigma_hist, sigma.astype(np.float32))
 
     def merge(self, other: BandStats) -> BandStats:
         """Add `other` into this accumulator in place and return self.

@@ -1,0 +1,28 @@
+"""The build benchmark runs end to end on a few rows, so its figures stay reproducible."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_build.py"
+
+
+def test_bench_build_reports_every_step_and_ratio(tmp_path):
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, BENCHMARK, "--rows", "40", "--repeat", "2", "--workdir", tmp_path, "--json", report],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "correctness: 120 rows accounted for" in done.stdout and "OK" in done.stdout
+    figures = json.loads(report.read_text())
+    assert len(figures["rounds"]) == 2
+    assert set(figures["rounds"][0]) == {"cp", "build", "build parquet", "by-hand", "sha256 only"}
+    assert all(run["wall_s"] > 0 and run["peak_rss_mb"] > 0 for rnd in figures["rounds"] for run in rnd.values())
+    assert set(figures["ratios"]) >= {"build time / cp time", "by-hand time / build time"}
+    low, high = figures["ratios"]["by-hand time / build time"]["range"]
+    assert low <= figures["ratios"]["by-hand time / build time"]["value"] <= high
+    assert list(tmp_path.glob("bench_build_*")) == []  # cleaned up without --keep
