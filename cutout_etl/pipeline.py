@@ -286,22 +286,32 @@ def _write_here(
         write = stack.enter_context(_Background(store))
         add_stats = [stack.enter_context(_Background(lane.update)) for lane in lanes]
         sources = open_row_readers([f.info for f in scan.files], stack)
-        for name, facts, positions in tables:
-            for first in range(0, len(facts), chunk_rows):
-                block = slice(first, first + chunk_rows)
-                rows = fill(facts.take(block), sources)
-                write(name, positions[block], rows)
-                if name == stats_table:
-                    add_stats[stats_blocks % STATS_LANES](rows.images)
-                    stats_blocks += 1
-                done += len(rows)
-                progress("write", done, total)
+        for t, first in _interleaved_blocks([len(facts) for _, facts, _ in tables], chunk_rows):
+            name, facts, positions = tables[t]
+            block = slice(first, first + chunk_rows)
+            rows = fill(facts.take(block), sources)
+            write(name, positions[block], rows)
+            if name == stats_table:
+                add_stats[stats_blocks % STATS_LANES](rows.images)
+                stats_blocks += 1
+            done += len(rows)
+            progress("write", done, total)
     for lane in lanes[1:]:
         lanes[0].merge(lane)
     return lanes[0], checksums
 
 
 STATS_LANES = 2  # statistics are the slowest step: blocks alternate between two accumulators
+
+
+def _interleaved_blocks(table_rows: Sequence[int], chunk_rows: int) -> list[tuple[int, int]]:
+    """(table, first row) of every block, the tables interleaved in proportion to their size.
+
+    Each table's blocks stay in stored order. Only training blocks carry
+    statistics: spread over the whole pass, they keep both cores busy to the end.
+    """
+    blocks = [((first + chunk_rows / 2) / rows, t, first) for t, rows in enumerate(table_rows) for first in range(0, rows, chunk_rows)]
+    return [(t, first) for _, t, first in sorted(blocks)]
 
 
 def _seal(metadata: dict, checksums: dict[str, dict]) -> dict:
