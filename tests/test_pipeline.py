@@ -273,3 +273,11 @@ def test_images_bit_exact_whatever_the_input_row_layout(tmp_path, order):
                 assert np.array_equal(row["image"].view(np.uint32), image.astype("<f4").view(np.uint32))
                 assert row["SPECTYPE"].decode() == label
             assert np.all(rows["RAJ2000"] == 120 + (np.char.rpartition(rows["ID"], b"J")[:, 2].astype(int)) * 0.01)
+
+
+@pytest.mark.parametrize("rows", [[70, 15, 15], [1, 0, 1000], [512, 513, 1]])
+def test_write_pass_visits_every_block_once_each_table_in_order(rows):
+    blocks = pipeline._interleaved_blocks(rows, 16)
+    for table, n in enumerate(rows):
+        assert [first for t, first in blocks if t == table] == list(range(0, n, 16))
+    assert len(blocks) == sum(len(range(0, n, 16)) for n in rows)
