@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -79,7 +81,9 @@ def test_build_metadata(built, demo_files):
     assert metadata["pixel_unit"] == PIXEL_UNIT
     assert metadata["split"]["fractions"] == [0.7, 0.15, 0.15] and metadata["split"]["seed"] == 0
     assert {i["name"] for i in metadata["inputs"]} == {p.name for p in demo_files}
-    assert all(len(i["sha256"]) == 64 and i["size"] > 0 for i in metadata["inputs"])
+    for entry in metadata["inputs"]:
+        data = Path(entry["path"]).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)
     counts = metadata["tables_rows"]
     assert counts["train"]["class_counts"] == {"GALAXY": 84, "QSO": 84, "STAR": 84}
     assert sum(c["rows"] for c in counts.values()) == 3 * DEMO_ROWS
