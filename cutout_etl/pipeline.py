@@ -549,6 +549,39 @@ def _achieved(counts: dict, classes: Sequence[str], fractions: Sequence[float], 
     return {"achieved_fractions": achieved, "max_fraction_deviation": worst, "tolerance": tolerance, "within_tolerance": worst <= tolerance}
 
 
+def _write_dataset(
+    job: tuple[Path, FileHasher, bool],
+    plan: Plan,
+    layout: Layout,
+    metadata: dict,
+    read: ReadOptions,
+    output: OutputOptions,
+    progress: ProgressFn,
+    client: tuple[object, ClusterOptions] | None,
+    stats_table: str | None = None,
+    carry_provenance: bool = False,
+) -> dict:
+    """Pass 2 and the end of every command: write the tables, wait for the input hashes, seal.
+
+    The hashed files are the `inputs`; for a split of a merged file, whose rows
+    carry the original provenance (`carry_provenance`), the one file is the `parent`.
+    """
+    tmp, hasher, parquet = job
+    scan = plan.scan
+    with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(scan), scan.classes, output)) as sink:
+        stats, checksums = _write_tables(plan, layout, sink, read, progress, carry_provenance, stats_table, client)
+        if stats is not None:
+            metadata["stats"] = stats
+        hasher.finish(scan.files, progress)
+        described = [f.describe() for f in scan.files]
+        if carry_provenance:
+            metadata["parent"] = described[0]
+        else:
+            metadata["inputs"] = described
+        sink.finish(_seal(metadata, checksums))
+    return metadata
+
+
 def merge(
     paths: Sequence[Path],
     out: str | Path,
@@ -564,15 +597,11 @@ def merge(
     classes = parse_classes(merge_options.classes, DEFAULT_CLASSES)
     _check_cluster(cluster, out, output)
     paths = [Path(p) for p in paths]
-    with _job(paths, out, output) as (tmp, hasher, parquet), _cluster(cluster) as client:
+    with _job(paths, out, output) as job, _cluster(cluster) as client:
         plan = plan_rows(scan_inputs(paths, classes, read, merge_options.drop_unknown, progress), merge_options)
         layout = _merged_layout(plan)
-        with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(plan.scan), classes, output)) as sink:
-            _, checksums = _write_tables(plan, layout, sink, read, progress, cluster=client)
-            hasher.finish(plan.scan.files, progress)
-            metadata = _metadata("merged", plan, layout, [f.describe() for f in plan.scan.files])
-            sink.finish(_seal(metadata, checksums))
-    return metadata
+        metadata = _metadata("merged", plan, layout, [])
+        return _write_dataset(job, plan, layout, metadata, read, output, progress, client)
 
 
 def build(
@@ -595,17 +624,12 @@ def build(
     parse_fractions(split_options.fractions)  # a usage error before any work
     _check_cluster(cluster, out, output)
     paths = [Path(p) for p in paths]
-    with _job(paths, out, output) as (tmp, hasher, parquet), _cluster(cluster) as client:
+    with _job(paths, out, output) as job, _cluster(cluster) as client:
         plan = plan_rows(scan_inputs(paths, classes, read, merge_options.drop_unknown, progress), merge_options)
         layout, split_metadata = _split_layout(plan, split_options)
         metadata = _metadata("dataset", plan, layout, [])
         metadata["split"] = split_metadata
-        with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(plan.scan), classes, output)) as sink:
-            metadata["stats"], checksums = _write_tables(plan, layout, sink, read, progress, stats_table="train", cluster=client)
-            hasher.finish(plan.scan.files, progress)
-            metadata["inputs"] = [f.describe() for f in plan.scan.files]
-            sink.finish(_seal(metadata, checksums))
-    return metadata
+        return _write_dataset(job, plan, layout, metadata, read, output, progress, client, stats_table="train")
 
 
 def split(
@@ -628,21 +652,14 @@ def split(
         raise DatasetError(f"{path}: is a cutout-etl {parent_meta.get('kind')} ({parent_format}), expected the HDF5 output of merge")
     read = ReadOptions(table_path=MERGED_TABLE, chunk_rows=chunk_rows)
     classes = parent_meta["classes"]
-    with _job([Path(path)], out, output) as (tmp, hasher, parquet), _cluster(cluster) as client:
+    with _job([Path(path)], out, output) as job, _cluster(cluster) as client:
         merged = MergeOptions(classes=classes, match_radius=0.0)  # merge already resolved duplicates
         plan = plan_rows(scan_inputs([Path(path)], classes, read, False, progress), merged)
         layout, split_metadata = _split_layout(plan, split_options)
         metadata = _metadata("dataset", plan, layout, parent_meta["inputs"])
         metadata["report"] = parent_meta["report"]
         metadata["split"] = split_metadata
-        with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(plan.scan), classes, output)) as sink:
-            metadata["stats"], checksums = _write_tables(
-                plan, layout, sink, read, progress, carry_provenance=True, stats_table="train", cluster=client
-            )
-            hasher.finish(plan.scan.files, progress)
-            metadata["parent"] = plan.scan.files[0].describe()
-            sink.finish(_seal(metadata, checksums))
-    return metadata
+        return _write_dataset(job, plan, layout, metadata, read, output, progress, client, "train", carry_provenance=True)
 
 
 def convert(

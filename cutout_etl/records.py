@@ -9,6 +9,7 @@ client: it opens the inputs itself (`open_row_readers`).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -82,6 +83,7 @@ class Block:
         return Block(self.columns[key], np.ascontiguousarray(self.images[key]))
 
 
+@functools.cache  # every block of a run has the same dtype
 def image_cut(dtype: np.dtype) -> RowCut:
     cut = RowCut.of(dtype, "image")
     assert cut is not None, "output dtypes never overlap fields"
