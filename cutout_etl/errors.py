@@ -65,3 +65,27 @@ class DatasetError(CutoutEtlError):
 
 class OutputWriteError(CutoutEtlError):
     """The output cannot be written (permissions, disk full)."""
+
+
+class InvalidRowError(CutoutEtlError):
+    """Rows with an empty ID or an impossible sky position (and --drop-invalid not given)."""
+
+
+class MissingClassError(CutoutEtlError):
+    """A class of the class list has no rows to write."""
+
+
+class InputChangedError(CutoutEtlError):
+    """An input file was replaced or rewritten while the run read it."""
+
+
+class ChecksumError(DatasetError):
+    """A block of a dataset read as input does not match its stored checksum."""
+
+
+class OutputAppearedError(OutputExistsError):
+    """The output path appeared while the run was writing (another run aimed at it)."""
+
+
+class ForeignOutputError(UsageError):
+    """--overwrite aimed at something cutout-etl did not write, or that holds an input."""
