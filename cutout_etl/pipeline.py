@@ -573,6 +573,8 @@ def _write_dataset(
         if stats is not None:
             metadata["stats"] = stats
         hasher.finish(scan.files, progress)
+        for entry in scan.files:  # last look before sealing: nothing written if an input changed during the run
+            entry.info.check_unchanged()
         described = [f.describe() for f in scan.files]
         if carry_provenance:
             metadata["parent"] = described[0]

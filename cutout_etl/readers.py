@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from .errors import (
     ColumnError,
     EmptyTableError,
     ImageShapeError,
+    InputChangedError,
     InputFileError,
     NoTableError,
 )
@@ -24,7 +26,63 @@ from .schema import Columns, RowCut
 
 DEFAULT_CHUNK_ROWS = 512  # 10.6 MB of 36x36x4 cutouts; larger blocks cost memory, not speed
 _META_SUFFIX = ".__table_column_meta__"
+_HOST = socket.gethostname()
 IOV_MAX = max(os.sysconf("SC_IOV_MAX"), 16) if hasattr(os, "sysconf") else 16  # buffers per readv/writev call
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which file a path named when it was opened: the one place that says whether it is still that file.
+
+    Pass 1 records the identity of the file it actually read; every later open
+    (pass 2, Dask tasks, the SHA-256 hasher, the duplicate-ID image re-read) and
+    the last check before the output is sealed compare against it, so a file
+    renamed over an input (another inode) or rewritten in place (another size
+    or mtime) stops the run instead of mixing two files' rows. Device numbers
+    are compared only on the same host: a shared file system may number its
+    device differently on each node of a cluster.
+    """
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    host: str = ""
+
+    @classmethod
+    def of_stat(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, _HOST)
+
+    @classmethod
+    def of_fd(cls, fd: int) -> FileIdentity:
+        return cls.of_stat(os.fstat(fd))
+
+    @classmethod
+    def of_h5(cls, f: h5py.File) -> FileIdentity:
+        """The file h5py holds open (the default sec2 driver's descriptor)."""
+        return cls.of_fd(f.id.get_vfd_handle())
+
+    def same_file(self, other: FileIdentity | None) -> bool:
+        if other is None:
+            return False
+        same_dev = self.dev == other.dev or self.host != other.host
+        return same_dev and (self.ino, self.size, self.mtime_ns) == (other.ino, other.size, other.mtime_ns)
+
+    def check(self, path: Path, now: FileIdentity | None) -> None:
+        """Raise InputChangedError unless `now` is the file this identity was taken from."""
+        if not self.same_file(now):
+            raise InputChangedError(f"{path}: changed while it was being read (replaced or rewritten); nothing written")
+
+    def check_fd(self, path: Path, fd: int) -> None:
+        self.check(path, FileIdentity.of_fd(fd))
+
+    def check_path(self, path: Path) -> None:
+        """The file the path names now (a missing file counts as changed)."""
+        try:
+            now = FileIdentity.of_stat(os.stat(path))
+        except OSError:
+            now = None
+        self.check(path, now)
 
 
 @dataclass
@@ -40,6 +98,12 @@ class TableInfo:
     image_dtype: np.dtype
     size: int
     notes: list[str] = field(default_factory=list)
+    identity: FileIdentity | None = None  # of the file pass 1 opened; later opens must find the same
+
+    def check_unchanged(self) -> None:
+        """Raise InputChangedError if the path no longer names the file first opened."""
+        if self.identity is not None:
+            self.identity.check_path(self.path)
 
     @property
     def name(self) -> str:
@@ -145,6 +209,7 @@ def inspect_table(path: Path, f: h5py.File, table_path: str | None, columns: Col
     if rows == 0:
         raise EmptyTableError(f"{path}: table '{name}' has zero rows")
     _check_storage(path, ds, name)
+    identity = FileIdentity.of_h5(f)
     return TableInfo(
         path=path,
         table_path=name,
@@ -153,7 +218,8 @@ def inspect_table(path: Path, f: h5py.File, table_path: str | None, columns: Col
         columns=columns,
         image_shape=image_shape,
         image_dtype=image_dtype,
-        size=path.stat().st_size,
+        size=identity.size,
+        identity=identity,
     )
 
 
@@ -209,20 +275,25 @@ def iter_chunks(
         reader.close()
 
 
-def sha256_file(path: Path, block: int = 1 << 22, stop: threading.Event | None = None) -> str:
-    """SHA-256 of a file; gives up (returns "") as soon as `stop` is set.
+def sha256_file(path: Path, block: int = 1 << 22, stop: threading.Event | None = None) -> tuple[str, FileIdentity]:
+    """SHA-256 of a file and the identity of the file hashed; gives up (returns "") as soon as `stop` is set.
 
-    Reads into one reused buffer: a fresh 4 MiB object per read costs page faults.
+    The identity is taken from the descriptor hashed, so the caller can check
+    that the digest is of the file the run read; a file rewritten while it is
+    hashed raises InputChangedError. Reads into one reused buffer: a fresh
+    4 MiB object per read costs page faults.
     """
     digest = hashlib.sha256()
     buffer = bytearray(block)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as fh:
+        identity = FileIdentity.of_fd(fh.fileno())
         while size := fh.readinto(buffer):
             if stop is not None and stop.is_set():
-                return ""
+                return "", identity
             digest.update(view[:size])
-    return digest.hexdigest()
+        identity.check_fd(path, fh.fileno())
+    return digest.hexdigest(), identity
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -247,9 +318,23 @@ class RowReader:
         self.dtype = self._ds.dtype
         self._offset = _raw_offset(self._ds)
         self._fd = os.open(info.path, os.O_RDONLY) if self._offset is not None else None
+        try:
+            self._check_identity(f)
+        except InputChangedError:
+            self.close()
+            raise
         image = info.columns.image
         raw_float32 = self._fd is not None and self.dtype[image].base == np.float32
         self._cut = RowCut.of(self.dtype, image) if raw_float32 else None
+
+    def _check_identity(self, f: h5py.File) -> None:
+        """Both files this reader reads (h5py's and the raw descriptor) are the one pass 1 read."""
+        identity = self.info.identity
+        if identity is None:
+            return
+        identity.check(self.info.path, FileIdentity.of_h5(f))
+        if self._fd is not None:
+            identity.check_fd(self.info.path, self._fd)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Rows at the given (ascending, unique) indices as a structured array."""

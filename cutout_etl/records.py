@@ -37,9 +37,16 @@ class RowFacts:
 
 
 def open_row_readers(infos: Sequence[TableInfo], stack: contextlib.ExitStack) -> list[readers.RowReader]:
-    """A `RowReader` per input, closed with `stack`."""
+    """A `RowReader` per input, closed with `stack`.
+
+    Each input must still be the file pass 1 read (`TableInfo.identity`):
+    a path that now names another file, or a file rewritten since, raises
+    InputChangedError, checked on the path first (before h5py can fail on a
+    foreign file), then on the descriptors opened.
+    """
     sources = []
     for info in infos:
+        info.check_unchanged()
         f = stack.enter_context(readers.open_h5(info.path))
         reader = readers.RowReader(info, f)
         stack.callback(reader.close)

@@ -187,8 +187,9 @@ class FileHasher:
     """SHA-256 of the input files, computed in a background thread.
 
     Hashing a file costs about as much as reading it, so it runs beside the
-    passes on the second core; `finish` waits for it, stores the digests and
-    refuses two inputs with identical content.
+    passes on the second core; `finish` waits for it, stores the digests,
+    refuses a digest of another file than the one pass 1 read (the hasher
+    opens the path on its own) and two inputs with identical content.
     """
 
     def __init__(self, paths: Sequence[Path]) -> None:
@@ -199,7 +200,9 @@ class FileHasher:
     def finish(self, files: Sequence[InputFile], progress: ProgressFn = no_progress) -> None:
         seen: dict[str, Path] = {}
         for done, entry in enumerate(files, 1):
-            entry.sha256 = self._futures[entry.info.path].result()
+            entry.sha256, hashed = self._futures[entry.info.path].result()
+            if entry.info.identity is not None:
+                entry.info.identity.check(entry.info.path, hashed)
             progress("hash", done, len(files))
             if entry.sha256 in seen:
                 raise DuplicateInputError(

@@ -12,7 +12,7 @@ distributed = pytest.importorskip("distributed")
 
 from cutout_etl import demo, open_dataset, pipeline
 from cutout_etl.distributed import ClusterOptions
-from cutout_etl.errors import InputFileError, UsageError
+from cutout_etl.errors import InputChangedError, UsageError
 from cutout_etl.scan import ReadOptions
 from cutout_etl.verify import MOMENTS, verify
 
@@ -80,7 +80,7 @@ def test_merge_and_split_on_dask_equal_local(files, cluster, tmp_path):
 
 
 def test_an_error_in_a_task_comes_back_as_the_library_error(files, cluster, tmp_path):
-    """An input truncated after the scan: the worker's InputFileError reaches the caller, one line."""
+    """An input truncated after the scan: the worker's InputChangedError reaches the caller, one line."""
     copies = []
     for f in files:
         copies.append(tmp_path / f.name)
@@ -90,7 +90,7 @@ def test_an_error_in_a_task_comes_back_as_the_library_error(files, cluster, tmp_
         if stage == "scan" and done == total:
             os.truncate(copies[0], copies[0].stat().st_size // 2)
 
-    with pytest.raises(InputFileError) as caught:
+    with pytest.raises(InputChangedError) as caught:
         pipeline.build(copies, tmp_path / "out.h5", ReadOptions(chunk_rows=CHUNK), progress=truncate_after_scan, cluster=cluster)
     assert copies[0].name in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "out.h5").exists()
