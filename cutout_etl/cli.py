@@ -45,6 +45,7 @@ IdColumn = Annotated[str, typer.Option(help="Object ID column.")]
 TablePath = Annotated[str | None, typer.Option(help="Table inside each file, when a file holds several.")]
 Classes = Annotated[str | None, typer.Option(help="Class names in code order, e.g. GALAXY,QSO,STAR [default: GALAXY,QSO,STAR sorted].", show_default=False)]
 DropUnknown = Annotated[bool, typer.Option("--drop-unknown", help="Drop rows whose label is not a class (counted) instead of failing.")]
+DropInvalid = Annotated[bool, typer.Option("--drop-invalid", help="Drop rows with an empty ID or an invalid RA/Dec (NaN, infinite, out of range; counted) instead of failing.")]
 OnConflict = Annotated[str, typer.Option(help="One ID with different labels: 'error' or 'drop' (all copies, counted).")]
 Fractions = Annotated[str, typer.Option(help="Train,val,test fractions.")]
 MatchRadius = Annotated[float, typer.Option(help="Objects closer than this (arcsec) are one object (0: off).", min=0)]
@@ -150,10 +151,12 @@ def _read_options(image_column: str, label_column: str, id_column: str, table_pa
     return ReadOptions(Columns(id=id_column, label=label_column, image=image_column), table_path, chunk_rows)
 
 
-def _merge_options(classes: str | None, drop_unknown: bool, on_conflict: str, match_radius: float) -> pipeline.MergeOptions:
+def _merge_options(
+    classes: str | None, drop_unknown: bool, on_conflict: str, match_radius: float, drop_invalid: bool = False
+) -> pipeline.MergeOptions:
     if on_conflict not in ("error", "drop"):
         raise typer.BadParameter(f"expected 'error' or 'drop' (got {on_conflict!r})", param_hint="--on-conflict")
-    return pipeline.MergeOptions(classes.split(",") if classes else None, drop_unknown, on_conflict, match_radius)
+    return pipeline.MergeOptions(classes.split(",") if classes else None, drop_unknown, on_conflict, match_radius, drop_invalid)
 
 
 def _output(fmt: str | None, overwrite: bool, fsync: bool, rows_per_shard: int) -> pipeline.OutputOptions:
@@ -223,6 +226,7 @@ def merge(
     table_path: TablePath = None,
     classes: Classes = None,
     drop_unknown: DropUnknown = False,
+    drop_invalid: DropInvalid = False,
     on_conflict: OnConflict = "error",
     match_radius: MatchRadius = 1.0,
     chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
@@ -242,7 +246,7 @@ def merge(
     Example: cutout-etl merge image_table_*.hdf5 -o merged.h5
     """
     read = _read_options(image_column, label_column, id_column, table_path, chunk_rows)
-    options = _merge_options(classes, drop_unknown, on_conflict, match_radius)
+    options = _merge_options(classes, drop_unknown, on_conflict, match_radius, drop_invalid)
     cluster = _cluster(scheduler, workers, scheduler_file)
     result = _run(lambda p: pipeline.merge(files, output, read, options, _output(output_format, overwrite, fsync, rows_per_shard), p, cluster), quiet, debug)
     _emit(result, json_out, quiet, render.run_summary)
@@ -312,6 +316,7 @@ def build(
     table_path: TablePath = None,
     classes: Classes = None,
     drop_unknown: DropUnknown = False,
+    drop_invalid: DropInvalid = False,
     on_conflict: OnConflict = "error",
     match_radius: MatchRadius = 1.0,
     fractions: Fractions = "0.7,0.15,0.15",
@@ -340,7 +345,7 @@ def build(
     On a Dask cluster: cutout-etl build image_table_*.hdf5 -o dataset.h5 --scheduler dask --workers 4
     """
     read = _read_options(image_column, label_column, id_column, table_path, chunk_rows)
-    merge_options = _merge_options(classes, drop_unknown, on_conflict, match_radius)
+    merge_options = _merge_options(classes, drop_unknown, on_conflict, match_radius, drop_invalid)
     split_options = _split_options(fractions, seed, group_radius, pixel_scale, group_by, cell_deg, tolerance)
     cluster = _cluster(scheduler, workers, scheduler_file)
     result = _run(lambda p: pipeline.build(files, output, read, merge_options, split_options, _output(output_format, overwrite, fsync, rows_per_shard), p, cluster), quiet, debug)

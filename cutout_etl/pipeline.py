@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from . import __version__, distributed, readers, sky
+from . import __version__, distributed, readers, sky, validate
 from .checksums import ALGORITHM, TableChecksums, dataset_digest
 from .dataset import open_dataset, row_dtype
 from .distributed import ClusterOptions
-from .errors import DatasetError, EmptyTableError, UsageError
+from .errors import DatasetError, EmptyTableError, InvalidRowError, MissingClassError, UsageError
 from .merge import UNKNOWN, DuplicateReport, parse_classes, resolve_duplicates
 from .records import Block, RecordFiller, RowFacts, open_row_readers
 from .scan import FileHasher, ProgressFn, ReadOptions, Scan, no_progress, scan_inputs
@@ -50,6 +50,8 @@ from .writers import HDF5Sink, Sink, atomic_output, write_metadata
 
 DROP_REASONS = (
     "unknown_label",
+    "empty_id",
+    "invalid_position",
     "no_finite_pixel",
     "duplicate_id",
     "conflicting_labels",
@@ -66,6 +68,7 @@ class MergeOptions:
     drop_unknown: bool = False
     on_conflict: str = "error"  # or "drop"
     match_radius: float = 1.0  # arcsec: closer objects are one object; 0 turns matching off
+    drop_invalid: bool = False  # drop (and count) rows with an empty ID or an invalid position instead of failing
 
 
 @dataclass
@@ -121,11 +124,22 @@ class Plan:
 
 
 def plan_rows(scan: Scan, options: MergeOptions) -> Plan:
-    """Drop unusable rows, then resolve duplicate IDs among the rest."""
+    """Drop unusable rows, then resolve duplicate IDs among the rest.
+
+    A row is counted under the first reason that applies, in DROP_REASONS
+    order. Rows with an empty ID or an invalid position are refused (or
+    dropped with `drop_invalid`) before any matching: an empty ID is no
+    object's name and an impossible position is no place on the sky.
+    """
     dropped = {reason: np.zeros(len(scan.ids), dtype=bool) for reason in DROP_REASONS}
     dropped["unknown_label"] = scan.codes == UNKNOWN
-    dropped["no_finite_pixel"] = scan.no_finite & ~dropped["unknown_label"]
-    keep = ~(dropped["unknown_label"] | dropped["no_finite_pixel"])
+    dropped["empty_id"] = _empty_ids(scan.ids) & ~dropped["unknown_label"]
+    dropped["invalid_position"] = validate.invalid_positions(scan.ra, scan.dec) & ~(dropped["unknown_label"] | dropped["empty_id"])
+    if not options.drop_invalid:
+        _refuse_invalid_rows(scan, dropped)
+    keep = ~(dropped["unknown_label"] | dropped["empty_id"] | dropped["invalid_position"])
+    dropped["no_finite_pixel"] = scan.no_finite & keep
+    keep &= ~dropped["no_finite_pixel"]
     candidates = np.flatnonzero(keep)
     extra, conflicting, duplicates = resolve_duplicates(
         scan.ids[candidates],
@@ -142,15 +156,62 @@ def plan_rows(scan: Scan, options: MergeOptions) -> Plan:
     if not keep.any():
         reasons = ", ".join(f"{r.replace('_', ' ')} {int(m.sum())}" for r, m in dropped.items() if m.any())
         raise EmptyTableError(f"nothing to write: all {len(keep)} rows were dropped ({reasons})")
+    _refuse_missing_classes(scan, keep)
     return Plan(scan, keep, dropped, duplicates, positions, options.match_radius)
 
 
-def _copy_order(scan: Scan, rows: np.ndarray) -> np.ndarray:
-    """Which copy of a repeated ID is kept: ranked by the image's content, then by file and row.
+def _refuse_missing_classes(scan: Scan, keep: np.ndarray) -> None:
+    """A class of the class list with no kept rows: a class file left out, or a wrong --classes."""
+    counts = np.bincount(scan.codes[keep], minlength=len(scan.classes))
+    missing = [c for c, n in zip(scan.classes, counts) if n == 0]
+    if not missing:
+        return
+    present = [(c, int(n)) for c, n in zip(scan.classes, counts) if n]
+    kept = ", ".join(f"{c} {n}" for c, n in present)
+    raise MissingClassError(
+        f"no rows of class{'es' if len(missing) > 1 else ''} {', '.join(missing)} (kept: {kept}); "
+        f"name the classes present with --classes {','.join(c for c, _ in present)}"
+    )
 
-    Copies may differ in their pixels; ranking them by a hash of the pixels
-    keeps the same one whatever the order of the files or of their rows.
-    Only the repeated IDs' images are read again.
+
+def _empty_ids(ids: np.ndarray, step: int = 1 << 20) -> np.ndarray:
+    """`validate.empty_ids` in slices: its stripped copy of the IDs stays small."""
+    flags = np.zeros(len(ids), dtype=bool)
+    for first in range(0, len(ids), step):
+        flags[first : first + step] = validate.empty_ids(ids[first : first + step])
+    return flags
+
+
+INVALID_ROWS = {
+    "empty_id": "with an empty ID",
+    "invalid_position": "with an invalid sky position (RA/Dec NaN, infinite or out of range)",
+}
+
+
+def _refuse_invalid_rows(scan: Scan, dropped: dict[str, np.ndarray]) -> None:
+    """InvalidRowError naming the first file (by name) with such rows, their count and the first of them."""
+    for reason, what in INVALID_ROWS.items():
+        mask = dropped[reason]
+        if not mask.any():
+            continue
+        per_file = np.bincount(scan.file_index[mask], minlength=len(scan.files))
+        index = int(np.flatnonzero(per_file)[0])
+        first = int(scan.row[mask & (scan.file_index == index)].min())
+        count = int(per_file[index])
+        raise InvalidRowError(
+            f"{scan.files[index].info.path}: {count} row{'s' if count != 1 else ''} {what}, e.g. row {first}; "
+            "use --drop-invalid to drop them"
+        )
+
+
+def _copy_order(scan: Scan, rows: np.ndarray) -> np.ndarray:
+    """Which copy of a repeated ID is kept: ranked by content (pixel hash, then RA, then Dec), then file and row.
+
+    Copies may differ in their pixels or their position; ranking them on
+    content keeps the same one whatever the order of the files or of their
+    rows. File and row decide only between copies identical in every output
+    column, so they change provenance only. Only the repeated IDs' images are
+    read again.
     """
     ids = scan.ids[rows]
     _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
@@ -159,7 +220,8 @@ def _copy_order(scan: Scan, rows: np.ndarray) -> np.ndarray:
     if len(repeated):
         content[repeated] = _image_hashes(scan, rows[repeated])
     rank = np.empty(len(rows), dtype=np.int64)
-    rank[np.lexsort((scan.row[rows], scan.file_index[rows], content))] = np.arange(len(rows))
+    keys = (scan.row[rows], scan.file_index[rows], scan.dec[rows], scan.ra[rows], content)  # last key first
+    rank[np.lexsort(keys)] = np.arange(len(rows))
     return rank
 
 

@@ -149,7 +149,7 @@ def same_file_twice(tmp_path):
 
 def copy_of_a_file(tmp_path):
     """A byte-identical copy under another name."""
-    files = good(tmp_path)
+    files = good(tmp_path) + [write_table(make_table(10, b"STAR", 200), tmp_path / "s.hdf5")]  # every class present
     copy = tmp_path / "copy.hdf5"
     copy.write_bytes(files[1].read_bytes())
     return [*files, copy], "identical content to"

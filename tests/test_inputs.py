@@ -14,7 +14,7 @@ import pytest
 from astropy.table import Table, vstack
 
 from cutout_etl import distributed, pipeline, records
-from cutout_etl.errors import InputChangedError
+from cutout_etl.errors import InputChangedError, InvalidRowError, MissingClassError
 from cutout_etl.scan import FileHasher, ReadOptions, open_inputs
 
 from .conftest import make_table, write_table
@@ -168,3 +168,160 @@ def test_cli_input_changed_exit_1_one_line(tmp_path):
     assert (result.returncode, result.stdout) == (1, ""), result.stderr
     assert result.stderr == f"error: {changed_message(files[0])}\n"
     assert_nothing_written(out)
+
+
+# ---------------------------------------------------------------- empty IDs and impossible positions
+
+
+def run_cli(args):
+    from typer.testing import CliRunner
+
+    from cutout_etl.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def with_rows_changed(directory: Path, column: str, values: dict[int, object]) -> list[Path]:
+    """The three class files, some rows of galaxies.hdf5 changed in one column."""
+    files = class_files(directory)
+    table = Table.read(files[0], path="data")
+    for row, value in values.items():
+        table[column][row] = value
+    write_table(table, files[0])
+    return files
+
+
+def test_empty_ids_are_refused_naming_the_file_and_count(tmp_path):
+    files = with_rows_changed(tmp_path / "in", "ID", {3: b"", 7: b"   ", 8: b""})
+    out = tmp_path / "out" / "dataset.h5"
+    out.parent.mkdir()
+    expected = f"{files[0]}: 3 rows with an empty ID, e.g. row 3; use --drop-invalid to drop them"
+    for command in (pipeline.build, pipeline.merge):
+        with pytest.raises(InvalidRowError) as caught:
+            command(files, out)
+        assert str(caught.value) == expected
+    code, stdout, stderr = run_cli(["build", *files, "-o", out, "--quiet"])
+    assert (code, stdout, stderr) == (1, "", f"error: {expected}\n")
+    assert_nothing_written(out)
+
+
+def test_empty_ids_are_dropped_as_such_never_as_duplicates(tmp_path):
+    """20 distinct objects without a name are not one object seen 20 times."""
+    files = with_rows_changed(tmp_path / "in", "ID", {row: (b"" if row % 2 else b"  ") for row in range(20)})
+    options = pipeline.MergeOptions(drop_invalid=True)
+    for command in (pipeline.build, pipeline.merge):
+        report = command(files, tmp_path / f"{command.__name__}.h5", merge_options=options)["report"]
+        assert report["dropped"]["empty_id"] == 20
+        assert report["dropped"]["duplicate_id"] == 0 and report["duplicate_ids"]["same_label_groups"] == 0
+        assert report["rows_kept"] == 10 + 20 + 25
+        assert [f["dropped"]["empty_id"] for f in report["files"]] == [20, 0, 0]
+    code, _, stderr = run_cli(["merge", *files, "-o", tmp_path / "cli.h5", "--drop-invalid"])
+    assert code == 0 and "dropped 20 rows: empty id" in stderr
+
+
+INVALID_POSITIONS = [
+    ("RAJ2000", np.nan), ("RAJ2000", np.inf), ("RAJ2000", 360.0), ("RAJ2000", -0.5),
+    ("DECJ2000", np.nan), ("DECJ2000", -np.inf), ("DECJ2000", -95.0), ("DECJ2000", 90.5),
+]
+
+
+@pytest.mark.parametrize("column, value", INVALID_POSITIONS, ids=lambda v: str(v))
+def test_invalid_positions_are_refused_naming_the_file_and_count(tmp_path, column, value):
+    files = with_rows_changed(tmp_path / "in", column, {4: value, 11: value})
+    out = tmp_path / "out" / "dataset.h5"
+    out.parent.mkdir()
+    expected = (
+        f"{files[0]}: 2 rows with an invalid sky position (RA/Dec NaN, infinite or out of range), e.g. row 4; "
+        "use --drop-invalid to drop them"
+    )
+    for command in (pipeline.build, pipeline.merge):
+        with pytest.raises(InvalidRowError) as caught:
+            command(files, out)
+        assert str(caught.value) == expected
+    assert_nothing_written(out)
+
+
+def test_the_edges_of_the_sky_are_valid_positions(tmp_path):
+    files = with_rows_changed(tmp_path / "in", "DECJ2000", {0: -90.0, 1: 90.0})
+    table = Table.read(files[0], path="data")
+    table["RAJ2000"][2] = 0.0
+    table["RAJ2000"][3], table["DECJ2000"][3] = np.nextafter(360.0, 0), 10.0  # not beside row 2 at RA 0
+    write_table(table, files[0])
+    assert pipeline.merge(files, tmp_path / "out.h5")["report"]["rows_kept"] == 75
+
+
+def test_invalid_positions_dropped_never_matched_on_the_sky(tmp_path):
+    """Dec -95 would map to Dec -85 on the other side of the pole: a star there is not that object."""
+    files = class_files(tmp_path / "in")
+    stars = Table.read(files[2], path="data")
+    stars["RAJ2000"][0], stars["DECJ2000"][0] = 190.0, -85.0
+    write_table(stars, files[2])
+    galaxies = Table.read(files[0], path="data")
+    galaxies["RAJ2000"][0], galaxies["DECJ2000"][0] = 10.0, -95.0
+    galaxies["RAJ2000"][1] = np.nan
+    write_table(galaxies, files[0])
+    options = pipeline.MergeOptions(drop_invalid=True)
+    for command in (pipeline.build, pipeline.merge):
+        report = command(files, tmp_path / f"{command.__name__}.h5", merge_options=options)["report"]
+        assert report["dropped"]["invalid_position"] == 2
+        assert report["dropped"]["conflicting_position"] == 0 and report["dropped"]["duplicate_position"] == 0
+        assert report["rows_kept"] == 73
+        assert [f["dropped"]["invalid_position"] for f in report["files"]] == [2, 0, 0]
+    code, _, stderr = run_cli(["build", *files, "-o", tmp_path / "cli.h5", "--drop-invalid"])
+    assert code == 0 and "dropped 2 rows: invalid position" in stderr
+
+
+# ---------------------------------------------------------------- the copy kept does not depend on row order
+
+
+def test_copies_differing_only_in_position_keep_the_same_one_whatever_the_order(tmp_path):
+    """One ID twice, identical pixels, 3.6 arcsec apart: the copy kept follows from the position."""
+    files = class_files(tmp_path / "in")
+    galaxies = Table.read(files[0], path="data")
+    moved = galaxies[:1].copy()
+    moved["RAJ2000"] += 0.001  # 3.6 arcsec: farther than the match radius, the same pixels
+    doubled = vstack([galaxies, moved])
+    digests = []
+    for name, table in [("forward", doubled), ("reversed", doubled[::-1])]:
+        path = write_table(table, tmp_path / "in" / "galaxies.hdf5")
+        digests.append(pipeline.build(files, tmp_path / f"{name}.h5")["digest"])
+    # the two copies in two files, swapped between the files
+    for name, (first, second) in [("a", (galaxies, moved)), ("b", (moved, galaxies))]:
+        write_table(first, path)
+        extra = write_table(second, tmp_path / "in" / "more_galaxies.hdf5")
+        metadata = pipeline.build([*files, extra], tmp_path / f"{name}.h5")
+        assert metadata["report"]["dropped"]["duplicate_id"] == 1
+        digests.append(metadata["digest"])
+    assert len(set(digests)) == 1
+
+
+# ---------------------------------------------------------------- every class of the class list is present
+
+
+def test_a_class_with_no_rows_is_an_error_naming_the_classes_present(tmp_path):
+    files = class_files(tmp_path / "in")
+    out = tmp_path / "out" / "dataset.h5"
+    out.parent.mkdir()
+    expected = "no rows of class STAR (kept: GALAXY 30, QSO 20); name the classes present with --classes GALAXY,QSO"
+    for command in (pipeline.build, pipeline.merge):
+        with pytest.raises(MissingClassError) as caught:
+            command(files[:2], out)
+        assert str(caught.value) == expected
+    code, stdout, stderr = run_cli(["build", *files[:2], "-o", out, "--quiet"])
+    assert (code, stdout, stderr) == (1, "", f"error: {expected}\n")
+    assert_nothing_written(out)
+    metadata = pipeline.build(files[:2], out, merge_options=pipeline.MergeOptions(classes=["GALAXY", "QSO"]))
+    assert metadata["classes"] == ["GALAXY", "QSO"]
+
+
+def test_a_class_whose_rows_are_all_dropped_is_missing_too(tmp_path):
+    files = class_files(tmp_path / "in")
+    stars = Table.read(files[2], path="data")
+    stars["image"][:] = np.nan
+    write_table(stars, files[2])
+    qso = Table.read(files[1], path="data")
+    qso["SPECTYPE"][:] = b"BLAZAR"
+    write_table(qso, files[1])
+    with pytest.raises(MissingClassError, match=r"^no rows of classes QSO, STAR \(kept: GALAXY 30\); name the classes present with --classes GALAXY$"):
+        pipeline.merge(files, tmp_path / "out.h5", merge_options=pipeline.MergeOptions(drop_unknown=True))
