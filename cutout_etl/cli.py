@@ -156,7 +156,8 @@ def _merge_options(
 ) -> pipeline.MergeOptions:
     if on_conflict not in ("error", "drop"):
         raise typer.BadParameter(f"expected 'error' or 'drop' (got {on_conflict!r})", param_hint="--on-conflict")
-    return pipeline.MergeOptions(classes.split(",") if classes else None, drop_unknown, on_conflict, match_radius, drop_invalid)
+    class_list = classes.split(",") if classes else None
+    return pipeline.MergeOptions(class_list, drop_unknown, on_conflict, match_radius, drop_invalid)
 
 
 def _output(fmt: str | None, overwrite: bool, fsync: bool, rows_per_shard: int) -> pipeline.OutputOptions:

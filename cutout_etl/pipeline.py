@@ -134,7 +134,8 @@ def plan_rows(scan: Scan, options: MergeOptions) -> Plan:
     dropped = {reason: np.zeros(len(scan.ids), dtype=bool) for reason in DROP_REASONS}
     dropped["unknown_label"] = scan.codes == UNKNOWN
     dropped["empty_id"] = _empty_ids(scan.ids) & ~dropped["unknown_label"]
-    dropped["invalid_position"] = validate.invalid_positions(scan.ra, scan.dec) & ~(dropped["unknown_label"] | dropped["empty_id"])
+    invalid = validate.invalid_positions(scan.ra, scan.dec)
+    dropped["invalid_position"] = invalid & ~(dropped["unknown_label"] | dropped["empty_id"])
     if not options.drop_invalid:
         _refuse_invalid_rows(scan, dropped)
     keep = ~(dropped["unknown_label"] | dropped["empty_id"] | dropped["invalid_position"])

@@ -15,7 +15,7 @@ from astropy.table import Table, vstack
 
 from cutout_etl import distributed, pipeline, records
 from cutout_etl.errors import InputChangedError, InvalidRowError, MissingClassError
-from cutout_etl.scan import FileHasher, ReadOptions, open_inputs
+from cutout_etl.scan import FileHasher, InputFile, ReadOptions, open_inputs
 
 from .conftest import make_table, write_table
 
@@ -124,7 +124,8 @@ def test_pass_2_readers_and_dask_tasks_refuse_an_input_that_is_not_the_one_scann
     action(files[1])
     with contextlib.ExitStack() as stack, pytest.raises(InputChangedError, match=f"^{files[1]}: changed while"):
         records.open_row_readers(infos, stack)
-    job = distributed.WriteJob(infos, ["GALAXY", "QSO", "STAR"], np.dtype("f4"), tmp_path / "unused.h5", {}, 16, False, 4)
+    classes = ["GALAXY", "QSO", "STAR"]
+    job = distributed.WriteJob(infos, classes, np.dtype("f4"), tmp_path / "unused.h5", {}, 16, False, 4)
     facts = records.RowFacts(np.array([b"x"]), np.zeros(1, np.int16), np.ones(1, np.int16), np.zeros(1, np.int64))
     with pytest.raises(InputChangedError, match=f"^{files[1]}: changed while"):  # what a Dask worker runs
         distributed.run_task(job, distributed.Task("train", facts, np.zeros(1, np.int64), False))
@@ -136,8 +137,6 @@ def test_the_stored_sha256_is_of_the_file_pass_1_read(tmp_path):
     files = class_files(tmp_path / "in")
     infos = scanned_infos(files)
     rename_over(files[2])
-    from cutout_etl.scan import InputFile
-
     with FileHasher(files) as hasher, pytest.raises(InputChangedError, match=f"^{files[2]}: changed while"):
         hasher.finish([InputFile(info=info) for info in infos])
 
@@ -163,7 +162,8 @@ def test_cli_input_changed_exit_1_one_line(tmp_path):
         "cli.main()\n"
     )
     args = ["build", *map(str, files), "-o", str(out), "--quiet"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    root = str(Path(__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", hook, *args], capture_output=True, text=True, env=env, timeout=120)
     assert (result.returncode, result.stdout) == (1, ""), result.stderr
     assert result.stderr == f"error: {changed_message(files[0])}\n"
@@ -323,5 +323,6 @@ def test_a_class_whose_rows_are_all_dropped_is_missing_too(tmp_path):
     qso = Table.read(files[1], path="data")
     qso["SPECTYPE"][:] = b"BLAZAR"
     write_table(qso, files[1])
-    with pytest.raises(MissingClassError, match=r"^no rows of classes QSO, STAR \(kept: GALAXY 30\); name the classes present with --classes GALAXY$"):
+    expected = r"^no rows of classes QSO, STAR \(kept: GALAXY 30\); name the classes present with --classes GALAXY$"
+    with pytest.raises(MissingClassError, match=expected):
         pipeline.merge(files, tmp_path / "out.h5", merge_options=pipeline.MergeOptions(drop_unknown=True))
