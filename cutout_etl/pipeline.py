@@ -106,6 +106,7 @@ class Plan:
                     "dropped": {r: int(np.count_nonzero(m & in_file)) for r, m in self.dropped.items()},
                     "rows_partly_nonfinite_kept": int(np.count_nonzero(self.keep & in_file & self.scan.partly_nonfinite)),
                     "image_cast_to_float32": entry.info.image_dtype != np.float32,
+                    "notes": list(entry.info.notes),
                 }
             )
         return {
