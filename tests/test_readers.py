@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import json
+import sys
 from pathlib import Path
 
 import h5py
@@ -12,7 +14,7 @@ from typer.testing import CliRunner
 
 from cutout_etl import open_dataset, pipeline, readers
 from cutout_etl.cli import app
-from cutout_etl.errors import DatasetError
+from cutout_etl.errors import DatasetError, InputFileError
 from cutout_etl.schema import Columns
 
 from .conftest import make_table, write_table
@@ -172,3 +174,26 @@ def test_the_parquet_writer_itself_refuses_an_id_that_is_not_utf8_with_the_same_
     with pytest.raises(InvalidRowError, match=r"^train: row 2: ID b'\\xffc' is not UTF-8 text"):
         sink.write("train", np.arange(3), Block.from_records(records))
     sink.close()
+
+
+# ---------------------------------------------------------------- compression filters from plugins
+
+
+def test_hdf5plugin_is_imported_only_for_a_table_that_needs_a_missing_filter(tmp_path, monkeypatch):
+    """A stand-in hdf5plugin records its import: plain tables never load it, a Blosc table does."""
+    from .test_failures import filter_not_installed
+
+    inputs, message = filter_not_installed(tmp_path)  # before the stand-in: it would skip the test
+    fake = tmp_path / "fake_site"
+    fake.mkdir()
+    (fake / "hdf5plugin.py").write_text("import builtins\nbuiltins._cutout_etl_hdf5plugin_loaded = True\n")
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.delitem(sys.modules, "hdf5plugin", raising=False)
+    monkeypatch.setattr(builtins, "_cutout_etl_hdf5plugin_loaded", False, raising=False)
+    with h5py.File(inputs[0]) as f:
+        readers.inspect_table(inputs[0], f, None, Columns())
+    assert not builtins._cutout_etl_hdf5plugin_loaded
+    with h5py.File(inputs[-1]) as f, pytest.raises(InputFileError) as caught:
+        readers.inspect_table(inputs[-1], f, None, Columns())
+    assert builtins._cutout_etl_hdf5plugin_loaded  # imported, and the filter still missing: named
+    assert str(caught.value) == message
