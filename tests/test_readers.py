@@ -197,3 +197,9 @@ def test_hdf5plugin_is_imported_only_for_a_table_that_needs_a_missing_filter(tmp
         readers.inspect_table(inputs[-1], f, None, Columns())
     assert builtins._cutout_etl_hdf5plugin_loaded  # imported, and the filter still missing: named
     assert str(caught.value) == message
+
+
+def test_a_sidecar_that_is_not_text_is_a_dataset_error(parquet_dataset):
+    (parquet_dataset / "cutout_etl.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(DatasetError, match="unreadable cutout-etl metadata"):
+        open_dataset(parquet_dataset)
