@@ -82,7 +82,7 @@ class Dataset:
         from .parquet import ParquetTable
 
         sidecar = self.path / SIDECAR
-        text = sidecar.read_text() if sidecar.is_file() else None
+        text = sidecar.read_bytes() if sidecar.is_file() else None  # json.loads decodes: bad bytes are a DatasetError
         self.metadata = _check_metadata(self.path, text, f"no {SIDECAR}")
         dtype = row_dtype(self.metadata)
         tables = {name: ParquetTable(self.path, name, dtype) for name in self.metadata["tables"]}

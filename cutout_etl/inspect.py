@@ -157,6 +157,7 @@ def _file_problems(report: dict, info, classes: list[str], duplicates: np.ndarra
         problems.append(_problem("warning", name, f"IDs appear more than once in the file, e.g. {', '.join(_examples(duplicates))}", len(duplicates)))
     if info.image_dtype != np.float32:
         problems.append(_problem("warning", name, f"image dtype {info.image_dtype} will be cast to float32", info.rows))
+    problems += [_problem("warning", name, note) for note in info.notes]
     return problems
 
 

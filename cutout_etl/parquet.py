@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import UsageError
+from .errors import DatasetError, InvalidRowError
 from .records import Block
 from .schema import DATA_DIR, DEFAULT_ROWS_PER_SHARD, FILE_SPLIT, METADATA_ATTR, SIDECAR
 
@@ -111,12 +111,21 @@ def table_to_records(table: pa.Table, dtype: np.dtype) -> np.ndarray:
     return records
 
 
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+def first_non_utf8(ids: np.ndarray) -> int | None:
+    """Index of the first ID (bytes) that is not UTF-8 text, or None. Pure-ASCII IDs are cleared at once."""
+    codes = np.ascontiguousarray(ids).view(np.uint8)
+    if not (codes >= 0x80).any():
+        return None
+    for i in np.flatnonzero((codes.reshape(len(ids), -1) >= 0x80).any(axis=1)).tolist():
+        try:
+            bytes(ids[i]).decode("utf-8")
+        except UnicodeDecodeError:
+            return i
+    return None
+
+
+def not_utf8_message(raw: bytes) -> str:
+    return f"ID {bytes(raw)!r} is not UTF-8 text, which Parquet's string columns need; write HDF5 instead"
 
 
 def shard_names(split: str, rows: int, rows_per_shard: int) -> list[str]:
@@ -175,10 +184,8 @@ class ParquetSink:
         try:
             table = records_to_table(records, self.schema)
         except UnicodeDecodeError as exc:
-            bad = next(bytes(i) for i in records["ID"] if not _is_utf8(i))
-            raise UsageError(
-                f"ID {bad!r} is not UTF-8 text, which Parquet's string columns need; write HDF5 instead"
-            ) from exc
+            row = first_non_utf8(records["ID"])
+            raise InvalidRowError(f"{name}: row {start + row}: {not_utf8_message(records['ID'][row])}") from exc
         offset = 0
         while offset < len(records):
             shard, within = divmod(start + offset, self.rows_per_shard)
@@ -264,7 +271,7 @@ class ParquetTable:
         self._groups: list[tuple[Path, int, int, int]] = []  # file, row group, first row, rows
         first = 0
         for path in self.files:
-            meta = pq.ParquetFile(path).metadata
+            meta = _shard(path).metadata
             for g in range(meta.num_row_groups):
                 rows = meta.row_group(g).num_rows
                 self._groups.append((path, g, first, rows))
@@ -285,19 +292,41 @@ class ParquetTable:
         for path, group, group_start, rows in self._groups[first:]:
             if group_start >= stop:
                 break
-            table = self._file(path).read_row_group(group)
+            table = _read_group(self._file(path), path, group)
             lo, hi = max(start - group_start, 0), min(stop - group_start, rows)
             parts.append(table.slice(lo, hi - lo))
-        return table_to_records(pa.concat_tables(parts), self.dtype)
+        try:
+            return table_to_records(pa.concat_tables(parts), self.dtype)
+        except (pa.ArrowException, KeyError, ValueError) as exc:
+            raise DatasetError(f"{self.files[0].parent}: rows {start}-{stop - 1} do not match the dataset's schema ({_short(exc)})") from exc
 
     def _file(self, path: Path) -> pq.ParquetFile:
         if path not in self._open:
             if len(self._open) >= 4:
                 self._open.pop(next(iter(self._open))).close()
-            self._open[path] = pq.ParquetFile(path)
+            self._open[path] = _shard(path)
         return self._open[path]
 
     def close(self) -> None:
         for f in self._open.values():
             f.close()
         self._open.clear()
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _shard(path: Path) -> pq.ParquetFile:
+    """Open a shard, or name it: a truncated or empty file is a DatasetError, not a bare ArrowInvalid."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable Parquet file (truncated or corrupt: {_short(exc)})") from exc
+
+
+def _read_group(shard: pq.ParquetFile, path: Path, group: int) -> pa.Table:
+    try:
+        return shard.read_row_group(group)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable Parquet file (truncated or corrupt: row group {group}: {_short(exc)})") from exc

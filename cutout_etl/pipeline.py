@@ -109,6 +109,7 @@ class Plan:
                     "dropped": {r: int(np.count_nonzero(m & in_file)) for r, m in self.dropped.items()},
                     "rows_partly_nonfinite_kept": int(np.count_nonzero(self.keep & in_file & self.scan.partly_nonfinite)),
                     "image_cast_to_float32": entry.info.image_dtype != np.float32,
+                    "notes": list(entry.info.notes),
                 }
             )
         return {
@@ -631,6 +632,8 @@ def _write_dataset(
     """
     tmp, hasher, parquet = job
     scan = plan.scan
+    if parquet:
+        _refuse_non_utf8_ids(plan)
     with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(scan), scan.classes, output)) as sink:
         stats, checksums = _write_tables(plan, layout, sink, read, progress, carry_provenance, stats_table, client)
         if stats is not None:
@@ -645,6 +648,18 @@ def _write_dataset(
             metadata["inputs"] = described
         sink.finish(_seal(metadata, checksums))
     return metadata
+
+
+def _refuse_non_utf8_ids(plan: Plan) -> None:
+    """Parquet stores IDs as strings: name the first kept row whose ID is not UTF-8, before writing anything."""
+    from .parquet import first_non_utf8, not_utf8_message
+
+    kept = np.flatnonzero(plan.keep)
+    bad = first_non_utf8(plan.scan.ids[kept])
+    if bad is not None:
+        row = kept[bad]
+        source = plan.scan.files[plan.scan.file_index[row]].info.path
+        raise InvalidRowError(f"{source}: row {plan.scan.row[row]}: {not_utf8_message(plan.scan.ids[row])}")
 
 
 def merge(
@@ -727,6 +742,14 @@ def split(
         return _write_dataset(job, plan, layout, metadata, read, output, progress, client, "train", carry_provenance=True)
 
 
+def _refuse_non_utf8_block(path: Path, table: str, start: int, block: Block) -> None:
+    from .parquet import first_non_utf8, not_utf8_message
+
+    bad = first_non_utf8(block["ID"])
+    if bad is not None:
+        raise InvalidRowError(f"{path}: table {table} row {start + bad}: {not_utf8_message(block['ID'][bad])}")
+
+
 def convert(
     path: Path,
     out: str | Path,
@@ -745,6 +768,8 @@ def convert(
             for name in ds.splits:
                 for start in range(0, rows[name], block_rows):
                     block = Block.from_records(ds[name].read(start, start + block_rows))
+                    if parquet:
+                        _refuse_non_utf8_block(path, name, start, block)
                     sink.write(name, np.arange(start, start + len(block)), block)
                     checksums[name].add(block)
                     done += len(block)

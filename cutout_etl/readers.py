@@ -13,6 +13,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from h5py import h5t, h5z
 
 from .errors import (
     ColumnError,
@@ -98,6 +99,7 @@ class TableInfo:
     image_dtype: np.dtype
     size: int
     notes: list[str] = field(default_factory=list)
+    skipped_columns: list[str] = field(default_factory=list)  # columns h5py cannot map: left out of `dtype`
     identity: FileIdentity | None = None  # of the file pass 1 opened; later opens must find the same
 
     def check_unchanged(self) -> None:
@@ -155,21 +157,32 @@ def _short(exc: BaseException) -> str:
 def find_tables(f: h5py.File) -> list[str]:
     """Paths of the compound (table) datasets in a file, astropy meta excluded."""
     found: list[str] = []
+    undecodable: list[bytes] = []
 
-    def visit(name: str, obj: object) -> None:
-        if (
-            isinstance(obj, h5py.Dataset)
-            and obj.dtype.names is not None
-            and obj.ndim == 1
-            and not name.endswith(_META_SUFFIX)
-        ):
+    def visit(name: str | bytes, obj: object) -> None:
+        if isinstance(name, bytes):  # h5py hands over a name it cannot decode as bytes
+            undecodable.append(name)
+        elif isinstance(obj, h5py.Dataset) and _is_table(obj) and not name.endswith(_META_SUFFIX):
             found.append(name)
 
     try:
         f.visititems(visit)
+    except UnicodeError as exc:
+        raise _bad_name(f.filename, _short(exc)) from exc
     except (OSError, RuntimeError, KeyError) as exc:
         raise InputFileError(f"{f.filename}: cannot list the file's contents, corrupt ({_short(exc)})") from exc
+    if undecodable:
+        raise _bad_name(f.filename, repr(undecodable[0]))
     return sorted(found)
+
+
+def _is_table(ds: h5py.Dataset) -> bool:
+    """A 1-d compound dataset; asks the file type, not `ds.dtype`, which fails on columns h5py cannot map."""
+    return ds.ndim == 1 and ds.id.get_type().get_class() == h5t.COMPOUND
+
+
+def _bad_name(filename: str | Path, detail: str) -> InputFileError:
+    return InputFileError(f"{filename}: a name inside the file is not valid UTF-8: corrupt ({detail})")
 
 
 def resolve_table_path(path: Path, f: h5py.File, table_path: str | None) -> str:
@@ -191,8 +204,9 @@ def resolve_table_path(path: Path, f: h5py.File, table_path: str | None) -> str:
 def inspect_table(path: Path, f: h5py.File, table_path: str | None, columns: Columns) -> TableInfo:
     """Check a table's structure: columns, label type, image layout, storage."""
     name = resolve_table_path(path, f, table_path)
-    ds = f[name]
-    dtype = ds.dtype
+    ds = _open_table(path, f, name)
+    _check_filters(path, ds, name)
+    dtype, skipped = _readable_dtype(path, ds, name, columns)
     missing = [c for c in columns.required() if c not in dtype.names]
     if missing:
         raise ColumnError(
@@ -204,6 +218,8 @@ def inspect_table(path: Path, f: h5py.File, table_path: str | None, columns: Col
         raise ColumnError(
             f"{path}: label column '{columns.label}' is numeric ({label_dt}); expected class names as strings"
         )
+    for column in (columns.ra, columns.dec):
+        _check_position(path, dtype[column], column)
     image_shape, image_dtype = _check_image(path, dtype[columns.image], columns.image)
     rows = ds.shape[0]
     if rows == 0:
@@ -220,6 +236,74 @@ def inspect_table(path: Path, f: h5py.File, table_path: str | None, columns: Col
         image_dtype=image_dtype,
         size=identity.size,
         identity=identity,
+        notes=[f"column '{column}' ({kind}) cannot be read; skipped" for column, kind in skipped],
+        skipped_columns=[column for column, _ in skipped],
+    )
+
+
+def _open_table(path: Path, f: h5py.File, name: str) -> h5py.Dataset:
+    try:
+        return f[name]
+    except UnicodeError as exc:
+        raise _bad_name(path, _short(exc)) from exc
+    except (KeyError, OSError, RuntimeError) as exc:
+        raise InputFileError(f"{path}: cannot open table '{name}', corrupt ({_short(exc)})") from exc
+
+
+def _readable_dtype(path: Path, ds: h5py.Dataset, name: str, columns: Columns) -> tuple[np.dtype, list[tuple[str, str]]]:
+    """The table's row dtype, and the (column, kind) of members h5py cannot map (a 128-bit float).
+
+    Such a member is left out of the dtype, the others keep their offsets in
+    the file's row (itemsize = the file's row size), so rows still read
+    straight from disk. A required column that cannot be mapped is an error.
+    """
+    try:
+        return ds.dtype, []
+    except (TypeError, ValueError):
+        pass
+    file_type = ds.id.get_type()
+    names, formats, offsets, skipped = [], [], [], []
+    for i in range(file_type.get_nmembers()):
+        raw_name = file_type.get_member_name(i)
+        try:
+            member = raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad_name(path, repr(raw_name)) from None
+        member_type = file_type.get_member_type(i)
+        try:
+            formats.append(member_type.dtype)
+        except (TypeError, ValueError) as exc:
+            kind = _describe_type(member_type)
+            if member in columns.required():
+                raise ColumnError(
+                    f"{path}: table '{name}' column '{member}' is a {kind}, which cannot be read ({_short(exc)})"
+                ) from exc
+            skipped.append((member, kind))
+            continue
+        names.append(member)
+        offsets.append(file_type.get_member_offset(i))
+    readable = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": file_type.get_size()})
+    return readable, skipped
+
+
+def _describe_type(member_type: h5t.TypeID) -> str:
+    bits = member_type.get_size() * 8
+    kinds = {h5t.FLOAT: "float", h5t.INTEGER: "integer"}
+    return f"{bits}-bit {kinds.get(member_type.get_class(), 'HDF5 type')}"
+
+
+def _check_position(path: Path, dt: np.dtype, column: str) -> None:
+    """RA and Dec: one number (degrees) per row."""
+    if dt.shape == () and dt.kind in "iuf":
+        return
+    if dt.shape:
+        found = f"{dt.base} arrays of shape {dt.shape}"
+    elif dt.kind in "SUO":
+        found = f"text ({dt})"
+    else:
+        found = str(dt)
+    raise ColumnError(
+        f"{path}: position column '{column}' holds {found}; expected one number (degrees) per row, integer or float"
     )
 
 
@@ -247,12 +331,58 @@ def _check_storage(path: Path, ds: h5py.Dataset, name: str) -> None:
     """A contiguous table that runs past the end of the file is a truncated file."""
     offset = ds.id.get_offset()
     if ds.chunks is None and offset is not None:
-        end = offset + ds.shape[0] * ds.dtype.itemsize
+        end = offset + ds.shape[0] * ds.id.get_type().get_size()
         size = path.stat().st_size
         if end > size:
             raise InputFileError(
                 f"{path}: truncated: table '{name}' needs {end} bytes, the file has {size}"
             )
+
+
+# Filters that plugins provide (registered ids: https://github.com/HDFGroup/hdf5_plugins/blob/master/docs/RegisteredFilterPlugins.md)
+PLUGIN_FILTERS = {
+    307: "bzip2",
+    32000: "LZF",
+    32001: "Blosc",
+    32004: "LZ4",
+    32008: "bitshuffle",
+    32013: "ZFP",
+    32015: "Zstandard",
+    32017: "SZ",
+    32018: "FCIDECOMP",
+    32026: "Blosc2",
+}
+
+
+def _check_filters(path: Path, ds: h5py.Dataset, name: str) -> None:
+    """Every filter of the table's pipeline must be installed; name the missing one and where to get it."""
+    missing = [spec for spec in _filters(ds) if not h5z.filter_avail(spec[0])]
+    if missing and _load_hdf5plugin():
+        missing = [spec for spec in missing if not h5z.filter_avail(spec[0])]
+    if missing:
+        filter_id, stored_name = missing[0]
+        known = PLUGIN_FILTERS.get(filter_id) or stored_name
+        which = f"the {known} filter" if known else "a filter"
+        raise InputFileError(
+            f"{path}: table '{name}' is compressed with {which} (HDF5 filter id {filter_id}), "
+            "which is not installed; install it with `pip install hdf5plugin`"
+        )
+
+
+def _filters(ds: h5py.Dataset) -> list[tuple[int, str]]:
+    """(id, name stored in the file) of each filter in the table's pipeline."""
+    dcpl = ds.id.get_create_plist()
+    specs = [dcpl.get_filter(i) for i in range(dcpl.get_nfilters())]
+    return [(int(spec[0]), spec[3].decode("utf-8", "replace")) for spec in specs]
+
+
+def _load_hdf5plugin() -> bool:
+    """Import hdf5plugin if installed: it registers its filters on import. Only when a table needs one."""
+    try:
+        import hdf5plugin  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def read_rows(path: Path, ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
@@ -315,8 +445,8 @@ class RowReader:
     def __init__(self, info: TableInfo, f: h5py.File) -> None:
         self.info = info
         self._ds = f[info.table_path]
-        self.dtype = self._ds.dtype
-        self._offset = _raw_offset(self._ds)
+        self.dtype = info.dtype
+        self._offset = _raw_offset(self._ds, info.dtype)
         self._fd = os.open(info.path, os.O_RDONLY) if self._offset is not None else None
         try:
             self._check_identity(f)
@@ -340,9 +470,7 @@ class RowReader:
         """Rows at the given (ascending, unique) indices as a structured array."""
         if self._fd is None:
             try:
-                if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
-                    return self._ds[int(rows[0]) : int(rows[-1]) + 1]
-                return self._ds[rows] if len(rows) else self._ds[0:0]
+                return self._read_h5(rows)
             except (OSError, RuntimeError, ValueError) as exc:
                 raise InputFileError(f"{self.info.path}: cannot read rows: corrupt or truncated ({_short(exc)})") from exc
         out = np.empty(len(rows), self.dtype)
@@ -350,6 +478,17 @@ class RowReader:
         size = self.dtype.itemsize
         for a, b in row_runs(rows):
             self._preadv([raw[a * size : b * size]], rows, a, b)
+        return out
+
+    def _read_h5(self, rows: np.ndarray) -> np.ndarray:
+        selection = rows
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+            selection = slice(int(rows[0]), int(rows[-1]) + 1)
+        if not self.info.skipped_columns:
+            return self._ds[selection] if len(rows) else self._ds[0:0]
+        out = np.empty(len(rows), self.dtype)  # read with this memory type: `self._ds.dtype` cannot be made
+        if len(rows):
+            self._ds.read_direct(out, selection)
         return out
 
     def read_into(self, rows: np.ndarray, images: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -391,12 +530,13 @@ def row_runs(rows: np.ndarray, longest: int | None = None) -> Iterator[tuple[int
             yield start, min(start + step, b)
 
 
-def _raw_offset(ds: h5py.Dataset) -> int | None:
-    """The byte offset of a table whose rows can be read as raw bytes, else None."""
+def _raw_offset(ds: h5py.Dataset, dtype: np.dtype | None = None) -> int | None:
+    """The byte offset of a table whose rows can be read as raw bytes (as `dtype`), else None."""
+    dtype = ds.dtype if dtype is None else dtype
     if ds.chunks is not None or ds.compression is not None or ds.external:
         return None
-    if any(ds.dtype[name].kind == "O" for name in ds.dtype.names or ()):
+    if any(dtype[name].kind == "O" for name in dtype.names or ()):
         return None
-    if ds.id.get_type().get_size() != ds.dtype.itemsize:
+    if ds.id.get_type().get_size() != dtype.itemsize:
         return None
     return ds.id.get_offset()

@@ -29,6 +29,9 @@ def run_summary(console: Console, metadata: dict) -> None:
         grid.add_row(table, *(str(counts.get(c, 0)) for c in metadata["classes"]), str(entry["rows"]))
     console.print(grid)
     report = metadata["report"]
+    for file in report.get("files", []):
+        for note in file.get("notes", []):
+            console.print(f"warning: {file['path']}: {note}", style="yellow", highlight=False, markup=False)
     dropped = {k: v for k, v in report["dropped"].items() if v}
     console.print(f"read {report['rows_read']} rows, kept {report['rows_kept']}", highlight=False)
     for reason, count in dropped.items():

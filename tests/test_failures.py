@@ -3,6 +3,7 @@ no traceback, and nothing written."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from astropy.table import Table
+from h5py import h5d, h5p, h5s, h5t
 from typer.testing import CliRunner
 
 from cutout_etl.cli import app
@@ -155,10 +158,109 @@ def copy_of_a_file(tmp_path):
     return [*files, copy], "identical content to"
 
 
+def ra_as_text(tmp_path):
+    """RA written as sexagesimal text."""
+    t = make_table(5, b"STAR", 200)
+    t["RAJ2000"] = np.array([b"12:30:00.0"] * 5)
+    bad = write_table(t, tmp_path / "stars.hdf5")
+    return [*good(tmp_path), bad], (
+        f"{bad}: position column 'RAJ2000' holds text (|S10); expected one number (degrees) per row, integer or float"
+    )
+
+
+def dec_as_pairs(tmp_path):
+    """Dec stored as an (n, 2) column (value and error)."""
+    t = make_table(5, b"STAR", 200)
+    t["DECJ2000"] = np.zeros((5, 2))
+    bad = write_table(t, tmp_path / "stars.hdf5")
+    return [*good(tmp_path), bad], (
+        f"{bad}: position column 'DECJ2000' holds float64 arrays of shape (2,); "
+        "expected one number (degrees) per row, integer or float"
+    )
+
+
+def corrupt_byte_in_name(path: Path, name: bytes) -> Path:
+    """Set the second byte of a link name in the raw file to 0xC2 (not valid UTF-8 there), as fuzzing found."""
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(name) + 1] = 0xC2
+    path.write_bytes(raw)
+    return path
+
+
+def corrupt_table_name(tmp_path):
+    """The table's name in the file holds a byte that is not UTF-8."""
+    bad = corrupt_byte_in_name(write_table(make_table(5, b"STAR", 200), tmp_path / "stars.hdf5"), b"data\x00")
+    return [*good(tmp_path), bad], f"{bad}: a name inside the file is not valid UTF-8: corrupt"
+
+
+def corrupt_meta_name(tmp_path):
+    """The name of astropy's column metadata beside the table holds a byte that is not UTF-8."""
+    bad = corrupt_byte_in_name(write_table(make_table(5, b"STAR", 200), tmp_path / "stars.hdf5"), b"data.__table")
+    return [*good(tmp_path), bad], f"{bad}: a name inside the file is not valid UTF-8: corrupt"
+
+
+def binary128() -> h5t.TypeFloatID:
+    """IEEE binary128, as Fortran real(16) writes it: no numpy dtype maps it."""
+    t = h5t.IEEE_F64LE.copy()
+    t.set_size(16)
+    t.set_precision(128)
+    t.set_fields(127, 112, 15, 0, 112)
+    t.set_ebias(16383)
+    return t
+
+
+def write_with_binary128(table: Table, path: Path, column: str, after: str, chunked: bool = False) -> Path:
+    """The table as one compound dataset 'data' with a binary128 `column` inserted after column `after`."""
+    rows = table.as_array()
+    offsets, size = {}, 0
+    for name in rows.dtype.names:
+        offsets[name], size = size, size + rows.dtype[name].itemsize
+        if name == after:
+            extra, size = size, size + 16
+    memory = np.dtype({"names": list(offsets), "formats": [rows.dtype[n] for n in offsets], "offsets": list(offsets.values()), "itemsize": size})
+    data = np.zeros(len(rows), memory)
+    file_type = h5t.create(h5t.COMPOUND, size)
+    for name, offset in offsets.items():
+        data[name] = rows[name]
+        file_type.insert(name.encode(), offset, h5t.py_create(rows.dtype[name]))
+    file_type.insert(column.encode(), extra, binary128())
+    dcpl = h5p.create(h5p.DATASET_CREATE)
+    if chunked:
+        dcpl.set_chunk((max(len(rows) // 3, 1),))
+    with h5py.File(path, "w") as f:
+        ds = h5d.create(f.id, b"data", file_type, h5s.create_simple((len(rows),)), dcpl=dcpl)
+        ds.write(h5s.ALL, h5s.ALL, data, mtype=h5t.py_create(memory))
+    return path
+
+
+def unreadable_position(tmp_path):
+    """RA stored as a 128-bit float (Fortran real(16)): a column the tool needs and cannot read."""
+    t = make_table(5, b"STAR", 200)
+    t.remove_column("RAJ2000")
+    bad = write_with_binary128(t, tmp_path / "stars.hdf5", "RAJ2000", after="ID")
+    return [*good(tmp_path), bad], f"{bad}: table 'data' column 'RAJ2000' is a 128-bit float, which cannot be read"
+
+
+def filter_not_installed(tmp_path):
+    """A table compressed with Blosc (as PyTables writes), whose HDF5 filter plugin is not installed."""
+    if importlib.util.find_spec("hdf5plugin") is not None:
+        pytest.skip("hdf5plugin is installed: the Blosc filter is available")
+    rows = make_table(5, b"STAR", 200).as_array()
+    bad = tmp_path / "stars.hdf5"
+    with h5py.File(bad, "w") as f:
+        ds = f.create_dataset("data", shape=rows.shape, dtype=rows.dtype, chunks=rows.shape, compression=32001, allow_unknown_filter=True)
+        ds.id.write_direct_chunk((0,), rows.tobytes())  # stored as is: only the filter's absence matters
+    return [*good(tmp_path), bad], (
+        f"{bad}: table 'data' is compressed with the Blosc filter (HDF5 filter id 32001), "
+        "which is not installed; install it with `pip install hdf5plugin`"
+    )
+
+
 BROKEN = [
     not_hdf5, truncated, directory, missing_file, no_table, several_tables, zero_rows,
     missing_image, missing_label, numeric_label, wrong_shape, channels_first, shapes_differ,
     unknown_labels, conflicting_ids, same_file_twice, copy_of_a_file,
+    ra_as_text, dec_as_pairs, corrupt_table_name, corrupt_meta_name, unreadable_position, filter_not_installed,
 ]
 
 

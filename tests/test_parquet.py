@@ -195,6 +195,6 @@ def test_ids_that_are_not_utf8_give_one_line_for_parquet(tmp_path):
     odd["ID"][0] = b"\xe9obj"
     files = [write_table(odd, tmp_path / "g.h5"), write_table(make_table(5, b"QSO", 100), tmp_path / "q.h5"), write_table(make_table(5, b"STAR", 200), tmp_path / "s.h5")]
     result = CliRunner().invoke(app, ["build", *map(str, files), "-o", str(tmp_path / "out") + "/", "--quiet"])
-    assert result.exit_code == 2
-    assert result.stderr == "error: ID b'\\xe9obj' is not UTF-8 text, which Parquet's string columns need; write HDF5 instead\n"
+    assert result.exit_code == 1  # bad data, named by file and row
+    assert result.stderr == f"error: {files[0]}: row 0: ID b'\\xe9obj' is not UTF-8 text, which Parquet's string columns need; write HDF5 instead\n"
     assert not (tmp_path / "out").exists()
