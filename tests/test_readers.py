@@ -190,11 +190,14 @@ def test_hdf5plugin_is_imported_only_for_a_table_that_needs_a_missing_filter(tmp
     monkeypatch.syspath_prepend(str(fake))
     monkeypatch.delitem(sys.modules, "hdf5plugin", raising=False)
     monkeypatch.setattr(builtins, "_cutout_etl_hdf5plugin_loaded", False, raising=False)
-    with h5py.File(inputs[0]) as f:
-        readers.inspect_table(inputs[0], f, None, Columns())
-    assert not builtins._cutout_etl_hdf5plugin_loaded
-    with h5py.File(inputs[-1]) as f, pytest.raises(InputFileError) as caught:
-        readers.inspect_table(inputs[-1], f, None, Columns())
+    try:
+        with h5py.File(inputs[0]) as f:
+            readers.inspect_table(inputs[0], f, None, Columns())
+        assert not builtins._cutout_etl_hdf5plugin_loaded
+        with h5py.File(inputs[-1]) as f, pytest.raises(InputFileError) as caught:
+            readers.inspect_table(inputs[-1], f, None, Columns())
+    finally:
+        sys.modules.pop("hdf5plugin", None)  # the stand-in must not make later tests think the plugin is installed
     assert builtins._cutout_etl_hdf5plugin_loaded  # imported, and the filter still missing: named
     assert str(caught.value) == message
 
