@@ -291,7 +291,7 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
     _, stderr = child.communicate(timeout=60)
     left = list(out_dir.iterdir())
     assert (child.returncode, left) == (130, []), stderr
-    assert stderr.splitlines()[-1] == "interrupted: no output written"
+    assert stderr.splitlines()[-1] == "interrupted by SIGINT: no output written"
 
 
 def test_every_row_dropped_is_an_error_not_an_empty_dataset(tmp_path):
