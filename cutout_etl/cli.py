@@ -195,8 +195,8 @@ class ProgressReporter:
             self.bar.stop()
 
 
-def _run(call: Callable[[ProgressReporter], Any], quiet: bool, debug: bool) -> Any:
-    """Call the library; turn its errors into one line on stderr and an exit code."""
+def _run(call: Callable[[ProgressReporter], Any], quiet: bool, debug: bool, interrupted: str = "no output written") -> Any:
+    """Call the library; turn its errors and stop signals into one line on stderr and an exit code."""
     progress = ProgressReporter(quiet)
     try:
         with interrupts.stop_on_signals():
@@ -209,7 +209,7 @@ def _run(call: Callable[[ProgressReporter], Any], quiet: bool, debug: bool) -> A
     except KeyboardInterrupt as exc:
         progress.close()
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        _fail(f"interrupted by {signal.Signals(signum).name}: no output written", 128 + signum)
+        _fail(f"interrupted by {signal.Signals(signum).name}: {interrupted}", 128 + signum)
     except Exception as exc:  # a failure we did not foresee: still one line
         progress.close()
         if debug:
@@ -546,7 +546,7 @@ def demo_data(
     """
     from .demo import write_demo_files
 
-    paths = _run(lambda p: write_demo_files(directory, rows=rows, seed=seed), quiet, debug)
+    paths = _run(lambda p: write_demo_files(directory, rows=rows, seed=seed), quiet, debug, interrupted="no partial file written")
     result = {"files": [str(p) for p in paths], "rows_per_class": rows, "seed": seed}
     _emit(result, json_out, quiet, lambda console, r: console.print("wrote " + ", ".join(r["files"])), output=directory)
 

@@ -152,3 +152,18 @@ def test_a_second_signal_during_the_cleanup_does_not_abort_it():
             signal.raise_signal(signal.SIGHUP)  # e.g. `timeout -k`, or a second Ctrl-C, while temporaries are removed
             cleaned = True
     assert cleaned and stopped.value.signum == signal.SIGTERM
+
+
+def test_demo_data_stopped_leaves_only_complete_files(tmp_path):
+    import h5py
+
+    out_dir = tmp_path / "demo"
+    args = [str(SCRIPT), "demo-data", str(out_dir), "--rows", str(ROWS), "--quiet"]
+    out_dir.mkdir()
+    code, _, stderr = interrupt_when_writing(args, out_dir, "image_table_*", signal.SIGTERM)
+    assert code == 143, stderr
+    assert stderr == "interrupted by SIGTERM: no partial file written\n"
+    for path in out_dir.iterdir():  # files finished before the signal, nothing else
+        assert not path.name.startswith(".")
+        with h5py.File(path) as f:
+            assert len(f["data"]) == ROWS
