@@ -170,10 +170,6 @@ class ProgressReporter:
         self.bar: Progress | None = None
         self.tasks: dict[str, Any] = {}
 
-    @property
-    def interrupted(self) -> bool:
-        return interrupts.pending() is not None
-
     def __call__(self, stage: str, done: int, total: int) -> None:
         interrupts.check()
         if self.quiet:
@@ -195,7 +191,9 @@ class ProgressReporter:
             self.bar.stop()
 
 
-def _run(call: Callable[[ProgressReporter], Any], quiet: bool, debug: bool, interrupted: str = "no output written") -> Any:
+def _run(
+    call: Callable[[ProgressReporter], Any], quiet: bool, debug: bool, interrupted: str = "no output written"
+) -> Any:
     """Call the library; turn its errors and stop signals into one line on stderr and an exit code."""
     progress = ProgressReporter(quiet)
     try:
@@ -214,12 +212,15 @@ def _run(call: Callable[[ProgressReporter], Any], quiet: bool, debug: bool, inte
         progress.close()
         if debug:
             raise
-        _fail(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (run with --debug for a traceback)", 1)
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        _fail(f"error: unexpected {type(exc).__name__}: {first_line} (run with --debug for a traceback)", 1)
     finally:
         progress.close()
 
 
-def _emit(result: dict, as_json: bool, quiet: bool, render_fn: Callable[[Console, dict], None], output: str | Path | None = None) -> None:
+def _emit(
+    result: dict, as_json: bool, quiet: bool, render_fn: Callable[[Console, dict], None], output: str | Path | None = None
+) -> None:
     """The summary: rendered on stderr, or strict JSON on stdout (with the `output` written, if any)."""
     if output is not None:
         result = {**result, "output": str(output)}
@@ -546,7 +547,9 @@ def demo_data(
     """
     from .demo import write_demo_files
 
-    paths = _run(lambda p: write_demo_files(directory, rows=rows, seed=seed), quiet, debug, interrupted="no partial file written")
+    paths = _run(
+        lambda p: write_demo_files(directory, rows=rows, seed=seed), quiet, debug, interrupted="no partial file written"
+    )
     result = {"files": [str(p) for p in paths], "rows_per_class": rows, "seed": seed}
     _emit(result, json_out, quiet, lambda console, r: console.print("wrote " + ", ".join(r["files"])), output=directory)
 

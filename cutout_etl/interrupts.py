@@ -24,11 +24,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _pending: Interrupted | None = None
 
 
-def pending() -> Interrupted | None:
-    """The interrupt that stopped the run, if one arrived."""
-    return _pending
-
-
 def check() -> None:
     """Raise the interrupt again if one arrived (the first raise may have been swallowed)."""
     if _pending is not None:

@@ -69,7 +69,9 @@ def test_click_usage_errors_are_one_line_exit_2(args, start):
 
 
 def test_usage_errors_are_one_line_from_the_installed_script(tmp_path):
-    for args, start in [(["build", "IN", "-o", "OUT", "--format", "csv"], CHOICES[0][2]), (["build", "IN", "-o", "OUT", "--seed", "abc"], "error: --seed: ")]:
+    cases = [(["--format", "csv"], CHOICES[0][2]), (["--seed", "abc"], "error: --seed: ")]
+    for options, start in cases:
+        args = ["build", "IN", "-o", "OUT", *options]
         done = subprocess.run([SCRIPT, *args], capture_output=True, text=True, check=False, cwd=tmp_path)
         assert done.returncode == 2
         assert_one_line(done.stderr, start)
@@ -84,7 +86,10 @@ def test_help_still_works():
 # ---------------------------------------------------------------- control characters in names
 
 
-@pytest.mark.parametrize("name", ["bad\nname.hdf5", "bad\rname.hdf5", "bad\x1b[31mname.hdf5"], ids=["newline", "return", "escape"])
+NAMES = ["bad\nname.hdf5", "bad\rname.hdf5", "bad\x1b[31mname.hdf5"]
+
+
+@pytest.mark.parametrize("name", NAMES, ids=["newline", "return", "escape"])
 def test_a_file_name_with_control_characters_is_printed_escaped_on_one_line(name, demo_files, tmp_path):
     bad = tmp_path / name
     bad.write_text("not hdf5")
@@ -95,7 +100,8 @@ def test_a_file_name_with_control_characters_is_printed_escaped_on_one_line(name
 
 
 def test_one_line_leaves_ordinary_messages_alone():
-    assert one_line("galaxies.hdf5: 3 rows, e.g. row 7; ÉTOILE \\n") == "galaxies.hdf5: 3 rows, e.g. row 7; ÉTOILE \\n"
+    ordinary = "galaxies.hdf5: 3 rows, e.g. row 7; ÉTOILE \\n"
+    assert one_line(ordinary) == ordinary
     assert one_line("a\tb\u2028c") == "a\\tb\\u2028c"
 
 
@@ -120,7 +126,8 @@ def test_a_non_finite_option_value_is_a_usage_error(option, value, demo_files, t
     result = invoke("build", *demo_files, "-o", tmp_path / "ds.h5", option, value, "--json")
     assert result.exit_code == 2
     assert_one_line(result.stderr, f"error: {option}: expected a finite number (got ")
-    assert strict_json(result.stdout) == {"ok": False, "error": result.stderr.strip().removeprefix("error: "), "exit_code": 2}
+    error = result.stderr.strip().removeprefix("error: ")
+    assert strict_json(result.stdout) == {"ok": False, "error": error, "exit_code": 2}
     assert list(tmp_path.iterdir()) == []
 
 
@@ -152,13 +159,15 @@ def test_json_on_a_usage_error_found_by_the_command(demo_files, tmp_path):
     out.write_bytes(b"precious")
     result = invoke("merge", *demo_files, "-o", out, "--json", "--quiet")
     assert result.exit_code == 2
-    assert strict_json(result.stdout) == {"ok": False, "error": f"{out}: output exists; use --overwrite to replace it", "exit_code": 2}
+    error = f"{out}: output exists; use --overwrite to replace it"
+    assert strict_json(result.stdout) == {"ok": False, "error": error, "exit_code": 2}
 
 
 def test_json_on_a_parse_error():
     result = invoke("build", "IN", "-o", "OUT", "--json", "--format", "csv")
     assert result.exit_code == 2
-    assert strict_json(result.stdout) == {"ok": False, "error": "--format: 'csv' is not one of 'hdf5', 'parquet'.", "exit_code": 2}
+    error = "--format: 'csv' is not one of 'hdf5', 'parquet'."
+    assert strict_json(result.stdout) == {"ok": False, "error": error, "exit_code": 2}
 
 
 def test_json_names_the_output_written(demo_files, tmp_path):

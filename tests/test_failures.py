@@ -201,11 +201,12 @@ def test_debug_shows_the_traceback(broken, tmp_path):
     plain = CliRunner().invoke(app, args)
     assert isinstance(plain.exception, SystemExit) and "Traceback" not in plain.stderr  # only the one line
     debug = CliRunner().invoke(app, [*args, "--debug"])
-    assert isinstance(debug.exception, CutoutEtlError) and message in str(debug.exception)  # the library's own exception
+    assert isinstance(debug.exception, CutoutEtlError) and message in str(debug.exception)  # the library's exception
     script = Path(sys.executable).parent / "cutout-etl"
     shown = subprocess.run([script, *args, "--debug", "--quiet"], capture_output=True, text=True, check=False)
     assert shown.returncode == 1
-    assert shown.stderr.startswith("Traceback (most recent call last):") and f"{type(debug.exception).__name__}: " in shown.stderr
+    assert shown.stderr.startswith("Traceback (most recent call last):")
+    assert f"{type(debug.exception).__name__}: " in shown.stderr
 
 
 def test_table_path_chooses_among_several(tmp_path):

@@ -69,7 +69,8 @@ CASES = [
 def test_a_stop_signal_leaves_nothing_and_says_so_in_one_line(command, signum, target_name, sources, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    code, stdout, stderr = interrupt_when_writing(command_line(command, sources[command], out_dir / target_name), out_dir, target_name, signum)
+    args = command_line(command, sources[command], out_dir / target_name)
+    code, stdout, stderr = interrupt_when_writing(args, out_dir, target_name, signum)
     assert code == 128 + signum, stderr
     assert stderr == f"interrupted by {signum.name}: no output written\n"
     assert stdout == ""
