@@ -2,27 +2,120 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import signal
 import sys
-import threading
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
+from typer._click.exceptions import BadParameter, MissingParameter, NoArgsIsHelpError
+from typer._click.exceptions import UsageError as ClickUsageError
+from typer._click.globals import get_current_context
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import pipeline, render
+from . import interrupts, pipeline, render
 from .distributed import ClusterOptions
-from .errors import CutoutEtlError
+from .errors import CutoutEtlError, Interrupted
 from .inspect import inspect_files
 from .readers import DEFAULT_CHUNK_ROWS
 from .scan import ReadOptions
 from .schema import DEFAULT_ROWS_PER_SHARD, Columns
 
+
+def one_line(text: str) -> str:
+    """`text` with control characters (newline, tab, escape...) escaped, so a message stays on one line."""
+    if not any(unicodedata.category(c) in _LINE_BREAKING for c in text):
+        return text
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _LINE_BREAKING else c for c in text)
+
+
+_LINE_BREAKING = {"Cc", "Zl", "Zp"}  # control characters, line and paragraph separators
+
+
+def _fail(line: str, exit_code: int) -> NoReturn:
+    """The end of every failed command: one line on stderr, and with --json one document on stdout."""
+    line = one_line(line)
+    err.print(line, markup=False)
+    ctx = get_current_context(silent=True)
+    if ctx is not None and ctx.params.get("json_out"):
+        _print_failure_json(line, exit_code)
+    raise typer.Exit(exit_code)
+
+
+def _print_failure_json(line: str, exit_code: int) -> None:
+    print(json.dumps({"ok": False, "error": line.removeprefix("error: "), "exit_code": exit_code}, indent=2))
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Click's usage errors (bad choice, bad number, missing argument) as one line, exit 2, like every other error."""
+
+    _args: list[str] = []
+
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        self._args = list(sys.argv[1:] if args is None else args)
+        return super().main(args, *rest, **kwargs)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with self._one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with self._one_line():
+            return super().invoke(ctx)
+
+    @contextlib.contextmanager
+    def _one_line(self) -> Iterator[None]:
+        try:
+            yield
+        except NoArgsIsHelpError:
+            raise  # shows the help
+        except ClickUsageError as exc:
+            line = one_line(f"error: {_usage_message(exc)}")
+            err.print(line, markup=False)
+            if "--json" in self._args:
+                _print_failure_json(line, exc.exit_code)
+            raise typer.Exit(exc.exit_code) from None
+
+
+def _usage_message(exc: ClickUsageError) -> str:
+    """`--format: 'csv' is not one of 'hdf5', 'parquet'`: the option, then the problem."""
+    if isinstance(exc, BadParameter) and not isinstance(exc, MissingParameter) and (exc.param_hint or exc.param):
+        hint = exc.param_hint or "/".join(exc.param.opts)  # type: ignore[union-attr]
+        hint = hint if isinstance(hint, str) else "/".join(hint)
+        return f"{hint}: {exc.message.removeprefix('Value error, ')}"
+    return exc.format_message()
+
+
+def finite_float(minimum: float) -> Callable[[str], float]:
+    """An option parser: a finite number >= minimum (NaN or inf would reach the metadata, which is JSON)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise BadParameter(f"expected a number (got {text!r})") from None
+        if not math.isfinite(value):
+            raise BadParameter(f"expected a finite number (got {text!r})")
+        if value < minimum:
+            raise BadParameter(f"expected a number >= {minimum:g} (got {text!r})")
+        return value
+
+    return parse
+
+
+def _finite_option(help: str, minimum: float, **kwargs: Any) -> Any:
+    return typer.Option(help=f"{help} [finite, x>={minimum:g}]", parser=finite_float(minimum), **kwargs)
+
+
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     help="Turn astronomers' HDF5 cutout tables into machine-learning-ready datasets.",
     no_args_is_help=True,
     add_completion=False,
@@ -33,7 +126,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Inputs = Annotated[list[Path], typer.Argument(help="Class files (astropy HDF5 tables), one per class.", show_default=False)]
 Output = Annotated[str, typer.Option("--output", "-o", help="Output: an HDF5 file, or a Parquet directory (a path ending in / or .parquet, or --format parquet).", show_default=False)]
-Format = Annotated[str | None, typer.Option("--format", help="hdf5 or parquet [default: from the output path].", show_default=False)]
+Format = Annotated[Literal["hdf5", "parquet"] | None, typer.Option("--format", help="hdf5 or parquet [default: from the output path].", show_default=False)]
 RowsPerShard = Annotated[int, typer.Option(help="Parquet: rows per shard file (16384 = ~340 MB).", min=1)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]
@@ -46,14 +139,14 @@ TablePath = Annotated[str | None, typer.Option(help="Table inside each file, whe
 Classes = Annotated[str | None, typer.Option(help="Class names in code order, e.g. GALAXY,QSO,STAR [default: GALAXY,QSO,STAR sorted].", show_default=False)]
 DropUnknown = Annotated[bool, typer.Option("--drop-unknown", help="Drop rows whose label is not a class (counted) instead of failing.")]
 DropInvalid = Annotated[bool, typer.Option("--drop-invalid", help="Drop rows with an empty ID or an invalid RA/Dec (NaN, infinite, out of range; counted) instead of failing.")]
-OnConflict = Annotated[str, typer.Option(help="One ID with different labels: 'error' or 'drop' (all copies, counted).")]
+OnConflict = Annotated[Literal["error", "drop"], typer.Option(help="One ID with different labels: 'error' or 'drop' (all copies, counted).")]
 Fractions = Annotated[str, typer.Option(help="Train,val,test fractions.")]
-MatchRadius = Annotated[float, typer.Option(help="Objects closer than this (arcsec) are one object (0: off).", min=0)]
-GroupRadius = Annotated[float | None, typer.Option(help="Objects closer than this (arcsec) share a split [default: the cutout's half-diagonal] (0: off).", min=0, show_default=False)]
-PixelScale = Annotated[float, typer.Option(help="Arcsec per pixel, for the default group radius (KiDS: 0.2).", min=0)]
-GroupBy = Annotated[str, typer.Option(help="'sky': whole sky cells go to one split; 'none'.")]
-CellDeg = Annotated[float, typer.Option(help="Sky cell size in degrees, with --group-by sky.", min=0.001)]
-Tolerance = Annotated[float, typer.Option(help="Allowed gap between a class's achieved and target split fraction (reported).", min=0)]
+MatchRadius = Annotated[float, _finite_option("Objects closer than this (arcsec) are one object (0: off).", 0)]
+GroupRadius = Annotated[float | None, _finite_option("Objects closer than this (arcsec) share a split [default: the cutout's half-diagonal] (0: off).", 0, show_default=False)]
+PixelScale = Annotated[float, _finite_option("Arcsec per pixel, for the default group radius (KiDS: 0.2).", 0)]
+GroupBy = Annotated[Literal["none", "sky"], typer.Option(help="'sky': whole sky cells go to one split; 'none'.")]
+CellDeg = Annotated[float, _finite_option("Sky cell size in degrees, with --group-by sky.", 0.001)]
+Tolerance = Annotated[float, _finite_option("Allowed gap between a class's achieved and target split fraction (reported).", 0)]
 Seed = Annotated[int, typer.Option(help="Seed of the keyed hash that assigns splits.", min=0, max=2**63 - 1)]
 Fsync = Annotated[bool, typer.Option("--fsync", help="Flush the output to disk before renaming it into place (survives a power cut; costs a full writeback).")]
 ChunkRows = Annotated[int, typer.Option(help="Rows read per chunk (bounds memory: ~21 KB a row); also the checksum block, so the digest depends on it.", min=1)]
@@ -65,10 +158,11 @@ SchedulerFile = Annotated[str | None, typer.Option(help="A Dask scheduler file (
 class ProgressReporter:
     """A Rich bar per stage on a terminal, one plain line per stage otherwise.
 
-    It is also where Ctrl-C lands: Python may swallow a KeyboardInterrupt
-    raised inside a garbage-collector callback, so the signal handler also
-    sets a flag, and the next progress call (every chunk, and once per input
-    hash just before the output is renamed into place) raises again.
+    It is also where a stop signal (Ctrl-C, SIGTERM, SIGHUP) lands: Python may
+    swallow the interrupt raised inside a garbage-collector callback, so the
+    signal handler also sets a flag, and the next progress call (every chunk,
+    and once per input hash) raises again; so does the check just before an
+    output is renamed into place (`interrupts.check`).
     """
 
     def __init__(self, quiet: bool) -> None:
@@ -76,15 +170,9 @@ class ProgressReporter:
         self.tty = sys.stderr.isatty()
         self.bar: Progress | None = None
         self.tasks: dict[str, Any] = {}
-        self.interrupted = False
-
-    def on_sigint(self, signum: int, frame: object) -> None:
-        self.interrupted = True
-        raise KeyboardInterrupt
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.interrupted:
-            raise KeyboardInterrupt
+        interrupts.check()
         if self.quiet:
             return
         if not self.tty:
@@ -104,43 +192,54 @@ class ProgressReporter:
             self.bar.stop()
 
 
-def _run(call: Callable[[ProgressReporter], Any], quiet: bool, debug: bool) -> Any:
-    """Call the library; turn its errors into one line on stderr and an exit code."""
+def _run(
+    call: Callable[[ProgressReporter], Any], quiet: bool, debug: bool, interrupted: str = "no output written"
+) -> Any:
+    """Call the library; turn its errors and stop signals into one line on stderr and an exit code."""
     progress = ProgressReporter(quiet)
-    previous = signal.signal(signal.SIGINT, progress.on_sigint) if _main_thread() else None
     try:
-        return call(progress)
+        with interrupts.stop_on_signals():
+            return call(progress)
     except CutoutEtlError as exc:
         progress.close()
         if debug:
             raise
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
+        _fail(f"error: {exc}", exc.exit_code)
+    except KeyboardInterrupt as exc:
         progress.close()
-        err.print("interrupted: no output written", markup=False)
-        raise typer.Exit(130) from None
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        _fail(f"interrupted by {signal.Signals(signum).name}: {interrupted}", 128 + signum)
     except Exception as exc:  # a failure we did not foresee: still one line
         progress.close()
         if debug:
             raise
-        err.print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (run with --debug for a traceback)", markup=False)
-        raise typer.Exit(1) from None
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        _fail(f"error: unexpected {type(exc).__name__}: {first_line} (run with --debug for a traceback)", 1)
     finally:
         progress.close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
 
 
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-def _emit(result: dict, as_json: bool, quiet: bool, render_fn: Callable[[Console, dict], None]) -> None:
+def _emit(
+    result: dict, as_json: bool, quiet: bool, render_fn: Callable[[Console, dict], None], output: str | Path | None = None
+) -> None:
+    """The summary: rendered on stderr, or strict JSON on stdout (with the `output` written, if any)."""
+    if output is not None:
+        result = {**result, "output": str(output)}
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(_finite_json(result), indent=2, allow_nan=False))
     elif not quiet:
         render_fn(err, result)
+
+
+def _finite_json(value: Any) -> Any:
+    """NaN and infinities as null: JSON has no spelling for them (Python's NaN/Infinity break strict parsers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
 
 
 def _cluster(scheduler: str, workers: int | None, scheduler_file: str | None) -> ClusterOptions:
@@ -154,27 +253,22 @@ def _read_options(image_column: str, label_column: str, id_column: str, table_pa
 def _merge_options(
     classes: str | None, drop_unknown: bool, on_conflict: str, match_radius: float, drop_invalid: bool = False
 ) -> pipeline.MergeOptions:
-    if on_conflict not in ("error", "drop"):
-        raise typer.BadParameter(f"expected 'error' or 'drop' (got {on_conflict!r})", param_hint="--on-conflict")
     class_list = classes.split(",") if classes else None
     return pipeline.MergeOptions(class_list, drop_unknown, on_conflict, match_radius, drop_invalid)
 
 
 def _output(fmt: str | None, overwrite: bool, fsync: bool, rows_per_shard: int) -> pipeline.OutputOptions:
-    if fmt not in (None, "hdf5", "parquet"):
-        raise typer.BadParameter(f"expected 'hdf5' or 'parquet' (got {fmt!r})", param_hint="--format")
     return pipeline.OutputOptions(fmt, overwrite, fsync, rows_per_shard)
 
 
 def _split_options(
     fractions: str, seed: int, group_radius: float | None, pixel_scale: float, group_by: str, cell_deg: float, tolerance: float
 ) -> pipeline.SplitOptions:
+    parse = finite_float(0)
     try:
-        values = [float(v) for v in fractions.split(",")]
-    except ValueError:
-        raise typer.BadParameter(f"expected numbers like 0.7,0.15,0.15 (got {fractions!r})", param_hint="--fractions") from None
-    if group_by not in ("none", "sky"):
-        raise typer.BadParameter(f"expected 'none' or 'sky' (got {group_by!r})", param_hint="--group-by")
+        values = [parse(v) for v in fractions.split(",")]
+    except BadParameter as exc:
+        raise BadParameter(f"{exc.message} in {fractions!r}", param_hint="--fractions") from None
     return pipeline.SplitOptions(values, seed, group_radius, pixel_scale, group_by, cell_deg, tolerance)
 
 
@@ -209,7 +303,7 @@ def inspect(
         from .report_html import write_inspect_html
 
         report["html"] = _run(lambda p: write_inspect_html(files, report, html, read, progress=p), quiet, debug)
-    _emit(report, json_out, quiet, render.inspect_report)
+    _emit(report, json_out, quiet, render.inspect_report, output=html)
     if html is not None and not (quiet or json_out):
         for note in report["html"]["notes"]:
             err.print(f"note: {note}", markup=False)
@@ -250,7 +344,7 @@ def merge(
     options = _merge_options(classes, drop_unknown, on_conflict, match_radius, drop_invalid)
     cluster = _cluster(scheduler, workers, scheduler_file)
     result = _run(lambda p: pipeline.merge(files, output, read, options, _output(output_format, overwrite, fsync, rows_per_shard), p, cluster), quiet, debug)
-    _emit(result, json_out, quiet, render.run_summary)
+    _emit(result, json_out, quiet, render.run_summary, output=output)
 
 
 @app.command()
@@ -283,7 +377,7 @@ def split(
     options = _split_options(fractions, seed, group_radius, pixel_scale, group_by, cell_deg, tolerance)
     cluster = _cluster(scheduler, workers, scheduler_file)
     result = _run(lambda p: pipeline.split(merged, output, options, _output(output_format, overwrite, fsync, rows_per_shard), chunk_rows, p, cluster), quiet, debug)
-    _emit(result, json_out, quiet, render.run_summary)
+    _emit(result, json_out, quiet, render.run_summary, output=output)
 
 
 @app.command()
@@ -304,7 +398,7 @@ def stats(
     """
     cluster = _cluster(scheduler, workers, scheduler_file)
     result = _run(lambda p: pipeline.stats(dataset, split, chunk_rows, p, cluster), quiet, debug)
-    _emit(result, json_out, quiet, render.stats_table)
+    _emit(result, json_out, quiet, render.stats_table, output=dataset)
 
 
 @app.command()
@@ -355,7 +449,7 @@ def build(
         render.run_summary(console, metadata)
         render.stats_table(console, metadata)
 
-    _emit(result, json_out, quiet, show)
+    _emit(result, json_out, quiet, show, output=output)
 
 
 @app.command()
@@ -377,7 +471,7 @@ def convert(
     fmt = output_format or ("hdf5" if source.is_dir() else "parquet")
     options = _output(fmt, overwrite, fsync, rows_per_shard)
     result = _run(lambda p: pipeline.convert(source, output, options, p), quiet, debug)
-    _emit(result, json_out, quiet, render.run_summary)
+    _emit(result, json_out, quiet, render.run_summary, output=output)
 
 
 @app.command()
@@ -459,9 +553,11 @@ def demo_data(
     """
     from .demo import write_demo_files
 
-    paths = _run(lambda p: write_demo_files(directory, rows=rows, seed=seed), quiet, debug)
+    paths = _run(
+        lambda p: write_demo_files(directory, rows=rows, seed=seed), quiet, debug, interrupted="no partial file written"
+    )
     result = {"files": [str(p) for p in paths], "rows_per_class": rows, "seed": seed}
-    _emit(result, json_out, quiet, lambda console, r: console.print("wrote " + ", ".join(r["files"])))
+    _emit(result, json_out, quiet, lambda console, r: console.print("wrote " + ", ".join(r["files"])), output=directory)
 
 
 def main() -> None:

@@ -65,6 +65,8 @@ import zlib
 import numpy as np
 from astropy.table import Table
 
+from .writers import atomic_output
+
 __all__ = ["DEMO_FILES", "make_class_table", "write_demo_files"]
 
 DEMO_FILES: dict[str, str] = {
@@ -235,7 +237,8 @@ def write_demo_files(
     for spectype, name in DEMO_FILES.items():
         path = out_dir / name
         table = make_class_table(spectype, rows, seed, block=block)
-        table.write(path, format="hdf5", path="data", serialize_meta=True, overwrite=True)
+        with atomic_output(path, overwrite=True) as tmp:  # an interrupted run leaves no half-written file
+            table.write(tmp, format="hdf5", path="data", serialize_meta=True, overwrite=True)
         del table
         paths.append(path)
     return paths

@@ -89,3 +89,19 @@ class OutputAppearedError(OutputExistsError):
 
 class ForeignOutputError(UsageError):
     """--overwrite aimed at something cutout-etl did not write, or that holds an input."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP stopped the run (exit status 128 + the signal number).
+
+    A KeyboardInterrupt, so every cleanup written for Ctrl-C (`finally`,
+    `except KeyboardInterrupt`) also runs for `timeout`, `scancel` or `docker stop`.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

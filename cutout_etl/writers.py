@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 import yaml
 
+from . import interrupts
 from .errors import OutputExistsError, OutputWriteError
 from .readers import IOV_MAX, row_runs
 from .records import Block, image_cut
@@ -94,6 +95,7 @@ def atomic_output(target: Path, overwrite: bool, fsync: bool = False, directory:
             for path in tmp.rglob("*") if directory else [tmp]:
                 if path.is_file():
                     _fsync(path)
+        interrupts.check()  # the last chance to stop: an interrupt swallowed by a GC callback must not publish
         _replace(tmp, target)
     except OSError as exc:
         raise OutputWriteError(f"{target}: cannot write output ({_os_reason(exc)})") from exc

@@ -16,6 +16,7 @@ from h5py import h5d, h5p, h5s, h5t
 from typer.testing import CliRunner
 
 from cutout_etl.cli import app
+from cutout_etl.errors import CutoutEtlError
 
 from .conftest import make_table, write_table
 
@@ -294,9 +295,20 @@ def assert_one_error_line(stderr: str, message: str) -> None:
 
 @pytest.mark.parametrize("broken", [not_hdf5, truncated, no_table, channels_first], ids=lambda f: f.__name__)
 def test_debug_shows_the_traceback(broken, tmp_path):
-    inputs, _ = broken(tmp_path)
-    result = CliRunner().invoke(app, ["build", *map(str, inputs), "-o", str(tmp_path / "o.h5"), "--debug"])
-    assert result.exit_code != 0 and result.exception is not None
+    import subprocess
+    import sys
+
+    inputs, message = broken(tmp_path)
+    args = ["build", *map(str, inputs), "-o", str(tmp_path / "o.h5")]
+    plain = CliRunner().invoke(app, args)
+    assert isinstance(plain.exception, SystemExit) and "Traceback" not in plain.stderr  # only the one line
+    debug = CliRunner().invoke(app, [*args, "--debug"])
+    assert isinstance(debug.exception, CutoutEtlError) and message in str(debug.exception)  # the library's exception
+    script = Path(sys.executable).parent / "cutout-etl"
+    shown = subprocess.run([script, *args, "--debug", "--quiet"], capture_output=True, text=True, check=False)
+    assert shown.returncode == 1
+    assert shown.stderr.startswith("Traceback (most recent call last):")
+    assert f"{type(debug.exception).__name__}: " in shown.stderr
 
 
 def test_table_path_chooses_among_several(tmp_path):
@@ -393,7 +405,7 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
     _, stderr = child.communicate(timeout=60)
     left = list(out_dir.iterdir())
     assert (child.returncode, left) == (130, []), stderr
-    assert stderr.splitlines()[-1] == "interrupted: no output written"
+    assert stderr.splitlines()[-1] == "interrupted by SIGINT: no output written"
 
 
 def test_every_row_dropped_is_an_error_not_an_empty_dataset(tmp_path):
