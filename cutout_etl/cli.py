@@ -368,8 +368,7 @@ def convert(
 
     Example: cutout-etl convert dataset.h5 dataset_parquet/
     """
-    fmt = output_format or ("hdf5" if source.is_dir() else "parquet")
-    options = _output(fmt, overwrite, fsync, rows_per_shard)
+    options = _output(output_format, overwrite, fsync, rows_per_shard)  # the format follows the output path, as for build
     result = _run(lambda p: pipeline.convert(source, output, options, p), quiet, debug)
     _emit(result, json_out, quiet, render.run_summary)
 
@@ -443,6 +442,7 @@ def demo_data(
     directory: Annotated[Path, typer.Argument(help="Where to write the three class files.", show_default=False)],
     rows: Annotated[int, typer.Option(help="Rows per class.", min=1)] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace demo files written earlier by demo-data (never other files).")] = False,
     json_out: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -453,7 +453,7 @@ def demo_data(
     """
     from .demo import write_demo_files
 
-    paths = _run(lambda p: write_demo_files(directory, rows=rows, seed=seed), quiet, debug)
+    paths = _run(lambda p: write_demo_files(directory, rows=rows, seed=seed, overwrite=overwrite), quiet, debug)
     result = {"files": [str(p) for p in paths], "rows_per_class": rows, "seed": seed}
     _emit(result, json_out, quiet, lambda console, r: console.print("wrote " + ", ".join(r["files"])))
 
