@@ -444,7 +444,8 @@ def _job(paths: Sequence[Path], out: str | Path, output: OutputOptions, hash_inp
     if any(Path(p).resolve() == target for p in paths):
         raise UsageError(f"{out}: is also an input; write the output elsewhere")
     hashed = paths if hash_inputs else []
-    with atomic_output(Path(out), output.overwrite, output.fsync, parquet, protected=paths) as tmp, FileHasher(hashed) as hasher:
+    atomic = atomic_output(Path(out), output.overwrite, output.fsync, parquet, protected=paths)
+    with atomic as tmp, FileHasher(hashed) as hasher:
         yield tmp, hasher, parquet
 
 

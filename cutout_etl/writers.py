@@ -105,7 +105,9 @@ def written_by_cutout_etl(target: Path) -> None:
     else:
         problem = _hdf5_dataset_problem(target)
     if problem:
-        raise ForeignOutputError(f"{target}: {problem}; --overwrite replaces only what cutout-etl wrote, nothing was touched")
+        raise ForeignOutputError(
+            f"{target}: {problem}; --overwrite replaces only what cutout-etl wrote, nothing was touched"
+        )
 
 
 def _is_our_metadata(raw: object) -> bool:
@@ -134,7 +136,8 @@ def _parquet_dataset_problem(directory: Path) -> str | None:
     if foreign:
         return f"holds {foreign[0]}, which cutout-etl did not write"
     sidecar = entries.get(SIDECAR)
-    if sidecar is None or not sidecar.is_file(follow_symlinks=False) or not _is_our_metadata(Path(sidecar.path).read_bytes()):
+    sidecar_ok = sidecar is not None and sidecar.is_file(follow_symlinks=False)
+    if not (sidecar_ok and _is_our_metadata(Path(sidecar.path).read_bytes())):
         return f"not a cutout-etl Parquet dataset (no cutout-etl {SIDECAR})"
     data = entries.get(DATA_DIR)
     if data is not None:
@@ -150,7 +153,9 @@ def _parquet_dataset_problem(directory: Path) -> str | None:
 def _check_not_holding(target: Path, protected: Sequence[Path]) -> None:
     """Refuse a target that is, or is a parent of, an input or the working directory."""
     if target.name in ("", ".", ".."):
-        raise ForeignOutputError(f"{target}: names the current or a parent directory; name the output file or directory")
+        raise ForeignOutputError(
+            f"{target}: names the current or a parent directory; name the output file or directory"
+        )
     where = target.resolve()
     for path in protected:
         resolved = Path(path).resolve()
@@ -244,7 +249,9 @@ def _install(tmp: Path, target: Path, replace: bool) -> None:
 
 
 def _appeared(target: Path) -> OutputAppearedError:
-    return OutputAppearedError(f"{target}: appeared while running; nothing replaced (use --overwrite to replace an output cutout-etl wrote)")
+    return OutputAppearedError(
+        f"{target}: appeared while running; nothing replaced (use --overwrite to replace an output cutout-etl wrote)"
+    )
 
 
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
@@ -281,9 +288,10 @@ def _rename_noreplace(tmp: Path, target: Path) -> None:
 
     renameat2(RENAME_NOREPLACE) where the kernel and file system have it.
     Otherwise a file is hard-linked (link(2) never replaces, NFS included)
-    and the temporary unlinked by the caller; a directory is renamed after a
-    check: rename(2) fails on a non-empty directory or a file, so only an
-    empty directory created in between could be replaced.
+    and the temporary unlinked by the caller; a directory (or a file on a
+    file system without hard links) is renamed after a check: rename(2)
+    fails on a non-empty directory, so for a directory only an empty one
+    created in between could be replaced.
     """
     try:
         _renameat2(tmp, target, _RENAME_NOREPLACE)
@@ -293,24 +301,31 @@ def _rename_noreplace(tmp: Path, target: Path) -> None:
     except OSError as exc:
         if exc.errno not in _UNSUPPORTED:
             raise
-    if tmp.is_dir():
-        if os.path.lexists(target):
-            raise _appeared(target)
+    if not tmp.is_dir():
         try:
-            os.rename(tmp, target)
+            os.link(tmp, target)
+            return
+        except FileExistsError:
+            raise _appeared(target) from None
         except OSError as exc:
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
-                raise _appeared(target) from None
-            raise
-        return
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+    _rename_after_check(tmp, target)  # no hard links either: the narrowest race left
+
+
+def _rename_after_check(tmp: Path, target: Path) -> None:
+    if os.path.lexists(target):
+        raise _appeared(target)
     try:
-        os.link(tmp, target)
-    except FileExistsError:
-        raise _appeared(target) from None
+        os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise _appeared(target) from None
+        raise
 
 
 def _replace_directory(tmp: Path, target: Path) -> None:
-    """Swap the new directory in atomically (RENAME_EXCHANGE; the old one is left at `tmp`), or move the old aside."""
+    """Swap the new directory in atomically (RENAME_EXCHANGE leaves the old one at `tmp`), or move the old aside."""
     try:
         _renameat2(tmp, target, _RENAME_EXCHANGE)
         return

@@ -100,7 +100,12 @@ def parquet_dataset_plus_a_file(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "make, fmt",
-    [(foreign_text_file, "hdf5"), (foreign_hdf5_file, "hdf5"), (foreign_directory, "parquet"), (parquet_dataset_plus_a_file, "parquet")],
+    [
+        (foreign_text_file, "hdf5"),
+        (foreign_hdf5_file, "hdf5"),
+        (foreign_directory, "parquet"),
+        (parquet_dataset_plus_a_file, "parquet"),
+    ],
     ids=lambda v: getattr(v, "__name__", v),
 )
 def test_overwrite_refuses_what_cutout_etl_did_not_write(make, fmt, tmp_path):
@@ -175,6 +180,10 @@ def test_convert_takes_the_format_from_the_output_path(tmp_path):
 # ---------------------------------------------------------------- item 3: a target that appears meanwhile
 
 
+def appeared(target: Path) -> str:
+    return f"{target}: appeared while running; nothing replaced (use --overwrite to replace an output cutout-etl wrote)"
+
+
 def appear_during_write(target: Path, make) -> pipeline.ProgressFn:
     def progress(stage: str, done: int, total: int) -> None:
         if stage == "write" and not os.path.lexists(target):
@@ -220,7 +229,7 @@ def test_an_output_that_appears_meanwhile_is_not_replaced(make, fmt, renameat2, 
     target = out_dir / "target"
     with pytest.raises(OutputAppearedError) as caught:
         pipeline.build(files, target, output=OutputOptions(format=fmt), progress=appear_during_write(target, make))
-    assert str(caught.value) == f"{target}: appeared while running; nothing replaced (use --overwrite to replace an output cutout-etl wrote)"
+    assert str(caught.value) == appeared(target)
     expected = tmp_path / "expected"
     make(expected)
     if expected.is_dir():
@@ -230,11 +239,31 @@ def test_an_output_that_appears_meanwhile_is_not_replaced(make, fmt, renameat2, 
     assert [p.name for p in out_dir.iterdir()] == ["target"]  # our temporary is gone
 
 
+def test_without_renameat2_or_hard_links_a_file_that_appeared_is_not_replaced(tmp_path, monkeypatch):
+    def no_renameat2(*args: object) -> None:
+        raise OSError(errno.ENOSYS, "no renameat2")
+
+    def no_hard_links(*args: object) -> None:
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(writers, "_renameat2", no_renameat2)
+    monkeypatch.setattr(os, "link", no_hard_links)
+    target = tmp_path / "out.png"
+    with pytest.raises(OutputAppearedError), writers.atomic_output(target, overwrite=False) as tmp:
+        tmp.write_bytes(b"ours")
+        other_runs_file(target)
+    assert target.read_bytes() == b"the other run's dataset"
+    with writers.atomic_output(tmp_path / "new.png", overwrite=False) as tmp:
+        tmp.write_bytes(b"ours")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.png", "out.png"]
+
+
 def test_with_overwrite_a_foreign_output_that_appears_meanwhile_is_not_replaced(tmp_path):
     files = class_files_in(tmp_path / "in")
     target = tmp_path / "out.h5"
     with pytest.raises(ForeignOutputError):
-        pipeline.build(files, target, output=OutputOptions(overwrite=True), progress=appear_during_write(target, other_runs_file))
+        progress = appear_during_write(target, other_runs_file)
+        pipeline.build(files, target, output=OutputOptions(overwrite=True), progress=progress)
     assert target.read_bytes() == b"the other run's dataset"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.h5"]
 
@@ -246,12 +275,15 @@ def wait_for(condition, process: subprocess.Popen) -> None:
 
 
 def test_two_processes_to_one_target_the_second_to_finish_fails(tmp_path):
-    files = write_demo_files(tmp_path / "in", rows=400, seed=3)
+    files = [
+        write_table(make_table(200, label, start, seed=start), tmp_path / f"{label.decode()}.hdf5")
+        for label, start in ((b"GALAXY", 0), (b"QSO", 1000), (b"STAR", 2000))
+    ]
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     target = out_dir / "dataset.h5"
     command = [str(SCRIPT), "build", *map(str, files), "-o", str(target), "--quiet"]
-    first = subprocess.Popen([*command, "--chunk-rows", "8"], stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([*command, "--chunk-rows", "4"], stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: any(out_dir.iterdir()), first)  # its temporary exists: the run is under way
         first.send_signal(signal.SIGSTOP)
@@ -261,7 +293,7 @@ def test_two_processes_to_one_target_the_second_to_finish_fails(tmp_path):
         first.send_signal(signal.SIGCONT)
     _, stderr = first.communicate(timeout=120)
     assert first.returncode == 2
-    assert stderr == f"error: {target}: appeared while running; nothing replaced (use --overwrite to replace an output cutout-etl wrote)\n"
+    assert stderr == f"error: {appeared(target)}\n"
     assert open_dataset(target).metadata["split"]["seed"] == 1 and verify(target)["ok"]
     assert [p.name for p in out_dir.iterdir()] == ["dataset.h5"]
 
@@ -297,7 +329,8 @@ def test_temporaries_are_named_for_host_and_process_and_only_dead_local_ones_are
     assert len(ours) == 1
     prefix = f".ds.h5.tmp-node-a-7-{os.getpid()}-"
     assert next(iter(ours)).startswith(prefix) and int(next(iter(ours))[len(prefix):], 16) >= 0
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(["ds.h5", other_host.name, other_host_prefix.name, alive.name])
+    kept = ["ds.h5", other_host.name, other_host_prefix.name, alive.name]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(kept)
 
 
 # ---------------------------------------------------------------- item 5: --fsync
@@ -351,7 +384,8 @@ def test_demo_data_overwrite_replaces_only_demo_files(tmp_path):
     write_table(make_table(5, b"STAR"), real)  # the user's own class file under the same name
     before = snapshot(tmp_path)
     code, _, stderr = run("demo-data", tmp_path, "--rows", "5", "--overwrite", "--quiet")
-    assert code == 2 and stderr == f"error: {real}: not a demo file written by cutout-etl demo-data; refusing to replace it\n"
+    assert code == 2
+    assert stderr == f"error: {real}: not a demo file written by cutout-etl demo-data; refusing to replace it\n"
     assert snapshot(tmp_path) == before
 
 
