@@ -19,7 +19,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/cutout-etl demo-data $(DEMO) --rows 1000
+	$(BIN)/cutout-etl demo-data $(DEMO) --rows 1000 --overwrite
 	$(BIN)/cutout-etl inspect $(DEMO)/image_table_*.hdf5
 	$(BIN)/cutout-etl build $(DEMO)/image_table_*.hdf5 -o $(DEMO)/dataset.h5 --overwrite
 	$(BIN)/cutout-etl verify $(DEMO)/dataset.h5

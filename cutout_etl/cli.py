@@ -128,7 +128,7 @@ Inputs = Annotated[list[Path], typer.Argument(help="Class files (astropy HDF5 ta
 Output = Annotated[str, typer.Option("--output", "-o", help="Output: an HDF5 file, or a Parquet directory (a path ending in / or .parquet, or --format parquet).", show_default=False)]
 Format = Annotated[Literal["hdf5", "parquet"] | None, typer.Option("--format", help="hdf5 or parquet [default: from the output path].", show_default=False)]
 RowsPerShard = Annotated[int, typer.Option(help="Parquet: rows per shard file (16384 = ~340 MB).", min=1)]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an output cutout-etl wrote earlier (never another file, nor a directory holding other files or an input).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout (and nothing else there).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
@@ -148,7 +148,7 @@ GroupBy = Annotated[Literal["none", "sky"], typer.Option(help="'sky': whole sky 
 CellDeg = Annotated[float, _finite_option("Sky cell size in degrees, with --group-by sky.", 0.001)]
 Tolerance = Annotated[float, _finite_option("Allowed gap between a class's achieved and target split fraction (reported).", 0)]
 Seed = Annotated[int, typer.Option(help="Seed of the keyed hash that assigns splits.", min=0, max=2**63 - 1)]
-Fsync = Annotated[bool, typer.Option("--fsync", help="Flush the output to disk before renaming it into place (survives a power cut; costs a full writeback).")]
+Fsync = Annotated[bool, typer.Option("--fsync", help="Flush the output to disk before renaming it into place, and the directory entry after (survives a power cut; costs a full writeback).")]
 ChunkRows = Annotated[int, typer.Option(help="Rows read per chunk (bounds memory: ~21 KB a row); also the checksum block, so the digest depends on it.", min=1)]
 Scheduler = Annotated[str, typer.Option(help="Where rows are written: local (this process), dask (a LocalCluster of --workers processes) or a Dask scheduler address, e.g. tcp://host:8786.")]
 Workers = Annotated[int | None, typer.Option(help="With --scheduler dask: worker processes [default: cores]; with an address: wait for this many workers.", min=1, show_default=False)]
@@ -468,8 +468,7 @@ def convert(
 
     Example: cutout-etl convert dataset.h5 dataset_parquet/
     """
-    fmt = output_format or ("hdf5" if source.is_dir() else "parquet")
-    options = _output(fmt, overwrite, fsync, rows_per_shard)
+    options = _output(output_format, overwrite, fsync, rows_per_shard)  # the format follows the output path, as for build
     result = _run(lambda p: pipeline.convert(source, output, options, p), quiet, debug)
     _emit(result, json_out, quiet, render.run_summary, output=output)
 
@@ -543,6 +542,7 @@ def demo_data(
     directory: Annotated[Path, typer.Argument(help="Where to write the three class files.", show_default=False)],
     rows: Annotated[int, typer.Option(help="Rows per class.", min=1)] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace demo files written earlier by demo-data (never other files).")] = False,
     json_out: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -554,7 +554,10 @@ def demo_data(
     from .demo import write_demo_files
 
     paths = _run(
-        lambda p: write_demo_files(directory, rows=rows, seed=seed), quiet, debug, interrupted="no partial file written"
+        lambda p: write_demo_files(directory, rows=rows, seed=seed, overwrite=overwrite),
+        quiet,
+        debug,
+        interrupted="no partial file written",
     )
     result = {"files": [str(p) for p in paths], "rows_per_class": rows, "seed": seed}
     _emit(result, json_out, quiet, lambda console, r: console.print("wrote " + ", ".join(r["files"])), output=directory)

@@ -58,14 +58,17 @@ a table made from row 0).
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import zlib
 
+import h5py
 import numpy as np
 from astropy.table import Table
 
-from .writers import atomic_output
+from . import __version__, writers
+from .errors import ForeignOutputError
 
 __all__ = ["DEMO_FILES", "make_class_table", "write_demo_files"]
 
@@ -222,26 +225,48 @@ def write_demo_files(
     seed: int = 0,
     *,
     block: int | None = None,
+    overwrite: bool = False,
 ) -> list[pathlib.Path]:
     """Write the three class files (``DEMO_FILES``) into ``directory``.
 
     Each file holds ``rows`` rows of one class, written with astropy
-    ``Table.write(format="hdf5", path="data", serialize_meta=True,
-    overwrite=True)``. The directory is created if missing. Returns the paths
-    in the order galaxies, qso, stars. Peak memory is about twice the image
-    column of one class (astropy copies the table into a compound array).
+    ``Table.write(format="hdf5", path="data", serialize_meta=True)`` to a
+    temporary file beside its final name, marked as a demo file (root
+    attribute ``DEMO_ATTR``) and renamed into place. Existing files are
+    refused, unless ``overwrite`` and they are demo files written earlier: a
+    real class file of the same name is never replaced. The directory is
+    created if missing. Returns the paths in the order galaxies, qso, stars.
+    Peak memory is about twice the image column of one class (astropy copies
+    the table into a compound array).
     """
     out_dir = pathlib.Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for spectype, name in DEMO_FILES.items():
-        path = out_dir / name
+    paths = [out_dir / name for name in DEMO_FILES.values()]
+    for path in paths:  # refuse before writing any of them
+        writers.check_target(path, overwrite, may_replace=_demo_file)
+    mark = json.dumps({"generator": f"cutout-etl {__version__} demo-data", "rows": rows, "seed": seed, "block": block})
+    for spectype, path in zip(DEMO_FILES, paths):
         table = make_class_table(spectype, rows, seed, block=block)
-        with atomic_output(path, overwrite=True) as tmp:  # an interrupted run leaves no half-written file
+        with writers.atomic_output(path, overwrite, may_replace=_demo_file) as tmp:  # no half-written file
             table.write(tmp, format="hdf5", path="data", serialize_meta=True, overwrite=True)
-        del table
-        paths.append(path)
+            del table
+            with h5py.File(tmp, "r+") as f:
+                f.attrs[DEMO_ATTR] = mark
     return paths
+
+
+DEMO_ATTR = "cutout_etl_demo"  # root attribute marking a file demo-data wrote (JSON: generator, rows, seed)
+
+
+def _demo_file(path: pathlib.Path) -> None:
+    """Allow replacing only a file demo-data wrote."""
+    try:
+        with h5py.File(path, "r") as f:
+            marked = DEMO_ATTR in f.attrs
+    except OSError:
+        marked = False
+    if not marked:
+        raise ForeignOutputError(f"{path}: not a demo file written by cutout-etl demo-data; refusing to replace it")
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

@@ -497,13 +497,19 @@ class OutputOptions:
 
 @contextlib.contextmanager
 def _job(paths: Sequence[Path], out: str | Path, output: OutputOptions, hash_inputs: bool = True):
-    """An atomic output that is none of the inputs, and the background hashing of the inputs."""
+    """An atomic output that is none of the inputs and holds none, and the background hashing of the inputs.
+
+    The one place that decides the output format: `is_parquet_path(out, --format)`.
+    """
+    if not str(out).strip():
+        raise UsageError("--output: empty path; name the output file or directory")
     parquet = is_parquet_path(out, output.format)
     target = Path(out).resolve()
     if any(Path(p).resolve() == target for p in paths):
         raise UsageError(f"{out}: is also an input; write the output elsewhere")
     hashed = paths if hash_inputs else []
-    with atomic_output(Path(out), output.overwrite, output.fsync, parquet) as tmp, FileHasher(hashed) as hasher:
+    atomic = atomic_output(Path(out), output.overwrite, output.fsync, parquet, protected=paths)
+    with atomic as tmp, FileHasher(hashed) as hasher:
         yield tmp, hasher, parquet
 
 

@@ -674,7 +674,7 @@ def make_previews(
 def write_output(target: Path, data: bytes, inputs: Sequence[Path] = ()) -> None:
     """Write `data` atomically; an existing image or page is replaced, an input or HDF5 file never."""
     check_output(target, inputs)
-    with writers.atomic_output(target, overwrite=True) as tmp:
+    with writers.atomic_output(target, overwrite=True, may_replace=_replaceable_image, protected=inputs) as tmp:
         try:
             tmp.write_bytes(data)
         except OSError as exc:
@@ -687,9 +687,13 @@ def check_output(target: Path, inputs: Sequence[Path] = ()) -> None:
     for path in inputs:
         if Path(path) == target or readers.same_file(Path(path), target):
             raise UsageError(f"{target}: is also an input; choose another output path")
+    writers.check_target(target, overwrite=True, may_replace=_replaceable_image, protected=inputs)
+
+
+def _replaceable_image(target: Path) -> None:
+    """An existing image or page may be replaced; an HDF5 file (a dataset or class file) never."""
     if target.is_file() and h5py.is_hdf5(target):
         raise UsageError(f"{target}: is an HDF5 file; refusing to replace it with an image")
-    writers.check_target(target, overwrite=True)
 
 
 def preview(

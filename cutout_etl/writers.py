@@ -9,13 +9,16 @@ sequential read of the inputs place every row at its final position.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import math
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -25,26 +28,50 @@ import numpy as np
 import yaml
 
 from . import interrupts
-from .errors import OutputExistsError, OutputWriteError
+from .errors import ForeignOutputError, OutputAppearedError, OutputExistsError, OutputWriteError
 from .readers import IOV_MAX, row_runs
 from .records import Block, image_cut
-from .schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, METADATA_ATTR
+from .schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, DATA_DIR, FORMAT_NAME, METADATA_ATTR, SIDECAR
 
 _TMP_MARK = ".tmp-"
+Guard = Callable[[Path], None]  # raises ForeignOutputError when an existing target may not be replaced
+
+
+def _host() -> str:
+    """This machine's name as it appears in temporary names (no '/', no whitespace)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
 
 
 def temp_path_for(target: Path) -> Path:
-    return target.with_name(f".{target.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    """`.<target>.tmp-<host>-<pid>-<random>`: the host and PID say whose it is on a shared file system."""
+    return target.with_name(f".{target.name}{_TMP_MARK}{_host()}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _temp_owner(name: str, prefix: str) -> tuple[str, int] | None:
+    """(host, pid) of a temporary name, parsed from the right (host names may hold '-'); None if not ours."""
+    parts = name[len(prefix):].rsplit("-", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not re.fullmatch(r"[0-9a-f]+", parts[2]):
+        return None
+    return parts[0], int(parts[1])
 
 
 def remove_stale_temps(target: Path) -> list[Path]:
-    """Delete temporaries left beside `target` by runs that were killed."""
-    removed = []
-    for candidate in target.parent.glob(f".{target.name}{_TMP_MARK}*"):
-        pid = candidate.name.rsplit(_TMP_MARK, 1)[1].split("-")[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            _remove(candidate)
-            removed.append(candidate)
+    """Delete temporaries left beside `target` by killed runs of this host.
+
+    A temporary of another host is never touched (its PID means nothing
+    here), nor one whose process is still alive.
+    """
+    prefix, host, removed = f".{target.name}{_TMP_MARK}", _host(), []
+    try:
+        with os.scandir(target.parent) as listing:
+            names = [entry.name for entry in listing if entry.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for name in names:
+        owner = _temp_owner(name, prefix)
+        if owner is not None and owner[0] == host and not _process_alive(owner[1]):
+            _remove(target.parent / name)
+            removed.append(target.parent / name)
     return removed
 
 
@@ -65,52 +92,256 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def check_target(target: Path, overwrite: bool, directory: bool = False) -> None:
-    """Refuse an existing output without --overwrite, or an unwritable directory."""
-    if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target}: output exists; use --overwrite to replace it")
-    if target.exists() and target.is_dir() != directory:
-        kind, wanted = ("a directory", "a file") if target.is_dir() else ("a file", "a directory")
-        raise OutputExistsError(f"{target}: is {kind}; this output format writes {wanted}")
+# ---------------------------------------------------------------- what --overwrite may replace
+
+_PARQUET_ENTRIES = (DATA_DIR, SIDECAR, "README.md")  # all a Parquet dataset directory holds (parquet.CARD)
+
+
+def written_by_cutout_etl(target: Path) -> None:
+    """Allow replacing only a cutout-etl output: an HDF5 dataset file, or a Parquet dataset directory alone."""
+    if target.is_symlink():
+        problem = "is a symbolic link"
+    elif target.is_dir():
+        problem = _parquet_dataset_problem(target)
+    else:
+        problem = _hdf5_dataset_problem(target)
+    if problem:
+        raise ForeignOutputError(
+            f"{target}: {problem}; --overwrite replaces only what cutout-etl wrote, nothing was touched"
+        )
+
+
+def _is_our_metadata(raw: object) -> bool:
+    try:
+        metadata = json.loads(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return isinstance(metadata, dict) and metadata.get("format") == FORMAT_NAME
+
+
+def _hdf5_dataset_problem(path: Path) -> str | None:
+    try:
+        if not h5py.is_hdf5(path):
+            return "not a cutout-etl dataset (not an HDF5 file)"
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get(METADATA_ATTR)
+    except OSError:
+        return "not a cutout-etl dataset (unreadable)"
+    return None if _is_our_metadata(raw) else f"not a cutout-etl dataset (no '{METADATA_ATTR}' metadata)"
+
+
+def _parquet_dataset_problem(directory: Path) -> str | None:
+    with os.scandir(directory) as listing:
+        entries = {entry.name: entry for entry in listing}
+    foreign = sorted(set(entries) - set(_PARQUET_ENTRIES))
+    if foreign:
+        return f"holds {foreign[0]}, which cutout-etl did not write"
+    sidecar = entries.get(SIDECAR)
+    sidecar_ok = sidecar is not None and sidecar.is_file(follow_symlinks=False)
+    if not (sidecar_ok and _is_our_metadata(Path(sidecar.path).read_bytes())):
+        return f"not a cutout-etl Parquet dataset (no cutout-etl {SIDECAR})"
+    data = entries.get(DATA_DIR)
+    if data is not None:
+        if not data.is_dir(follow_symlinks=False):
+            return f"{DATA_DIR} is not a directory of shards"
+        with os.scandir(data.path) as shards:
+            foreign = [s.name for s in shards if not (s.is_file(follow_symlinks=False) and s.name.endswith(".parquet"))]
+        if foreign:
+            return f"holds {DATA_DIR}/{sorted(foreign)[0]}, which cutout-etl did not write"
+    return None
+
+
+def _check_not_holding(target: Path, protected: Sequence[Path]) -> None:
+    """Refuse a target that is, or is a parent of, an input or the working directory."""
+    if target.name in ("", ".", ".."):
+        raise ForeignOutputError(
+            f"{target}: names the current or a parent directory; name the output file or directory"
+        )
+    where = target.resolve()
+    for path in protected:
+        resolved = Path(path).resolve()
+        if where == resolved or where in resolved.parents:
+            raise ForeignOutputError(f"{target}: holds the input {path}; refusing to replace it")
+    cwd = Path.cwd().resolve()
+    if where == cwd or where in cwd.parents:
+        raise ForeignOutputError(f"{target}: is the working directory or one of its parents; refusing to replace it")
+
+
+def check_target(
+    target: Path,
+    overwrite: bool,
+    directory: bool = False,
+    may_replace: Guard = written_by_cutout_etl,
+    protected: Sequence[Path] = (),
+) -> None:
+    """Refuse an existing output without --overwrite, one we may not replace, or an unwritable directory.
+
+    `may_replace(target)` raises when an existing target is not the caller's
+    kind of output (default: a cutout-etl dataset); `protected` are inputs the
+    target must neither be nor hold.
+    """
+    _check_not_holding(target, protected)
+    if os.path.lexists(target):
+        if not overwrite:
+            raise OutputExistsError(f"{target}: output exists; use --overwrite to replace it")
+        if target.is_dir() != directory:
+            kind, wanted = ("a directory", "a file") if target.is_dir() else ("a file", "a directory")
+            raise OutputExistsError(f"{target}: is {kind}; this output format writes {wanted}")
+        may_replace(target)
     if not target.parent.is_dir():
         raise OutputWriteError(f"{target}: output directory {target.parent} does not exist")
 
 
 @contextmanager
-def atomic_output(target: Path, overwrite: bool, fsync: bool = False, directory: bool = False) -> Iterator[Path]:
+def atomic_output(
+    target: Path,
+    overwrite: bool,
+    fsync: bool = False,
+    directory: bool = False,
+    may_replace: Guard = written_by_cutout_etl,
+    protected: Sequence[Path] = (),
+) -> Iterator[Path]:
     """Yield a temporary path (a file, or a directory) beside `target`; rename it into place on success.
 
     On any failure, Ctrl-C included, the temporary output is removed and an
-    existing target is left untouched. The rename alone protects against a
-    killed process; `fsync` also flushes the data to disk first, which
-    protects against a power cut at the price of a full writeback.
+    existing target is left untouched. The target is checked before any
+    work and again just before the rename (`check_target`): without
+    `overwrite`, an output that appeared meanwhile is never replaced
+    (OutputAppearedError). The rename alone protects against a killed
+    process; `fsync` also flushes the data, then the directory entry, to
+    disk, which protects against a power cut at the price of a full writeback.
     """
-    check_target(target, overwrite, directory)
+    check_target(target, overwrite, directory, may_replace, protected)
     remove_stale_temps(target)
     tmp = temp_path_for(target)
     try:
         _claim(tmp, target, directory)
         yield tmp
         if fsync:
-            for path in tmp.rglob("*") if directory else [tmp]:
-                if path.is_file():
-                    _fsync(path)
+            _fsync_tree(tmp)
+        replace = _check_again(target, overwrite, directory, may_replace, protected)
         interrupts.check()  # the last chance to stop: an interrupt swallowed by a GC callback must not publish
-        _replace(tmp, target)
+        _install(tmp, target, replace)
+        if fsync:
+            _fsync(target.parent)
     except OSError as exc:
         raise OutputWriteError(f"{target}: cannot write output ({_os_reason(exc)})") from exc
     finally:
         _remove(tmp)
 
 
-def _replace(tmp: Path, target: Path) -> None:
-    """Rename into place; an existing directory is moved aside first (rename cannot replace it)."""
-    if not (target.is_dir() and not target.is_symlink()):
+def _check_again(target: Path, overwrite: bool, directory: bool, may_replace: Guard, protected: Sequence[Path]) -> bool:
+    """Whether the final step replaces an existing target; raise if it may not."""
+    if not os.path.lexists(target):
+        return False
+    if not overwrite:
+        raise _appeared(target)
+    check_target(target, overwrite, directory, may_replace, protected)
+    return True
+
+
+def _install(tmp: Path, target: Path, replace: bool) -> None:
+    """Rename into place: replacing the checked target, or only if nothing is there."""
+    if not replace:
+        _rename_noreplace(tmp, target)
+    elif tmp.is_dir():
+        _replace_directory(tmp, target)
+    else:
         os.replace(tmp, target)
+
+
+def _appeared(target: Path) -> OutputAppearedError:
+    return OutputAppearedError(
+        f"{target}: appeared while running; nothing replaced (use --overwrite to replace an output cutout-etl wrote)"
+    )
+
+
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_UNSUPPORTED = (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> None:
+    """Linux renameat2(2); OSError(ENOSYS) where the C library lacks it."""
+    function = getattr(_LIBC, "renameat2", None)
+    if function is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    at_fdcwd = -100
+    if function(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(src), None, str(dst))
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    if hasattr(libc, "renameat2"):
+        libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        libc.renameat2.restype = ctypes.c_int
+    return libc
+
+
+_LIBC = _load_libc()
+
+
+def _rename_noreplace(tmp: Path, target: Path) -> None:
+    """Rename `tmp` to `target` only if nothing is at `target`; else OutputAppearedError.
+
+    renameat2(RENAME_NOREPLACE) where the kernel and file system have it.
+    Otherwise a file is hard-linked (link(2) never replaces, NFS included)
+    and the temporary unlinked by the caller; a directory (or a file on a
+    file system without hard links) is renamed after a check: rename(2)
+    fails on a non-empty directory, so for a directory only an empty one
+    created in between could be replaced.
+    """
+    try:
+        _renameat2(tmp, target, _RENAME_NOREPLACE)
         return
+    except FileExistsError:
+        raise _appeared(target) from None
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+    if not tmp.is_dir():
+        try:
+            os.link(tmp, target)
+            return
+        except FileExistsError:
+            raise _appeared(target) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+    _rename_after_check(tmp, target)  # no hard links either: the narrowest race left
+
+
+def _rename_after_check(tmp: Path, target: Path) -> None:
+    if os.path.lexists(target):
+        raise _appeared(target)
+    try:
+        os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise _appeared(target) from None
+        raise
+
+
+def _replace_directory(tmp: Path, target: Path) -> None:
+    """Swap the new directory in atomically (RENAME_EXCHANGE leaves the old one at `tmp`), or move the old aside."""
+    try:
+        _renameat2(tmp, target, _RENAME_EXCHANGE)
+        return
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
     aside = temp_path_for(target)
     os.replace(target, aside)
-    os.replace(tmp, target)
+    try:
+        _rename_noreplace(tmp, target)
+    except BaseException:
+        if not os.path.lexists(target):
+            os.rename(aside, target)  # put the old output back
+        raise
     _remove(aside)
 
 
@@ -123,6 +354,14 @@ def _claim(tmp: Path, target: Path, directory: bool) -> None:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     except OSError as exc:
         raise OutputWriteError(f"{target}: cannot write in {target.parent} ({_os_reason(exc)})") from exc
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync every file and directory under `path`, deepest first, then `path` itself."""
+    if path.is_dir():
+        for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            _fsync(child)
+    _fsync(path)
 
 
 def _fsync(path: Path) -> None:

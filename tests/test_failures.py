@@ -332,9 +332,10 @@ def test_existing_output_refused_without_overwrite(tmp_path):
 def test_failed_build_leaves_existing_output_untouched(tmp_path):
     inputs, _ = unknown_labels(tmp_path)
     out = tmp_path / "dataset.h5"
-    out.write_bytes(b"precious")
+    assert run(["build", *inputs, "-o", out, "--drop-unknown", "--quiet"])[0] == 0  # --overwrite replaces only our outputs
+    before = out.read_bytes()
     code, _, _ = run(["build", *inputs, "-o", out, "--overwrite"])
-    assert code == 1 and out.read_bytes() == b"precious"
+    assert code == 1 and out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
