@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 import yaml
 
-from .errors import OutputExistsError, OutputWriteError
+from .errors import InputChangedError, OutputExistsError, OutputWriteError
 from .readers import IOV_MAX, row_runs
 from .records import Block, image_cut
 from .schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, METADATA_ATTR
@@ -231,6 +231,67 @@ def _create_contiguous(f: h5py.File, name: str, rows: int, dtype: np.dtype) -> N
 def write_metadata(path: Path, metadata: Mapping) -> None:
     with h5py.File(path, "r+") as f:
         f.attrs[METADATA_ATTR] = json.dumps(metadata)
+
+
+FileIdentity = tuple[int, int, int, int]
+
+
+def file_identity(path: Path) -> FileIdentity:
+    """What tells a file apart from a replaced or rewritten one: device, inode, size, mtime."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def replace_metadata(path: Path, metadata: Mapping, read: FileIdentity, fsync: bool = False) -> None:
+    """Give an existing HDF5 file new metadata, copy-on-write: the file is whole at every moment.
+
+    HDF5 replaces an attribute by deleting and recreating it, and a failed
+    write leaves the library broken, so the file itself is never opened for
+    writing: a copy beside it (the kernel's in-file-system copy, a reflink
+    where the file system has them) gets the metadata and is renamed over it.
+    A full disk, a file-size limit, an exception or a kill at any point leaves
+    the original as it was (and at most a temporary that the next run
+    removes). `read` is the `file_identity` of the file the metadata was
+    computed from: if the file changed since, nothing is written. Readers
+    that have the file open keep reading the old inode.
+    """
+    remove_stale_temps(path)
+    tmp = temp_path_for(path)
+    text = json.dumps(metadata)
+    try:
+        _claim(tmp, path, directory=False)
+        shutil.copyfile(path, tmp)
+        shutil.copymode(path, tmp)
+        _reserve_room(tmp, len(text.encode()) + _HEADER_ROOM)
+        with h5py.File(tmp, "r+") as f:
+            f.attrs[METADATA_ATTR] = text
+        if fsync:
+            _fsync(tmp)
+        if file_identity(path) != read:
+            raise InputChangedError(f"{path}: changed while stats was running; nothing written")
+        os.replace(tmp, path)
+        if fsync:
+            _fsync(path.parent)
+    except OSError as exc:
+        raise OutputWriteError(f"{path}: cannot write output ({_os_reason(exc)})") from exc
+    finally:
+        _remove(tmp)
+
+
+def _reserve_room(path: Path, extra: int) -> None:
+    """Reserve the blocks HDF5 may append, so a full disk fails here, before HDF5 writes.
+
+    HDF5 truncates the file to its end of allocation on close, so the
+    reservation leaves no trace in the finished file.
+    """
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.posix_fallocate(fd, os.fstat(fd).st_size, extra)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate
+            raise
+    finally:
+        os.close(fd)
 
 
 class RowWriter:
