@@ -50,7 +50,7 @@ def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
     if dataset_digest(meta, recomputed) != meta.get("digest"):
         failures.append("content digest differs from the stored one")
     failures += _provenance(meta)
-    pixels = math.prod(meta["image_shape"][:2])
+    pixels = math.prod((meta.get("image_shape") or [0, 0])[:2])
     for label, table, entry in entries:
         checks.append(f"statistics of {table}")
         failures += _compare_stats(label, entry, accs[table].summary(bands=meta["bands"]), pixels)

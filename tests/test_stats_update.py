@@ -173,6 +173,15 @@ def test_stats_with_fsync_keeps_the_file_mode(dataset):
     assert verify(dataset)["ok"]
 
 
+def test_stats_through_a_symlink_updates_the_file_and_keeps_the_link(dataset, tmp_path):
+    link = tmp_path / "link.h5"
+    link.symlink_to(dataset)
+    assert invoke("stats", link, "--split", "val", "--quiet").exit_code == 0
+    assert link.is_symlink()
+    assert "val" in metadata_of(dataset)["split_stats"]
+    assert temps_beside(dataset) == [] and temps_beside(link) == []
+
+
 # ---------------------------------------------------------------- item 2: per-split statistics
 
 
