@@ -115,6 +115,10 @@ class BlockChecker:
                 )
         return found
 
+    def check_chunk(self, _file: int, first: int, records: np.ndarray) -> None:
+        """`check` as a `scan_inputs` chunk hook: chunks of block_rows rows, from row `first`."""
+        self.check(first // self.block_rows, records)
+
 
 def dataset_digest(metadata: Mapping, checksums: Mapping[str, Mapping]) -> str:
     """SHA-256 of the dataset's content: see the module docstring for what is in it."""

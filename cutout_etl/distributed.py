@@ -215,10 +215,11 @@ def table_stats(
     """`stats` on Dask: a task per row range of whole stored blocks, partials merged on the client in stored order."""
     block_rows = checksums["block_rows"] if checksums is not None else chunk_rows
     path, step = Path(path).resolve(), block_rows * blocks_per_task
-    futures = [
-        (min(start + step, rows), client.submit(stats_task, path, table, start, min(start + step, rows), n_bands, chunk_rows, None, checksums, pure=False))  # type: ignore[attr-defined]
-        for start in range(0, rows, step)
-    ]
+    futures = []
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        args = (path, table, start, stop, n_bands, chunk_rows, None, checksums)
+        futures.append((stop, client.submit(stats_task, *args, pure=False)))  # type: ignore[attr-defined]
     acc = BandStats(n_bands=n_bands)
     try:
         for i, (stop, future) in enumerate(futures):

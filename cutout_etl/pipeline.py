@@ -372,7 +372,9 @@ def _table_stats(
         rows = len(f[table])
     if cluster is not None:
         client, options = cluster
-        acc = distributed.table_stats(client, path, table, rows, len(bands), chunk_rows, options.blocks_per_task, progress, checksums)
+        acc = distributed.table_stats(
+            client, path, table, rows, len(bands), chunk_rows, options.blocks_per_task, progress, checksums
+        )
     else:
         acc = distributed.stats_task(path, table, 0, rows, len(bands), chunk_rows, progress, checksums)
     return {"split": table, **acc.summary(bands=bands)}
@@ -679,7 +681,7 @@ def split(
     scan_read = ReadOptions(table_path=MERGED_TABLE, chunk_rows=checker.block_rows)
     with _job([Path(path)], out, output) as job, _cluster(cluster) as client:
         merged = MergeOptions(classes=classes, match_radius=0.0)  # merge already resolved duplicates
-        scan = scan_inputs([Path(path)], classes, scan_read, False, progress, lambda _, first, rows: checker.check(first // checker.block_rows, rows))
+        scan = scan_inputs([Path(path)], classes, scan_read, False, progress, checker.check_chunk)
         plan = plan_rows(scan, merged)
         layout, split_metadata = _split_layout(plan, split_options)
         metadata = _metadata("dataset", plan, layout, parent_meta["inputs"])

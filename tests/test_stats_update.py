@@ -77,9 +77,8 @@ def test_file_size_limit_leaves_the_dataset_whole(dataset, over):
     def set_limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    done = subprocess.run(
-        [str(SCRIPT), "stats", str(dataset), "--quiet"], preexec_fn=set_limit, capture_output=True, text=True, check=False
-    )
+    command = [str(SCRIPT), "stats", str(dataset), "--quiet"]
+    done = subprocess.run(command, preexec_fn=set_limit, capture_output=True, text=True, check=False)
     assert done.returncode == 1
     assert done.stderr == f"error: {dataset}: cannot write output (file size limit exceeded)\n"
     assert sha256(dataset) == before
@@ -136,7 +135,8 @@ def test_stats_succeeds_while_another_process_reads_the_dataset(dataset):
     )
     try:
         assert reader.stdout.readline() == "open\n"
-        done = subprocess.run([str(SCRIPT), "stats", str(dataset), "--quiet"], capture_output=True, text=True, check=False)
+        command = [str(SCRIPT), "stats", str(dataset), "--quiet"]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr
         reader.stdin.write("\n")
         reader.stdin.flush()
