@@ -122,6 +122,21 @@ def test_sigkill_at_any_moment_leaves_the_dataset_opening_and_verifying(dataset)
     assert verify(dataset)["ok"] and temps_beside(dataset) == []
 
 
+def test_ctrl_c_during_the_update_removes_the_copy(dataset):
+    """SIGINT once the copy exists: the run stops with the original in place, or has already renamed; no copy is left."""
+    before = sha256(dataset)
+    command = [str(SCRIPT), "stats", str(dataset), "--quiet"]
+    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    while child.poll() is None and not temps_beside(dataset):
+        time.sleep(0.0005)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate()
+    assert (child.returncode, stderr) in [(130, "interrupted: no output written\n"), (0, "")]
+    assert child.returncode == 0 or sha256(dataset) == before
+    assert temps_beside(dataset) == []
+    assert verify(dataset)["ok"]
+
+
 def test_stats_succeeds_while_another_process_reads_the_dataset(dataset):
     reader = subprocess.Popen(
         [sys.executable, "-c", (
