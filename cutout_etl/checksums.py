@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xxhash
 
+from .errors import ChecksumError, DatasetError
+
 if TYPE_CHECKING:
     from .records import Block
 
@@ -75,6 +77,47 @@ class TableChecksums:
             "blocks": self.blocks,
             "streams": {name: hasher.hexdigest() for name, hasher in self._streams.items()},
         }
+
+
+def stored_checksums(path: object, metadata: Mapping, table: str) -> dict:
+    """The checksums stored for one table of a dataset read as input; DatasetError if there are none."""
+    stored = ((metadata.get("checksums") or {}).get("tables") or {}).get(table)
+    if not stored or not stored.get("block_rows") or not isinstance(stored.get("blocks"), Mapping):
+        raise DatasetError(
+            f"{path}: no checksums for table {table} in the metadata, so what is read cannot be checked "
+            "(written by an older cutout-etl, or altered)"
+        )
+    return stored
+
+
+class BlockChecker:
+    """Checks the blocks of a stored table against its stored checksums, as a command reads them.
+
+    Built from `stored_checksums` (small, picklable: a Dask task makes its
+    own). `check` takes the records of block `index` (rows
+    index * block_rows onwards) and raises ChecksumError naming the block.
+    """
+
+    def __init__(self, path: object, table: str, stored: Mapping) -> None:
+        self.path, self.table = path, table
+        self.block_rows = int(stored["block_rows"])
+        self._blocks = stored["blocks"]
+
+    def check(self, index: int, records: np.ndarray | Block) -> dict:
+        """Raise ChecksumError unless block `index` matches; return its `block_checksums`."""
+        found = block_checksums(records)
+        for kind, expected in self._blocks.items():
+            if index >= len(expected) or found[kind] != expected[index]:
+                first = index * self.block_rows
+                raise ChecksumError(
+                    f"{self.path}: {self.table} block {index} (rows {first}-{first + len(records) - 1}): "
+                    f"{kind} checksum mismatch; the file was changed after it was written"
+                )
+        return found
+
+    def check_chunk(self, _file: int, first: int, records: np.ndarray) -> None:
+        """`check` as a `scan_inputs` chunk hook: chunks of block_rows rows, from row `first`."""
+        self.check(first // self.block_rows, records)
 
 
 def dataset_digest(metadata: Mapping, checksums: Mapping[str, Mapping]) -> str:

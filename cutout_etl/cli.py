@@ -388,17 +388,20 @@ def stats(
     scheduler: Scheduler = "local",
     workers: Workers = None,
     scheduler_file: SchedulerFile = None,
+    fsync: Fsync = False,
     json_out: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Compute per-band statistics of the training split and store them in the dataset.
 
+    Other splits' statistics (--split val) are stored beside the training ones, never instead.
+
     Example: cutout-etl stats dataset.h5
     """
     cluster = _cluster(scheduler, workers, scheduler_file)
-    result = _run(lambda p: pipeline.stats(dataset, split, chunk_rows, p, cluster), quiet, debug)
-    _emit(result, json_out, quiet, render.stats_table, output=dataset)
+    result = _run(lambda p: pipeline.stats(dataset, split, chunk_rows, p, cluster, fsync), quiet, debug)
+    _emit(result, json_out, quiet, lambda console, metadata: render.stats_table(console, metadata, split), output=dataset)
 
 
 @app.command()

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import readers
-from .checksums import TableChecksums, block_checksums
+from .checksums import BlockChecker, TableChecksums, block_checksums
 from .errors import UsageError
 from .readers import TableInfo
 from .records import RecordFiller, RowFacts, open_row_readers
@@ -170,16 +170,34 @@ def write_tables(
 
 
 def stats_task(
-    path: Path, table: str, start: int, stop: int, n_bands: int, chunk_rows: int, progress: Callable[[str, int, int], None] | None = None
+    path: Path,
+    table: str,
+    start: int,
+    stop: int,
+    n_bands: int,
+    chunk_rows: int,
+    progress: Callable[[str, int, int], None] | None = None,
+    checksums: dict | None = None,
 ) -> BandStats:
-    """The statistics partial of rows [start, stop) of one table: a Dask task, or the whole local pass."""
+    """The statistics partial of rows [start, stop) of one table: a Dask task, or the whole local pass.
+
+    With the table's stored `checksums` (`start` then a block boundary), rows
+    are read in the stored blocks and each is checked before its statistics
+    are added, in sub-chunks of `chunk_rows`.
+    """
     acc = BandStats(n_bands=n_bands)
+    checker = BlockChecker(path, table, checksums) if checksums is not None else None
+    read_rows = checker.block_rows if checker is not None else chunk_rows
     with readers.open_h5(path) as f:
         ds = f[table]
-        for first in range(start, stop, chunk_rows):
-            acc.update(readers.read_rows(path, ds, first, min(first + chunk_rows, stop))["image"])
+        for first in range(start, stop, read_rows):
+            rows = readers.read_rows(path, ds, first, min(first + read_rows, stop))
+            if checker is not None:
+                checker.check(first // read_rows, rows)
+            for sub in range(0, len(rows), chunk_rows):
+                acc.update(rows["image"][sub : sub + chunk_rows])
             if progress is not None:
-                progress("stats", min(first + chunk_rows, stop) - start, stop - start)
+                progress("stats", first + len(rows) - start, stop - start)
     return acc
 
 
@@ -192,13 +210,16 @@ def table_stats(
     chunk_rows: int,
     blocks_per_task: int,
     progress: Callable[[str, int, int], None],
+    checksums: dict | None = None,
 ) -> BandStats:
-    """`stats` on Dask: a task per row range, partials merged on the client in stored order."""
-    path, step = Path(path).resolve(), chunk_rows * blocks_per_task
-    futures = [
-        (min(start + step, rows), client.submit(stats_task, path, table, start, min(start + step, rows), n_bands, chunk_rows, pure=False))  # type: ignore[attr-defined]
-        for start in range(0, rows, step)
-    ]
+    """`stats` on Dask: a task per row range of whole stored blocks, partials merged on the client in stored order."""
+    block_rows = checksums["block_rows"] if checksums is not None else chunk_rows
+    path, step = Path(path).resolve(), block_rows * blocks_per_task
+    futures = []
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        args = (path, table, start, stop, n_bands, chunk_rows, None, checksums)
+        futures.append((stop, client.submit(stats_task, *args, pure=False)))  # type: ignore[attr-defined]
     acc = BandStats(n_bands=n_bands)
     try:
         for i, (stop, future) in enumerate(futures):

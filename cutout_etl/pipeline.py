@@ -25,7 +25,7 @@ import numpy as np
 import xxhash
 
 from . import __version__, distributed, readers, sky, validate
-from .checksums import ALGORITHM, TableChecksums, dataset_digest
+from .checksums import ALGORITHM, BlockChecker, TableChecksums, dataset_digest, stored_checksums
 from .dataset import open_dataset, row_dtype
 from .distributed import ClusterOptions
 from .errors import DatasetError, EmptyTableError, InvalidRowError, MissingClassError, UsageError
@@ -46,7 +46,7 @@ from .schema import (
 )
 from .split import assign_splits, parse_fractions
 from .stats import BandStats
-from .writers import HDF5Sink, Sink, atomic_output, write_metadata
+from .writers import HDF5Sink, Sink, atomic_output, replace_metadata
 
 DROP_REASONS = (
     "unknown_label",
@@ -420,16 +420,27 @@ class _Background:
 
 
 def _table_stats(
-    path: Path, table: str, bands: list[str], chunk_rows: int, progress: ProgressFn, cluster: tuple[object, ClusterOptions] | None = None
+    path: Path,
+    table: str,
+    bands: list[str],
+    chunk_rows: int,
+    progress: ProgressFn,
+    cluster: tuple[object, ClusterOptions] | None = None,
+    checksums: dict | None = None,
 ) -> dict:
-    """Per-band statistics of one table, in one streaming pass in stored order (or Dask tasks merged in that order)."""
+    """Per-band statistics of one table, in one streaming pass in stored order (or Dask tasks merged in that order).
+
+    With the table's stored `checksums`, every block is checked as it is read.
+    """
     with readers.open_h5(path) as f:
         rows = len(f[table])
     if cluster is not None:
         client, options = cluster
-        acc = distributed.table_stats(client, path, table, rows, len(bands), chunk_rows, options.blocks_per_task, progress)
+        acc = distributed.table_stats(
+            client, path, table, rows, len(bands), chunk_rows, options.blocks_per_task, progress, checksums
+        )
     else:
-        acc = distributed.stats_task(path, table, 0, rows, len(bands), chunk_rows, progress)
+        acc = distributed.stats_task(path, table, 0, rows, len(bands), chunk_rows, progress, checksums)
     return {"split": table, **acc.summary(bands=bands)}
 
 
@@ -439,11 +450,19 @@ def stats(
     chunk_rows: int = readers.DEFAULT_CHUNK_ROWS,
     progress: ProgressFn = no_progress,
     cluster: ClusterOptions | None = None,
+    fsync: bool = False,
 ) -> dict:
-    """`cutout-etl stats`: compute a split's statistics and store them in the dataset."""
+    """`cutout-etl stats`: compute a split's statistics and store them in the dataset.
+
+    The train split's go to `stats` (what models use); any other split's to
+    `split_stats[split]`, so they never replace the training statistics. The
+    file is updated copy-on-write (`writers.replace_metadata`).
+    """
     if cluster is not None:
         cluster.check()
+    path = Path(path)
     with open_dataset(path) as ds:
+        read = readers.FileIdentity.of_path(path)  # the file is replaced only if the path still names it at the end
         metadata = ds.metadata
         if split not in ds.splits:
             raise DatasetError(f"{path}: no split '{split}' (splits: {', '.join(ds.splits)})")
@@ -452,9 +471,14 @@ def stats(
                 f"{path}: a Parquet dataset's statistics are written by build into every shard; "
                 f"to recompute them, convert to HDF5 (cutout-etl convert {path} dataset.h5)"
             )
+        checksums = stored_checksums(path, metadata, split)
     with _cluster(cluster) as client:
-        metadata["stats"] = _table_stats(Path(path), split, metadata["bands"], chunk_rows, progress, client)
-    write_metadata(path, metadata)
+        computed = _table_stats(path, split, metadata["bands"], chunk_rows, progress, client, checksums)
+    if split == "train":
+        metadata["stats"] = computed
+    else:
+        metadata.setdefault("split_stats", {})[split] = computed
+    replace_metadata(path, metadata, read, fsync)
     return metadata
 
 
@@ -738,9 +762,13 @@ def split(
         raise DatasetError(f"{path}: is a cutout-etl {parent_meta.get('kind')} ({parent_format}), expected the HDF5 output of merge")
     read = ReadOptions(table_path=MERGED_TABLE, chunk_rows=chunk_rows)
     classes = parent_meta["classes"]
+    checker = BlockChecker(path, MERGED_TABLE, stored_checksums(path, parent_meta, MERGED_TABLE))
+    # Pass 1 reads the parent in its stored blocks and checks each one.
+    scan_read = ReadOptions(table_path=MERGED_TABLE, chunk_rows=checker.block_rows)
     with _job([Path(path)], out, output) as job, _cluster(cluster) as client:
         merged = MergeOptions(classes=classes, match_radius=0.0)  # merge already resolved duplicates
-        plan = plan_rows(scan_inputs([Path(path)], classes, read, False, progress), merged)
+        scan = scan_inputs([Path(path)], classes, scan_read, False, progress, checker.check_chunk)
+        plan = plan_rows(scan, merged)
         layout, split_metadata = _split_layout(plan, split_options)
         metadata = _metadata("dataset", plan, layout, parent_meta["inputs"])
         metadata["report"] = parent_meta["report"]
@@ -766,18 +794,21 @@ def convert(
     output = output or OutputOptions()
     with open_dataset(path) as ds, _job([Path(path)], out, output, hash_inputs=False) as (tmp, _, parquet):
         metadata = dict(ds.metadata)
-        block_rows = metadata["checksums"]["tables"][ds.splits[0]]["block_rows"]
+        checkers = {name: BlockChecker(path, name, stored_checksums(path, metadata, name)) for name in ds.splits}
         rows = {name: len(ds[name]) for name in ds.splits}
-        checksums = {name: TableChecksums(block_rows) for name in ds.splits}
+        checksums = {name: TableChecksums(checkers[name].block_rows) for name in ds.splits}
         with contextlib.closing(open_sink(tmp, parquet, rows, row_dtype(metadata), ds.classes, output)) as sink:
             total, done = sum(rows.values()), 0
             for name in ds.splits:
+                block_rows = checkers[name].block_rows
                 for start in range(0, rows[name], block_rows):
-                    block = Block.from_records(ds[name].read(start, start + block_rows))
+                    records = ds[name].read(start, start + block_rows)
+                    found = checkers[name].check(start // block_rows, records)
+                    block = Block.from_records(records)
                     if parquet:
                         _refuse_non_utf8_block(path, name, start, block)
                     sink.write(name, np.arange(start, start + len(block)), block)
-                    checksums[name].add(block)
+                    checksums[name].add_block(found)
                     done += len(block)
                     progress("convert", done, total)
             digest = metadata.get("digest")

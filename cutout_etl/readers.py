@@ -59,6 +59,10 @@ class FileIdentity:
         return cls.of_stat(os.fstat(fd))
 
     @classmethod
+    def of_path(cls, path: Path) -> FileIdentity:
+        return cls.of_stat(os.stat(path))
+
+    @classmethod
     def of_h5(cls, f: h5py.File) -> FileIdentity:
         """The file h5py holds open (the default sec2 driver's descriptor)."""
         return cls.of_fd(f.id.get_vfd_handle())
@@ -80,7 +84,7 @@ class FileIdentity:
     def check_path(self, path: Path) -> None:
         """The file the path names now (a missing file counts as changed)."""
         try:
-            now = FileIdentity.of_stat(os.stat(path))
+            now = FileIdentity.of_path(path)
         except OSError:
             now = None
         self.check(path, now)

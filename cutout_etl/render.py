@@ -55,8 +55,9 @@ def run_summary(console: Console, metadata: dict) -> None:
         )
 
 
-def stats_table(console: Console, metadata: dict) -> None:
-    stats = metadata["stats"]
+def stats_table(console: Console, metadata: dict, split: str = "train") -> None:
+    """The statistics of `split`: `stats` for train, `split_stats[split]` for the others."""
+    stats = metadata["stats"] if split == "train" else metadata["split_stats"][split]
     bands = stats["bands"]
     grid = Table(title=f"statistics of the {stats['split']} split ({stats['n_cutouts']} cutouts)", title_justify="left")
     grid.add_column("")

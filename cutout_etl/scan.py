@@ -121,8 +121,12 @@ def scan_inputs(
     options: ReadOptions,
     drop_unknown: bool = False,
     progress: ProgressFn = no_progress,
+    on_chunk: Callable[[int, int, np.ndarray], None] | None = None,
 ) -> Scan:
-    """Pass 1 over all inputs. Raises on the first unusable file."""
+    """Pass 1 over all inputs. Raises on the first unusable file.
+
+    `on_chunk(file index, first row, records)` sees every chunk as it is read (split checks checksums there).
+    """
     with contextlib.ExitStack() as stack:
         opened = open_inputs(paths, options, stack)
         total = sum(info.rows for info, _ in opened)
@@ -130,6 +134,8 @@ def scan_inputs(
         for index, (info, f) in enumerate(opened):
             entry = InputFile(info=info)
             for start, chunk in readers.iter_chunks(info, f, options.chunk_rows):
+                if on_chunk is not None:
+                    on_chunk(index, start, chunk)
                 parts.append(_scan_chunk(entry, index, start, chunk, classes, options.columns))
                 done += len(chunk)
                 progress("scan", done, total)

@@ -31,15 +31,17 @@ def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
         stored = (meta.get("checksums") or {}).get("tables")
         if not stored:
             return _result(["no checksums in the metadata: written by an older cutout-etl or altered"], [])
-        stats_split = (meta.get("stats") or {}).get("split")
-        recomputed, ids, acc, positions = {}, [], None, []
+        entries, failures = _stats_entries(meta, ds.splits)
+        stats_tables = {table for _, table, _ in entries}
+        recomputed, ids, accs, positions = {}, [], {}, []
         for name in ds.splits:
             block_rows = stored[name]["block_rows"]
-            table_acc = BandStats(n_bands=len(ds.bands)) if name == stats_split else None
+            table_acc = BandStats(n_bands=len(ds.bands)) if name in stats_tables else None
             recomputed[name], table_ids, table_positions = _scan_table(ds, name, block_rows, table_acc, failures, progress)
             ids.append(table_ids)
             positions.append(table_positions)
-            acc = table_acc or acc
+            if table_acc is not None:
+                accs[name] = table_acc
             failures += _compare_blocks(name, stored[name], recomputed[name], block_rows)
     checks = ["block checksums", "row and class counts", "labels", "IDs unique across splits", "content digest", "provenance"]
     failures += _unique_ids(ds.splits, ids)
@@ -48,10 +50,36 @@ def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
     if dataset_digest(meta, recomputed) != meta.get("digest"):
         failures.append("content digest differs from the stored one")
     failures += _provenance(meta)
-    if acc is not None:
-        checks.append(f"statistics of {stats_split}")
-        failures += _compare_stats(meta["stats"], acc.summary(bands=meta["bands"]))
+    pixels = math.prod((meta.get("image_shape") or [0, 0])[:2])
+    for label, table, entry in entries:
+        checks.append(f"statistics of {table}")
+        failures += _compare_stats(label, entry, accs[table].summary(bands=meta["bands"]), pixels)
     return _result(failures, checks)
+
+
+def _stats_entries(meta: dict, splits: list[str]) -> tuple[list[tuple[str, str, dict]], list[str]]:
+    """Every stored statistics entry as (label for messages, table, entry), and what is wrong with them.
+
+    A dataset (not a merged file) must hold the train split's statistics in
+    `stats`: models take their preprocessing constants from there.
+    """
+    entries, failures = [], []
+    stats = meta.get("stats")
+    if isinstance(stats, dict):
+        entries.append(("statistics", stats.get("split"), stats))
+    elif stats is not None:
+        failures.append("stats: not a statistics entry")
+    if meta.get("kind") == "dataset" and (not isinstance(stats, dict) or stats.get("split") != "train"):
+        found = "none" if not isinstance(stats, dict) else f"those of split {stats.get('split')!r}"
+        failures.append(f"no statistics of the train split in stats (found {found}); run cutout-etl stats")
+    for name, entry in (meta.get("split_stats") or {}).items():
+        if isinstance(entry, dict) and entry.get("split") == name:
+            entries.append((f"split_stats {name}", name, entry))
+        else:
+            failures.append(f"split_stats {name}: not the statistics of split {name}")
+    missing = [e for e in entries if e[1] not in splits]
+    failures += [f"{label}: of split {table!r}, which the dataset does not have" for label, table, _ in missing]
+    return [e for e in entries if e[1] in splits], failures
 
 
 def _result(failures: list[str], checks: list[str]) -> dict:
@@ -155,19 +183,47 @@ def _provenance(meta: dict) -> list[str]:
     return [f"inputs without size or SHA-256: {', '.join(incomplete)}"] if incomplete else []
 
 
-def _compare_stats(stored: dict, found: dict) -> list[str]:
+def _compare_stats(label: str, stored: dict, found: dict, pixels_per_cutout: int) -> list[str]:
     failures = []
     if stored.get("n_cutouts") != found["n_cutouts"]:
-        failures.append(f"statistics: {stored.get('n_cutouts')} cutouts stored, {found['n_cutouts']} recomputed")
+        failures.append(f"{label}: {stored.get('n_cutouts')} cutouts stored, {found['n_cutouts']} recomputed")
     for band, values in found["bands"].items():
         kept = stored.get("bands", {}).get(band, {})
+        floors = _moment_floors(values, found["n_cutouts"], pixels_per_cutout)
         for key, value in values.items():
-            if not _same(kept.get(key), value, key in MOMENTS):
-                failures.append(f"statistics: band {band} {key} stored {kept.get(key)!r}, recomputed {value!r}")
+            if not _same(kept.get(key), value, floors.get(key)):
+                failures.append(f"{label}: band {band} {key} stored {kept.get(key)!r}, recomputed {value!r}")
     return failures
 
 
-def _same(a: object, b: object, moment: bool) -> bool:
-    if moment and isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=MOMENT_RTOL, abs_tol=0.0)
+def _moment_floors(band: dict, n_cutouts: int, pixels_per_cutout: int) -> dict[str, float]:
+    """Absolute tolerances of the float64 moments, from the data's own size and range.
+
+    Each pixel x of a band reaches the sum through at most
+    d = 2 * cutouts + pixels per cutout + 2 float64 additions (rows within a
+    block, blocks, positions within a cutout, the chunk merge), each adding
+    at most u = 2^-53 times the partial sum, which is at most sum|x - shift|
+    <= 2 n max|x| (the chunk median shift lies within the data's range). So
+    each computation is off by at most 2 d u n max|x|, and two computations
+    of the same data (stored, recomputed: different chunkings) differ by at
+    most twice that. The mean's bound is that over n; M2 sums squares,
+    (2 max|x|)^2 each, so its bound carries 4 max|x|^2 for 2 max|x|; the
+    variance's is M2's over n; sqrt is 1/2-Hölder, so std within
+    sqrt(variance bound). Relative rel_tol still governs large values; these
+    floors only matter where a moment cancels to about zero.
+    """
+    n = band.get("finite_pixels") or 0
+    low, high = band.get("min"), band.get("max")
+    if not n or low is None or high is None:
+        return {}
+    scale = max(abs(low), abs(high))
+    unit = (2 * n_cutouts + pixels_per_cutout + 2) * 2.0**-53
+    mean = 4 * unit * scale
+    variance = 16 * unit * scale * scale
+    return {"sum": mean * n, "mean": mean, "m2": variance * n, "variance": variance, "std": math.sqrt(variance)}
+
+
+def _same(a: object, b: object, floor: float | None) -> bool:
+    if floor is not None and isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=MOMENT_RTOL, abs_tol=floor)
     return a == b

@@ -29,7 +29,7 @@ import yaml
 
 from . import interrupts
 from .errors import ForeignOutputError, OutputAppearedError, OutputExistsError, OutputWriteError
-from .readers import IOV_MAX, row_runs
+from .readers import IOV_MAX, FileIdentity, row_runs
 from .records import Block, image_cut
 from .schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, DATA_DIR, FORMAT_NAME, METADATA_ATTR, SIDECAR
 
@@ -472,6 +472,84 @@ def _create_contiguous(f: h5py.File, name: str, rows: int, dtype: np.dtype) -> N
 def write_metadata(path: Path, metadata: Mapping) -> None:
     with h5py.File(path, "r+") as f:
         f.attrs[METADATA_ATTR] = json.dumps(metadata)
+
+
+def replace_metadata(path: Path, metadata: Mapping, read: FileIdentity, fsync: bool = False) -> None:
+    """Give an existing HDF5 file new metadata, copy-on-write: the file is whole at every moment.
+
+    HDF5 replaces an attribute by deleting and recreating it, and a failed
+    write leaves the library broken, so the file itself is never opened for
+    writing: a copy beside it (the kernel's in-file-system copy, a reflink
+    where the file system has them) gets the metadata and is renamed over it.
+    A full disk, a file-size limit, an exception or a kill at any point leaves
+    the original as it was (and at most a temporary that the next run
+    removes). `read` is the identity of the file the metadata was
+    computed from: if the file changed since, nothing is written. Readers
+    that have the file open keep reading the old inode.
+    """
+    real = Path(os.path.realpath(path))  # through a symlink: replace the file, keep the link
+    remove_stale_temps(real)
+    tmp = temp_path_for(real)
+    text = json.dumps(metadata)
+    try:
+        _claim(tmp, path, directory=False)
+        _copy_file(real, tmp)
+        shutil.copymode(real, tmp)
+        _reserve_room(tmp, len(text.encode()) + _HEADER_ROOM)
+        with h5py.File(tmp, "r+") as f:
+            f.attrs[METADATA_ATTR] = text
+        if fsync:
+            _fsync(tmp)
+        read.check_path(real)
+        interrupts.check()  # the last chance to stop before the file is replaced
+        os.replace(tmp, real)
+        if fsync:
+            _fsync(real.parent)
+    except OSError as exc:
+        raise OutputWriteError(f"{path}: cannot write output ({_os_reason(exc)})") from exc
+    finally:
+        _remove(tmp)
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    """Copy a file inside the kernel, with copy_file_range where there is one.
+
+    copy_file_range shares the blocks (a reflink) on XFS and Btrfs, and copies
+    without a trip through user space elsewhere: 0.45-0.8 s per 512 MiB on
+    ext4 here, against 1.3-2.5 s for the sendfile of Python 3.11's
+    shutil.copyfile, which stays the fallback where copy_file_range is
+    missing or refused.
+    """
+    copy_range = getattr(os, "copy_file_range", None)
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        size, done = os.fstat(src.fileno()).st_size, 0
+        try:
+            while copy_range is not None and done < size:
+                copied = copy_range(src.fileno(), dst.fileno(), size - done)
+                if copied == 0:
+                    break
+                done += copied
+        except OSError as exc:
+            if done or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+    if done < size:
+        shutil.copyfile(source, target)
+
+
+def _reserve_room(path: Path, extra: int) -> None:
+    """Reserve the blocks HDF5 may append, so a full disk fails here, before HDF5 writes.
+
+    HDF5 truncates the file to its end of allocation on close, so the
+    reservation leaves no trace in the finished file.
+    """
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.posix_fallocate(fd, os.fstat(fd).st_size, extra)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate
+            raise
+    finally:
+        os.close(fd)
 
 
 class RowWriter:

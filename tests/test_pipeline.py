@@ -208,8 +208,10 @@ def test_stats_command_recomputes_on_requested_split(built, tmp_path):
     copy = tmp_path / "copy.h5"
     copy.write_bytes(out.read_bytes())
     updated = pipeline.stats(copy, "val")
-    assert updated["stats"]["split"] == "val"
-    assert open_dataset(copy).stats["n_cutouts"] == metadata["tables_rows"]["val"]["rows"]
+    assert updated["stats"] == metadata["stats"]  # the training statistics stay
+    assert updated["split_stats"]["val"]["split"] == "val"
+    with open_dataset(copy) as ds:
+        assert ds.metadata["split_stats"]["val"]["n_cutouts"] == metadata["tables_rows"]["val"]["rows"]
 
 
 def test_stats_are_those_of_the_train_split(built):
