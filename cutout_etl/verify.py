@@ -78,9 +78,10 @@ def _scan_table(ds: Dataset, name: str, block_rows: int, acc: BandStats | None, 
         bad_labels += int((~valid).sum())
         counts += np.bincount(labels[valid], minlength=n_classes)
         bad_names += int((class_names[labels[valid]] != rows["SPECTYPE"][valid]).sum())
-        ids.append(rows["ID"])
-        ra.append(rows["RAJ2000"])
-        dec.append(rows["DECJ2000"])
+        # copies: a field of a block is a view that would keep the whole block, images and all, alive
+        ids.append(rows["ID"].copy())
+        ra.append(rows["RAJ2000"].copy())
+        dec.append(rows["DECJ2000"].copy())
         if acc is not None:
             acc.update(rows["image"])
         done += len(rows)

@@ -227,3 +227,23 @@ def test_fuzzed_inputs_give_success_or_one_line_error(tmp_path_factory, data):
             assert stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
             assert not (work / "out.h5").exists()
         assert [p.name for p in work.iterdir() if p.name.startswith(".")] == []
+
+
+def test_verify_memory_does_not_grow_with_the_rows(small_dataset, tmp_path):
+    """verify keeps only the small columns of each block, never the blocks (images) themselves."""
+    import tracemalloc
+
+    from cutout_etl.demo import write_demo_files
+
+    few = tmp_path / "few.h5"
+    pipeline.build(write_demo_files(tmp_path / "in", rows=20, seed=1), few, read=ReadOptions(chunk_rows=BLOCK_ROWS))
+    peaks = {}
+    for path in (few, small_dataset):
+        tracemalloc.start()
+        assert verify(path)["ok"]
+        peaks[path] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    with h5py.File(small_dataset) as big, h5py.File(few) as small:
+        image_bytes = big["train"].dtype["image"].itemsize
+        extra_image_bytes = sum(len(big[t]) - len(small[t]) for t in ("train", "val", "test")) * image_bytes
+    assert peaks[small_dataset] - peaks[few] < extra_image_bytes / 4
