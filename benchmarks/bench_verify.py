@@ -79,6 +79,8 @@ def benchmark(args: argparse.Namespace) -> int:
     print(f"{'size':<8}{'rows':>10}{'verify s':>10}{'peak RSS MB':>14}{'ok':>5}")
     for name, p in points.items():
         print(f"{name:<8}{p['rows']:>10}{p['wall_s']:>10.2f}{p['peak_rss_mb']:>14.1f}{'yes' if p['ok'] else 'NO':>5}")
+        for failure in p["failures"]:
+            print(f"  verify failure: {failure}")
     print()
     for name, c in checks.items():
         print(f"{name:<26}{c['value']:>8.2f}  target {c['target']:<8}{'PASS' if c['pass'] else 'MISS'}")
@@ -114,7 +116,7 @@ def measure_verify(dataset: Path) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
     with open_dataset(dataset) as ds:
         rows = sum(len(ds[s]) for s in ds.splits)
-    print(json.dumps({"rows": rows, "wall_s": wall, "peak_rss_mb": peak, "ok": result["ok"]}))
+    print(json.dumps({"rows": rows, "wall_s": wall, "peak_rss_mb": peak, "ok": result["ok"], "failures": result["failures"][:5]}))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -247,3 +247,42 @@ def test_verify_memory_does_not_grow_with_the_rows(small_dataset, tmp_path):
         image_bytes = big["train"].dtype["image"].itemsize
         extra_image_bytes = sum(len(big[t]) - len(small[t]) for t in ("train", "val", "test")) * image_bytes
     assert peaks[small_dataset] - peaks[few] < extra_image_bytes / 4
+
+
+@pytest.mark.parametrize("key", ["huggingface", "cutout_etl"])
+def test_verify_checks_every_parquet_shard_footer(demo_files, tmp_path, key):
+    """Hugging Face `datasets` reads the class names from a shard's footer: an edit there must fail verify."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "dataset"
+    pipeline.build(demo_files, out, output=pipeline.OutputOptions(format="parquet", rows_per_shard=100))
+    assert verify(out)["ok"]
+    shard = sorted((out / "data").glob("train-*.parquet"))[1]
+    table = pq.read_table(shard)
+    footer = {k: v for k, v in pq.ParquetFile(shard).metadata.metadata.items() if k != b"ARROW:schema"}
+    footer[key.encode()] = footer[key.encode()].replace(b'"GALAXY"', b'"QUASAR"', 1)
+    pq.write_table(table.replace_schema_metadata(footer), shard)
+    report = verify(out)
+    assert not report["ok"]
+    assert report["failures"] == [f"{shard.name}: footer metadata '{key}' differs from the dataset's (cutout_etl.json)"]
+
+
+@pytest.mark.parametrize("edit", [
+    ("report", "duplicate_positions", "match_radius_arcsec"),
+    ("split", "group_radius_arcsec"),
+    ("split", "group_by"),
+    ("split", "cell_deg"),
+])
+def test_zeroing_a_radius_the_leak_checks_use_fails_the_digest(small_dataset, tmp_path, edit):
+    """A radius of 0 would switch verify's neighbour checks off: the parameters are inside the content digest."""
+    copy = tmp_path / "copy.h5"
+    shutil.copy(small_dataset, copy)
+    with h5py.File(copy, "r+") as f:
+        meta = json.loads(f.attrs[METADATA_ATTR])
+        *parents, last = edit
+        entry = meta
+        for name in parents:
+            entry = entry[name]
+        entry[last] = 0
+        f.attrs[METADATA_ATTR] = json.dumps(meta)
+    assert verify(copy)["failures"] == ["content digest differs from the stored one"]
