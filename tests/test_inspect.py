@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cutout_etl import pipeline
@@ -200,3 +203,56 @@ def test_one_unreadable_file_does_not_stop_the_others(tmp_path, monkeypatch):
     assert [f["usable"] for f in report["files"]] == [False, True, True]
     assert errors(report)[0] == (f"galaxy.hdf5: {files[0]}: cannot read, corrupt or truncated "
                                  "(UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte)")
+
+
+# ---------------------------------------------------------------- fuzz
+
+
+def damage(path: Path, data) -> str:
+    """Flip bits, zero a run of bytes or truncate; mostly near the start, where HDF5 keeps its structure."""
+    raw = bytearray(path.read_bytes())
+    kind = data.draw(st.sampled_from(["flip", "zero", "truncate"]))
+    end = data.draw(st.sampled_from([min(len(raw), 4096), len(raw)]))
+    at = data.draw(st.integers(0, end - 1))
+    if kind == "flip":
+        for offset in [at, *data.draw(st.lists(st.integers(0, end - 1), max_size=7))]:
+            raw[offset] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "zero":
+        length = data.draw(st.integers(1, 512))
+        raw[at : at + length] = bytes(len(raw[at : at + length]))
+    else:
+        del raw[at:]
+    path.write_bytes(bytes(raw))
+    return f"{kind} at {at}"
+
+
+def run_bounded(args: list[object]):
+    """In-process, so the examples stay fast; SIGALRM's default action ends a run that hangs instead of stalling."""
+    signal.alarm(30)
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        signal.alarm(0)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # examples: conftest profile
+@given(data=st.data())
+def test_damaged_files_give_a_report_or_one_line_and_no_output(tmp_path_factory, data):
+    work = tmp_path_factory.mktemp("damaged")
+    files = write_all(work, {"GALAXY": make_table(6, b"GALAXY", 0, seed=1), "QSO": make_table(6, b"QSO", 100, seed=2),
+                             "STAR": make_table(6, b"STAR", 200, seed=3)})
+    note(damage(data.draw(st.sampled_from(files)), data))
+    inspected = run_bounded(["inspect", *files, "--json", "--quiet"])
+    assert inspected.exit_code in (0, 1), inspected.stderr
+    assert inspected.stderr == "" and "Traceback" not in inspected.stdout
+    report = json.loads(inspected.stdout)  # a report of every file, never one unexpected error instead
+    assert report["ok"] == (inspected.exit_code == 0) and len(report["files"]) == 3
+    out = work / "out" / "dataset.h5"
+    out.parent.mkdir()
+    built = run_bounded(["build", *files, "-o", out, "--quiet"])
+    assert built.exit_code in (0, 1, 2), built.stderr
+    assert "Traceback" not in built.stderr
+    if built.exit_code != 0:
+        assert built.stderr.count("\n") == 1 and built.stderr.startswith("error: "), built.stderr
+        assert "unexpected" not in built.stderr, built.stderr
+        assert list(out.parent.iterdir()) == []  # no output, no temp file
