@@ -8,10 +8,12 @@ block order. Blocks can so be checksummed anywhere (a Dask task each) and
 combined in order on the client; the digest therefore depends on the block
 size, recorded as `block_rows`. The dataset digest is a SHA-256 over those
 streams and the metadata that defines the content (classes, bands, shape,
-unit, split parameters, row and class counts). Outside it, on purpose:
-provenance (`source_file`, `source_row`, `inputs`, `parent`, `report`), the
-tool version, and the statistics (derived from the content; `verify`
-recomputes them).
+unit, row and class counts, and the parameters `verify` checks the content
+against: the split's fractions, seed, group radius, grouping and sky cell
+size, and the duplicate-position match radius). Outside it, on purpose:
+provenance (`source_file`, `source_row`, `inputs`, `parent`, the rest of
+`report`), the tool version, and the statistics (derived from the content;
+`verify` recomputes them).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ ALGORITHM = "xxh3-128"
 CONTENT_COLUMNS = ("ID", "RAJ2000", "DECJ2000", "SPECTYPE", "label", "image")
 PROVENANCE_COLUMNS = ("source_file", "source_row")
 DIGESTED_METADATA = ("format_version", "classes", "bands", "image_shape", "pixel_unit")
+DIGESTED_SPLIT = ("fractions", "seed", "group_radius_arcsec", "group_by", "cell_deg")
 
 
 def _columns_digest(records: np.ndarray, columns: tuple[str, ...]) -> str:
@@ -124,7 +127,10 @@ def dataset_digest(metadata: Mapping, checksums: Mapping[str, Mapping]) -> str:
     """SHA-256 of the dataset's content: see the module docstring for what is in it."""
     content = {key: metadata.get(key) for key in DIGESTED_METADATA}
     split = metadata.get("split") or {}
-    content["split"] = {"fractions": split.get("fractions"), "seed": split.get("seed")}
+    content["split"] = {key: split.get(key) for key in DIGESTED_SPLIT}
+    # verify checks that no two objects lie within the match radius: setting it to 0 must not switch that off
+    positions = (metadata.get("report") or {}).get("duplicate_positions") or {}
+    content["match_radius_arcsec"] = positions.get("match_radius_arcsec")
     content["tables"] = {
         name: {
             "rows": metadata["tables_rows"][name]["rows"],

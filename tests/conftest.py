@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.table import Table
+from hypothesis import settings
 
 from cutout_etl.demo import write_demo_files
 
 DEMO_ROWS = 120
+
+# Fuzz tests take their number of examples from the profile: a quick one locally, the full one in CI (CI=true).
+settings.register_profile("quick", max_examples=30)
+settings.register_profile("ci", max_examples=300)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else "quick")
 
 
 @pytest.fixture(scope="session")

@@ -26,3 +26,22 @@ def test_bench_build_reports_every_step_and_ratio(tmp_path):
     low, high = figures["ratios"]["by-hand time / build time"]["range"]
     assert low <= figures["ratios"]["by-hand time / build time"]["value"] <= high
     assert list(tmp_path.glob("bench_build_*")) == []  # cleaned up without --keep
+
+
+VERIFY_BENCHMARK = BENCHMARK.parent / "bench_verify.py"
+
+
+def test_bench_verify_reports_both_peaks_and_their_ratio(tmp_path):
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, VERIFY_BENCHMARK, "--small", "30", "--large", "90", "--workdir", tmp_path, "--json", report],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode in (0, 1), done.stderr  # 1: a target missed; at these sizes that says nothing
+    figures = json.loads(report.read_text())
+    assert [figures["points"][s]["rows"] for s in ("small", "large")] == [30, 90]
+    assert all(p["peak_rss_mb"] > 0 and p["ok"] for p in figures["points"].values())
+    ratio = figures["checks"]["RSS(large) / RSS(small)"]["value"]
+    assert ratio == figures["points"]["large"]["peak_rss_mb"] / figures["points"]["small"]["peak_rss_mb"]
+    assert "RSS(large) / RSS(small)" in done.stdout
+    assert list(tmp_path.glob("bench_verify_*")) == []  # cleaned up without --keep

@@ -110,7 +110,7 @@ def test_inspect_reports_problems(tmp_path):
     assert ("warning", "stars.hdf5", "rows with some NaN/inf pixels (kept)", 1) in messages
     assert ("warning", "stars.hdf5", "IDs appear more than once in the file,", 1) in messages
     shared = {m for m in messages if m[1] is None}
-    assert ("warning", None, "IDs in more than one file with conflicting labels (merge needs --on-conflict drop),", 9) in shared  # ID 7 is gone from stars
+    assert ("error", None, "IDs carry conflicting labels (within a file or across files),", 9) in shared  # ID 7 is gone from stars
     stars_report = report["files"][0]
     assert stars_report["pixels"]["u"]["nan_pixels"] == 36 * 36 and stars_report["pixels"]["u"]["inf_pixels"] == 1
     assert stars_report["rows_no_finite_pixel"] == 1
@@ -121,7 +121,7 @@ def test_inspect_shape_mismatch_is_an_error(tmp_path):
         write_table(make_table(5, b"STAR", 0), tmp_path / "a.hdf5"),
         write_table(make_table(5, b"QSO", 10, shape=(32, 32, 4)), tmp_path / "b.hdf5"),
     ]
-    result = invoke("inspect", *files, "--json")
+    result = invoke("inspect", *files, "--json", "--classes", "QSO,STAR")  # the classes present: the shapes are the one error
     assert result.exit_code == 1
     problems = json.loads(result.stdout)["problems"]
     assert problems[-1]["message"] == "image shapes differ across files: a.hdf5 (36, 36, 4); b.hdf5 (32, 32, 4)"

@@ -189,7 +189,7 @@ def mutate_structure(path: Path, data) -> None:
         elif choice == "extra_table":
             f["other"] = np.zeros(3, dtype=[("a", "f4")])
         else:
-            f.attrs[METADATA_ATTR] = data.draw(st.text(max_size=50))
+            f.attrs[METADATA_ATTR] = data.draw(st.text(st.characters(blacklist_characters="\x00"), max_size=50))  # h5py refuses NUL
     if data.draw(st.booleans()):
         size = path.stat().st_size
         with open(path, "r+b") as fh:
@@ -205,7 +205,7 @@ def run_cli(args: list[str]) -> tuple[int, str]:
     return result.exit_code, result.stderr
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # examples: conftest profile
 @given(data=st.data())
 def test_fuzzed_inputs_give_success_or_one_line_error(tmp_path_factory, data):
     work = tmp_path_factory.mktemp("fuzz")
@@ -227,3 +227,62 @@ def test_fuzzed_inputs_give_success_or_one_line_error(tmp_path_factory, data):
             assert stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
             assert not (work / "out.h5").exists()
         assert [p.name for p in work.iterdir() if p.name.startswith(".")] == []
+
+
+def test_verify_memory_does_not_grow_with_the_rows(small_dataset, tmp_path):
+    """verify keeps only the small columns of each block, never the blocks (images) themselves."""
+    import tracemalloc
+
+    from cutout_etl.demo import write_demo_files
+
+    few = tmp_path / "few.h5"
+    pipeline.build(write_demo_files(tmp_path / "in", rows=20, seed=1), few, read=ReadOptions(chunk_rows=BLOCK_ROWS))
+    peaks = {}
+    for path in (few, small_dataset):
+        tracemalloc.start()
+        assert verify(path)["ok"]
+        peaks[path] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    with h5py.File(small_dataset) as big, h5py.File(few) as small:
+        image_bytes = big["train"].dtype["image"].itemsize
+        extra_image_bytes = sum(len(big[t]) - len(small[t]) for t in ("train", "val", "test")) * image_bytes
+    assert peaks[small_dataset] - peaks[few] < extra_image_bytes / 4
+
+
+@pytest.mark.parametrize("key", ["huggingface", "cutout_etl"])
+def test_verify_checks_every_parquet_shard_footer(demo_files, tmp_path, key):
+    """Hugging Face `datasets` reads the class names from a shard's footer: an edit there must fail verify."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "dataset"
+    pipeline.build(demo_files, out, output=pipeline.OutputOptions(format="parquet", rows_per_shard=100))
+    assert verify(out)["ok"]
+    shard = sorted((out / "data").glob("train-*.parquet"))[1]
+    table = pq.read_table(shard)
+    footer = {k: v for k, v in pq.ParquetFile(shard).metadata.metadata.items() if k != b"ARROW:schema"}
+    footer[key.encode()] = footer[key.encode()].replace(b'"GALAXY"', b'"QUASAR"', 1)
+    pq.write_table(table.replace_schema_metadata(footer), shard)
+    report = verify(out)
+    assert not report["ok"]
+    assert report["failures"] == [f"{shard.name}: footer metadata '{key}' differs from the dataset's (cutout_etl.json)"]
+
+
+@pytest.mark.parametrize("edit", [
+    ("report", "duplicate_positions", "match_radius_arcsec"),
+    ("split", "group_radius_arcsec"),
+    ("split", "group_by"),
+    ("split", "cell_deg"),
+])
+def test_zeroing_a_radius_the_leak_checks_use_fails_the_digest(small_dataset, tmp_path, edit):
+    """A radius of 0 would switch verify's neighbour checks off: the parameters are inside the content digest."""
+    copy = tmp_path / "copy.h5"
+    shutil.copy(small_dataset, copy)
+    with h5py.File(copy, "r+") as f:
+        meta = json.loads(f.attrs[METADATA_ATTR])
+        *parents, last = edit
+        entry = meta
+        for name in parents:
+            entry = entry[name]
+        entry[last] = 0
+        f.attrs[METADATA_ATTR] = json.dumps(meta)
+    assert verify(copy)["failures"] == ["content digest differs from the stored one"]
