@@ -488,27 +488,14 @@ def replace_metadata(path: Path, metadata: Mapping, read: FileIdentity, fsync: b
     that have the file open keep reading the old inode.
     """
     real = Path(os.path.realpath(path))  # through a symlink: replace the file, keep the link
-    remove_stale_temps(real)
-    tmp = temp_path_for(real)
     text = json.dumps(metadata)
-    try:
-        _claim(tmp, path, directory=False)
+    with atomic_output(real, overwrite=True, fsync=fsync) as tmp:
         _copy_file(real, tmp)
         shutil.copymode(real, tmp)
         _reserve_room(tmp, len(text.encode()) + _HEADER_ROOM)
         with h5py.File(tmp, "r+") as f:
             f.attrs[METADATA_ATTR] = text
-        if fsync:
-            _fsync(tmp)
         read.check_path(real)
-        interrupts.check()  # the last chance to stop before the file is replaced
-        os.replace(tmp, real)
-        if fsync:
-            _fsync(real.parent)
-    except OSError as exc:
-        raise OutputWriteError(f"{path}: cannot write output ({_os_reason(exc)})") from exc
-    finally:
-        _remove(tmp)
 
 
 def _copy_file(source: Path, target: Path) -> None:
