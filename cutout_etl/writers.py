@@ -419,13 +419,28 @@ def create_tables(path: Path, tables: Mapping[str, int], dtype: np.dtype) -> dic
     """
     _check_room(path, sum(tables.values()) * dtype.itemsize + _HEADER_ROOM)
     offsets = {}
-    with h5py.File(path, "w", track_order=True) as f:
+    with _new_hdf5_file(path) as f:
         for name, rows in tables.items():
             _create_contiguous(f, name, rows, dtype)
-            f.create_dataset(f"{name}.__table_column_meta__", data=column_meta_yaml(dtype, {"split": name}))
+            meta = column_meta_yaml(dtype, {"split": name})
+            f.create_dataset(f"{name}.__table_column_meta__", data=meta, track_times=False)
             offsets[name] = f[name].id.get_offset()
     _reserve(path)
     return offsets
+
+
+def _new_hdf5_file(path: Path) -> h5py.File:
+    """A new HDF5 file whose objects record no creation or modification times.
+
+    The same content then gives the same bytes: h5py would stamp the root
+    group, so two builds of the same inputs would differ in a few header bytes.
+    Links keep their creation order, as `track_order=True` does.
+    """
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    fcpl.set_obj_track_times(False)
+    fcpl.set_link_creation_order(h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED)
+    fcpl.set_attr_creation_order(h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED)
+    return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fcpl=fcpl))
 
 
 _HEADER_ROOM = 1 << 20  # HDF5 headers, astropy column metadata, our JSON: well under 1 MiB
