@@ -27,14 +27,23 @@ import numpy as np
 
 from . import readers
 from .checksums import BlockChecker, TableChecksums, block_checksums
+from .choices import Choice
 from .errors import UsageError
 from .readers import TableInfo
 from .records import RecordFiller, RowFacts, open_row_readers
 from .stats import BandStats
 from .writers import RowWriter
 
-LOCAL = "local"
-LOCAL_CLUSTER = "dask"
+
+class Scheduler(Choice):
+    """The named schedulers; `--scheduler` also takes a scheduler address such as tcp://host:8786."""
+
+    LOCAL = "local"  # this process: worker threads (`execution.py`)
+    DASK = "dask"  # a new LocalCluster of --workers processes
+
+
+LOCAL = Scheduler.LOCAL.value
+LOCAL_CLUSTER = Scheduler.DASK.value
 DEFAULT_BLOCKS_PER_TASK = 16
 
 
@@ -42,7 +51,7 @@ DEFAULT_BLOCKS_PER_TASK = 16
 class ClusterOptions:
     """Where pass 2 runs: here (`local`), a new LocalCluster (`dask`), or an existing scheduler."""
 
-    scheduler: str = LOCAL  # "local", "dask", or an address such as tcp://host:8786
+    scheduler: Scheduler | str = Scheduler.LOCAL  # or an address such as tcp://host:8786
     workers: int | None = None  # dask: LocalCluster size [cores]; an address: wait for this many
     scheduler_file: str | None = None  # as dask-jobqueue, dask-mpi and `dask scheduler --scheduler-file` write it
     blocks_per_task: int = DEFAULT_BLOCKS_PER_TASK

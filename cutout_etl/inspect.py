@@ -335,7 +335,7 @@ def _conflicting_ids(ids: np.ndarray, codes: np.ndarray, classes: list[str], kee
 
 
 def _duplicate_positions(ids, codes, ra, dec, classes: list[str], keep: np.ndarray, match_radius: float) -> tuple[dict, list[dict]]:
-    """Objects within the match radius under different IDs are one object: as `pipeline._resolve_positions`."""
+    """Objects within the match radius under different IDs are one object: as `merge._resolve_positions`."""
     candidates = np.flatnonzero(keep)
     pairs = sky.pairs_within(ra[candidates], dec[candidates], match_radius)
     summary = {"duplicate_groups_same_label": 0, "duplicate_groups_conflicting": 0}

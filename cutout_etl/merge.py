@@ -1,45 +1,83 @@
-"""Label normalisation, integer encoding and duplicate IDs. No I/O."""
+"""Which rows are kept, and why the others are not: the merge step. No I/O of its own.
+
+`plan_rows` works on the facts of pass 1 (`scan.Scan`) in memory: it drops
+unusable rows (counted by reason, in DROP_REASONS order), resolves duplicate
+IDs and objects at one sky position (`sky`), and refuses what cannot be
+resolved. Which copy of a repeated ID is kept depends on its pixels, so the
+repeated IDs' images must be read again: the caller passes that read in as
+`image_hashes` (`records.image_hashes` re-reads the rows through the same
+readers as the write pass), which keeps this module pure numpy and testable
+on made-up facts.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from .errors import LabelConflictError, UsageError
-from .schema import as_bytes
+from . import sky, validate
+from .choices import Choice
+from .errors import EmptyTableError, InvalidRowError, LabelConflictError, MissingClassError
+from .labels import UNKNOWN, encode_labels, normalize_labels, parse_classes
+from .scan import Scan
 
-UNKNOWN = -1
+__all__ = [
+    "DROP_REASONS",
+    "UNKNOWN",
+    "DuplicateReport",
+    "MergePolicy",
+    "OnConflict",
+    "Plan",
+    "encode_labels",
+    "normalize_labels",
+    "parse_classes",
+    "plan_rows",
+    "resolve_duplicates",
+]
+
 MAX_LISTED = 5
 
+DROP_REASONS = (
+    "unknown_label",
+    "empty_id",
+    "invalid_position",
+    "no_finite_pixel",
+    "duplicate_id",
+    "conflicting_labels",
+    "duplicate_position",
+    "conflicting_position",
+)
 
-def normalize_labels(values: np.ndarray) -> np.ndarray:
-    """Bytes or str labels as stripped, upper-case bytes."""
-    return np.char.upper(as_bytes(values))
-
-
-def parse_classes(classes: Sequence[str] | None, default: Sequence[str]) -> list[str]:
-    """The class list in code order: sorted by default, or as the user gave it."""
-    if classes is None:
-        return sorted(default)
-    names = [c.strip().upper() for c in classes if c.strip()]
-    if not names:
-        raise UsageError("--classes: no class names given")
-    if len(set(names)) != len(names):
-        raise UsageError(f"--classes: a class is listed twice ({', '.join(names)})")
-    odd = [n for n in names if not n.isascii()]
-    if odd:  # labels are compared and stored as ASCII bytes, as the survey catalogues write them
-        raise UsageError(f"--classes: class names must be ASCII (got {', '.join(odd)})")
-    return names
+INVALID_ROWS = {
+    "empty_id": "with an empty ID",
+    "invalid_position": "with an invalid sky position (RA/Dec NaN, infinite or out of range)",
+}
 
 
-def encode_labels(normalized: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """Integer codes in class-list order; UNKNOWN (-1) for anything else."""
-    values, inverse = np.unique(normalized, return_inverse=True)
-    lookup = {c.encode(): i for i, c in enumerate(classes)}
-    codes = np.array([lookup.get(v, UNKNOWN) for v in values], dtype=np.int16)
-    return codes[inverse.reshape(-1)]
+class OnConflict(Choice):
+    """One ID (or one sky position) with different labels: refuse the run, or drop every copy (counted)."""
+
+    ERROR = "error"
+    DROP = "drop"
+
+
+class MergePolicy(Protocol):
+    """What `plan_rows` reads of `pipeline.MergeOptions`."""
+
+    @property
+    def on_conflict(self) -> OnConflict | str: ...
+
+    @property
+    def match_radius(self) -> float: ...  # arcsec: closer objects are one object; 0 turns matching off
+
+    @property
+    def drop_invalid(self) -> bool: ...
+
+
+ImageHashes = Callable[[Scan, np.ndarray], np.ndarray]  # (scan, scan rows) -> a uint64 hash of each row's image
 
 
 @dataclass
@@ -58,8 +96,8 @@ def resolve_duplicates(
     codes: np.ndarray,
     tiebreak: np.ndarray,
     classes: Sequence[str],
-    on_conflict: str,
-    describe_row,
+    on_conflict: OnConflict | str,
+    describe_row: Callable[[int], str],
     what: str = "IDs",
     shown: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, DuplicateReport]:
@@ -89,22 +127,26 @@ def resolve_duplicates(
     hi = np.maximum.reduceat(sorted_codes, starts)[sizes > 1]
     dup_sizes = sizes[sizes > 1]
     conflicts = lo != hi
-    if conflicts.any() and on_conflict != "drop":
+    if conflicts.any() and on_conflict != OnConflict.DROP:
         members = [order[a : a + n] for a, n in zip(dup_starts[conflicts], dup_sizes[conflicts])]
         raise LabelConflictError(_conflict_message(members, shown, codes, classes, describe_row, what))
     for start, size, conflict in zip(dup_starts, dup_sizes, conflicts):
-        members = order[start : start + size]
-        if conflict:
-            conflicted[members] = True
-            report.conflict_groups += 1
-            report.conflict_dropped += int(size)
-        else:
-            drop[members[1:]] = True
-            report.same_label_groups += 1
-            report.same_label_dropped += int(size - 1)
-        if len(report.examples) < MAX_LISTED:
-            report.examples.append(shown[members[0]].decode(errors="replace"))
+        _drop_group(order[start : start + size], bool(conflict), drop, conflicted, report, shown)
     return drop, conflicted, report
+
+
+def _drop_group(members, conflict: bool, drop, conflicted, report: DuplicateReport, shown) -> None:
+    """One key's copies: all of them if their labels conflict, else all but the first."""
+    if conflict:
+        conflicted[members] = True
+        report.conflict_groups += 1
+        report.conflict_dropped += len(members)
+    else:
+        drop[members[1:]] = True
+        report.same_label_groups += 1
+        report.same_label_dropped += len(members) - 1
+    if len(report.examples) < MAX_LISTED:
+        report.examples.append(shown[members[0]].decode(errors="replace"))
 
 
 def _conflict_message(groups, shown, codes, classes, describe_row, what: str) -> str:
@@ -117,3 +159,164 @@ def _conflict_message(groups, shown, codes, classes, describe_row, what: str) ->
         f"{len(groups)} {what} carry conflicting labels: {'; '.join(parts)}{more}; "
         "use --on-conflict drop to drop them"
     )
+
+
+@dataclass
+class Plan:
+    """Which rows are kept, and why the others are not."""
+
+    scan: Scan
+    keep: np.ndarray
+    dropped: dict[str, np.ndarray]  # reason -> bool mask of rows
+    duplicates: DuplicateReport = field(default_factory=DuplicateReport)
+    positions: DuplicateReport = field(default_factory=DuplicateReport)
+    match_radius: float = 0.0
+
+    def report(self) -> dict:
+        files = self.scan.files
+        cast = [i for i, f in enumerate(files) if f.info.image_dtype != np.float32]
+        per_file = []
+        for index, entry in enumerate(files):
+            in_file = self.scan.file_index == index
+            per_file.append(
+                {
+                    **entry.describe(),
+                    "labels": dict(sorted(entry.label_counts.items())),
+                    "rows_kept": int(np.count_nonzero(self.keep & in_file)),
+                    "dropped": {r: int(np.count_nonzero(m & in_file)) for r, m in self.dropped.items()},
+                    "rows_partly_nonfinite_kept": int(np.count_nonzero(self.keep & in_file & self.scan.partly_nonfinite)),
+                    "image_cast_to_float32": entry.info.image_dtype != np.float32,
+                    "notes": list(entry.info.notes),
+                }
+            )
+        return {
+            "rows_read": len(self.keep),
+            "rows_kept": int(self.keep.sum()),
+            "dropped": {r: int(m.sum()) for r, m in self.dropped.items()},
+            "duplicate_ids": vars(self.duplicates),
+            "duplicate_positions": {"match_radius_arcsec": self.match_radius, **vars(self.positions)},
+            "rows_partly_nonfinite": int(np.count_nonzero(self.keep & self.scan.partly_nonfinite)),
+            "rows_cast_to_float32": int(np.count_nonzero(self.keep & np.isin(self.scan.file_index, cast))),
+            "files": per_file,
+        }
+
+
+def plan_rows(scan: Scan, options: MergePolicy, image_hashes: ImageHashes) -> Plan:
+    """Drop unusable rows, then resolve duplicate IDs among the rest.
+
+    A row is counted under the first reason that applies, in DROP_REASONS
+    order. Rows with an empty ID or an invalid position are refused (or
+    dropped with `drop_invalid`) before any matching: an empty ID is no
+    object's name and an impossible position is no place on the sky.
+    """
+    dropped = {reason: np.zeros(len(scan.ids), dtype=bool) for reason in DROP_REASONS}
+    dropped["unknown_label"] = scan.codes == UNKNOWN
+    dropped["empty_id"] = _empty_ids(scan.ids) & ~dropped["unknown_label"]
+    invalid = validate.invalid_positions(scan.ra, scan.dec)
+    dropped["invalid_position"] = invalid & ~(dropped["unknown_label"] | dropped["empty_id"])
+    if not options.drop_invalid:
+        _refuse_invalid_rows(scan, dropped)
+    keep = ~(dropped["unknown_label"] | dropped["empty_id"] | dropped["invalid_position"])
+    dropped["no_finite_pixel"] = scan.no_finite & keep
+    keep &= ~dropped["no_finite_pixel"]
+    candidates = np.flatnonzero(keep)
+    extra, conflicting, duplicates = resolve_duplicates(
+        scan.ids[candidates],
+        scan.codes[candidates],
+        _copy_order(scan, candidates, image_hashes),
+        scan.classes,
+        options.on_conflict,
+        lambda i: scan.describe_row(candidates[i]),
+    )
+    dropped["duplicate_id"][candidates[extra]] = True
+    dropped["conflicting_labels"][candidates[conflicting]] = True
+    keep[candidates[extra | conflicting]] = False
+    positions = _resolve_positions(scan, keep, dropped, options)
+    if not keep.any():
+        reasons = ", ".join(f"{r.replace('_', ' ')} {int(m.sum())}" for r, m in dropped.items() if m.any())
+        raise EmptyTableError(f"nothing to write: all {len(keep)} rows were dropped ({reasons})")
+    _refuse_missing_classes(scan, keep)
+    return Plan(scan, keep, dropped, duplicates, positions, options.match_radius)
+
+
+def _refuse_missing_classes(scan: Scan, keep: np.ndarray) -> None:
+    """A class of the class list with no kept rows: a class file left out, or a wrong --classes."""
+    counts = np.bincount(scan.codes[keep], minlength=len(scan.classes))
+    missing = [c for c, n in zip(scan.classes, counts) if n == 0]
+    if not missing:
+        return
+    present = [(c, int(n)) for c, n in zip(scan.classes, counts) if n]
+    kept = ", ".join(f"{c} {n}" for c, n in present)
+    raise MissingClassError(
+        f"no rows of class{'es' if len(missing) > 1 else ''} {', '.join(missing)} (kept: {kept}); "
+        f"name the classes present with --classes {','.join(c for c, _ in present)}"
+    )
+
+
+def _empty_ids(ids: np.ndarray, step: int = 1 << 20) -> np.ndarray:
+    """`validate.empty_ids` in slices: its stripped copy of the IDs stays small."""
+    flags = np.zeros(len(ids), dtype=bool)
+    for first in range(0, len(ids), step):
+        flags[first : first + step] = validate.empty_ids(ids[first : first + step])
+    return flags
+
+
+def _refuse_invalid_rows(scan: Scan, dropped: dict[str, np.ndarray]) -> None:
+    """InvalidRowError naming the first file (by name) with such rows, their count and the first of them."""
+    for reason, what in INVALID_ROWS.items():
+        mask = dropped[reason]
+        if not mask.any():
+            continue
+        per_file = np.bincount(scan.file_index[mask], minlength=len(scan.files))
+        index = int(np.flatnonzero(per_file)[0])
+        first = int(scan.row[mask & (scan.file_index == index)].min())
+        count = int(per_file[index])
+        raise InvalidRowError(
+            f"{scan.files[index].info.path}: {count} row{'s' if count != 1 else ''} {what}, e.g. row {first}; "
+            "use --drop-invalid to drop them"
+        )
+
+
+def _copy_order(scan: Scan, rows: np.ndarray, image_hashes: ImageHashes) -> np.ndarray:
+    """Which copy of a repeated ID is kept: ranked by content (pixel hash, then RA, then Dec), then file and row.
+
+    Copies may differ in their pixels or their position; ranking them on
+    content keeps the same one whatever the order of the files or of their
+    rows. File and row decide only between copies identical in every output
+    column, so they change provenance only. Only the repeated IDs' images are
+    read again.
+    """
+    ids = scan.ids[rows]
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    repeated = np.flatnonzero(counts[inverse] > 1)
+    content = np.zeros(len(rows), dtype=np.uint64)
+    if len(repeated):
+        content[repeated] = image_hashes(scan, rows[repeated])
+    rank = np.empty(len(rows), dtype=np.int64)
+    keys = (scan.row[rows], scan.file_index[rows], scan.dec[rows], scan.ra[rows], content)  # last key first
+    rank[np.lexsort(keys)] = np.arange(len(rows))
+    return rank
+
+
+def _resolve_positions(scan: Scan, keep: np.ndarray, dropped: dict, options: MergePolicy) -> DuplicateReport:
+    """Objects within the match radius are one object: keep the smallest ID, or refuse differing labels."""
+    candidates = np.flatnonzero(keep)
+    pairs = sky.pairs_within(scan.ra[candidates], scan.dec[candidates], options.match_radius)
+    if len(pairs) == 0:
+        return DuplicateReport()
+    group = sky.components(len(candidates), pairs)
+    ids = scan.ids[candidates]
+    extra, conflicting, report = resolve_duplicates(
+        group,
+        scan.codes[candidates],
+        np.argsort(np.argsort(ids, kind="stable")),  # rank of the ID: the smallest ID is kept
+        scan.classes,
+        options.on_conflict,
+        lambda i: f"'{ids[i].decode(errors='replace')}' ({scan.describe_row(candidates[i])})",
+        what=f"objects within {options.match_radius:g} arcsec of another",
+        shown=ids,
+    )
+    dropped["duplicate_position"][candidates[extra]] = True
+    dropped["conflicting_position"][candidates[conflicting]] = True
+    keep[candidates[extra | conflicting]] = False
+    return report

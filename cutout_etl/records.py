@@ -1,9 +1,11 @@
 """Build output blocks from input rows: the one step both write paths share.
 
-The local write pass (`pipeline._write_tables`) and each Dask task
-(`distributed.py`) call `RecordFiller` on a block of rows described by small
-per-row arrays (`RowFacts`), so a task needs no `Scan` and no images from the
-client: it opens the inputs itself (`open_row_readers`).
+The local write pass (`execution.py`) and each Dask task (`distributed.py`)
+call `RecordFiller` on a block of rows described by small per-row arrays
+(`RowFacts`), so a task needs no `Scan` and no images from the client: it
+opens the inputs itself (`open_row_readers`). `image_hashes` is the one read
+the merge step needs (which copy of a repeated ID to keep), through the same
+readers.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import xxhash
 
 from . import readers
 from .readers import TableInfo
+from .scan import Scan
 from .schema import RowCut
 
 
@@ -125,3 +129,16 @@ class RecordFiller:
                 columns["source_file"][mine] = rest["source_file"]
                 columns["source_row"][mine] = rest["source_row"]
         return block
+
+
+def image_hashes(scan: Scan, rows: np.ndarray) -> np.ndarray:
+    """A 64-bit xxh3 of the image of each scan row in `rows`, read again from its input (`merge.ImageHashes`)."""
+    hashes = np.empty(len(rows), dtype=np.uint64)
+    with contextlib.ExitStack() as stack:
+        sources = open_row_readers([f.info for f in scan.files], stack)
+        for file_index in np.unique(scan.file_index[rows]):
+            mine = np.flatnonzero(scan.file_index[rows] == file_index)
+            mine = mine[np.argsort(scan.row[rows[mine]])]
+            images = sources[file_index].read(scan.row[rows[mine]])[sources[file_index].info.columns.image]
+            hashes[mine] = [xxhash.xxh3_64_intdigest(np.ascontiguousarray(image, dtype="<f4")) for image in images]
+    return hashes

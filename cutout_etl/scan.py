@@ -21,7 +21,7 @@ import numpy as np
 
 from . import readers
 from .errors import DuplicateInputError, ImageShapeError, UnknownLabelError
-from .merge import UNKNOWN, encode_labels, normalize_labels
+from .labels import UNKNOWN, encode_labels, normalize_labels
 from .readers import TableInfo
 from .schema import Columns, as_bytes
 

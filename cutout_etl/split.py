@@ -7,6 +7,10 @@ n rows of its class in that split sorts at (r + 1/2) / n, so any block of
 consecutive rows holds each class within one row of its share, and the
 order within a class is the hash order (a seeded shuffle). Nothing depends
 on the order of files or rows.
+
+The layout of the output tables lives here too: `split_layout` (the three
+splits of the kept rows, and their description for the metadata) and
+`merged_layout` (the one table of `merge`).
 """
 
 from __future__ import annotations
@@ -14,11 +18,48 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
+from . import sky
+from .choices import Choice
 from .errors import SplitError, UsageError
-from .schema import SPLIT_NAMES
+from .merge import Plan
+from .scan import Scan
+from .schema import MERGED_TABLE, SPLIT_NAMES
+
+
+class GroupBy(Choice):
+    """What else must stay in one split besides neighbours: nothing, or whole sky cells."""
+
+    NONE = "none"
+    SKY = "sky"
+
+
+class SplitPolicy(Protocol):
+    """What `split_layout` reads of `pipeline.SplitOptions`."""
+
+    @property
+    def fractions(self) -> Sequence[float]: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def group_radius(self) -> float | None: ...  # arcsec; None: the cutout's half-diagonal; 0: no groups
+
+    @property
+    def pixel_scale(self) -> float: ...  # arcsec per pixel, for the default group radius
+
+    @property
+    def group_by(self) -> GroupBy | str: ...
+
+    @property
+    def cell_deg(self) -> float: ...
+
+    @property
+    def tolerance(self) -> float: ...  # allowed |achieved - target| class fraction per split, reported
 
 
 def parse_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -161,3 +202,99 @@ def _plan(split: np.ndarray, codes: np.ndarray, classes: Sequence[str], hash_ord
         ordered = members[np.lexsort((codes[members], interleave))]
         position[ordered] = np.arange(len(ordered))
     return SplitPlan(split=split, position=position, counts=counts)
+
+
+# ---------------------------------------------------------------- output layout
+
+
+@dataclass
+class Layout:
+    """Where each kept row goes: a table and a position inside it."""
+
+    tables: list[str]
+    table_of_row: np.ndarray  # int8 index into tables, -1 for dropped rows
+    position: np.ndarray  # int64
+    tables_rows: dict[str, dict]  # table -> {"rows": n, "class_counts": {...}}
+
+    def rows(self) -> dict[str, int]:
+        return {name: self.tables_rows[name]["rows"] for name in self.tables}
+
+
+def _class_counts(scan: Scan, mask: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(scan.codes[mask], minlength=len(scan.classes))
+    return {c: int(n) for c, n in zip(scan.classes, counts)}
+
+
+def merged_layout(plan: Plan) -> Layout:
+    """One table, rows sorted by class code then ID."""
+    scan = plan.scan
+    kept = np.flatnonzero(plan.keep)
+    order = kept[np.lexsort((scan.ids[kept], scan.codes[kept]))]
+    position = np.zeros(len(scan.ids), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    table_of_row = np.where(plan.keep, 0, -1).astype(np.int8)
+    rows = {MERGED_TABLE: {"rows": len(order), "class_counts": _class_counts(scan, plan.keep)}}
+    return Layout([MERGED_TABLE], table_of_row, position, rows)
+
+
+def split_layout(plan: Plan, options: SplitPolicy) -> tuple[Layout, dict]:
+    """The split of the kept rows, and its description for the metadata."""
+    scan = plan.scan
+    kept = np.flatnonzero(plan.keep)
+    fractions = parse_fractions(options.fractions)
+    groups, grouping = _groups(scan, kept, options)
+    assignment = assign_splits(scan.ids[kept], scan.codes[kept], scan.classes, fractions, options.seed, groups)
+    table_of_row = np.full(len(scan.ids), -1, dtype=np.int8)
+    position = np.zeros(len(scan.ids), dtype=np.int64)
+    table_of_row[kept] = assignment.split
+    position[kept] = assignment.position
+    rows = {
+        name: {"rows": sum(assignment.counts[name].values()), "class_counts": assignment.counts[name]}
+        for name in SPLIT_NAMES
+    }
+    description = {
+        "fractions": list(fractions),
+        "seed": options.seed,
+        "method": "stratified by class; rows ranked by BLAKE2b-64 of the ID keyed by the seed; "
+        "groups of rows placed whole, largest first",
+        "order": "classes interleaved in proportion inside each split; keyed-hash order within a class",
+        **grouping,
+        **_achieved(assignment.counts, scan.classes, fractions, options.tolerance),
+    }
+    return Layout(list(SPLIT_NAMES), table_of_row, position, rows), description
+
+
+def _groups(scan: Scan, kept: np.ndarray, options: SplitPolicy) -> tuple[np.ndarray, dict]:
+    """Rows that must share a split: neighbours within the group radius, and sky cells."""
+    radius = options.group_radius
+    if radius is None:
+        radius = sky.half_diagonal_arcsec(scan.image_shape, options.pixel_scale)
+    ra, dec = scan.ra[kept], scan.dec[kept]
+    pairs = sky.pairs_within(ra, dec, radius)
+    group_by = GroupBy.parse(options.group_by, "--group-by")
+    if group_by == GroupBy.SKY:
+        _, first, cell = np.unique(sky.sky_cells(ra, dec, options.cell_deg), return_index=True, return_inverse=True)
+        pairs = np.concatenate([pairs, np.column_stack([first[cell], np.arange(len(kept))])])
+    groups = sky.components(len(kept), pairs)
+    sizes = np.bincount(groups)
+    description = {
+        "group_radius_arcsec": radius,
+        "pixel_scale_arcsec": options.pixel_scale,
+        "group_by": group_by.value,
+        "cell_deg": options.cell_deg if group_by == GroupBy.SKY else None,
+        "groups_of_several_rows": int((sizes > 1).sum()),
+        "rows_in_groups": int(sizes[sizes > 1].sum()),
+        "largest_group": int(sizes.max(initial=0)),
+    }
+    return groups, description
+
+
+def _achieved(counts: dict, classes: Sequence[str], fractions: Sequence[float], tolerance: float) -> dict:
+    """Each class's share in each split, and how far it is from the target."""
+    achieved, worst = {}, 0.0
+    for name in classes:
+        total = sum(counts[s][name] for s in SPLIT_NAMES)
+        shares = [counts[s][name] / total if total else 0.0 for s in SPLIT_NAMES]
+        achieved[name] = dict(zip(SPLIT_NAMES, shares))
+        worst = max([worst, *(abs(a - f) for a, f in zip(shares, fractions))] if total else [worst])
+    return {"achieved_fractions": achieved, "max_fraction_deviation": worst, "tolerance": tolerance, "within_tolerance": worst <= tolerance}

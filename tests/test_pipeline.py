@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from cutout_etl import open_dataset, pipeline
+from cutout_etl import execution, open_dataset, pipeline
 from cutout_etl.errors import LabelConflictError
 from cutout_etl.schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, METADATA_ATTR, PIXEL_UNIT, output_dtype
 from cutout_etl.writers import column_meta_yaml
@@ -294,7 +294,7 @@ def test_images_bit_exact_whatever_the_input_row_layout(tmp_path, order):
 
 @pytest.mark.parametrize("rows", [[70, 15, 15], [1, 0, 1000], [512, 513, 1]])
 def test_write_pass_visits_every_block_once_each_table_in_order(rows):
-    blocks = pipeline._interleaved_blocks(rows, 16)
+    blocks = execution.interleaved_blocks(rows, 16)
     for table, n in enumerate(rows):
         assert [first for t, first in blocks if t == table] == list(range(0, n, 16))
     assert len(blocks) == sum(len(range(0, n, 16)) for n in rows)

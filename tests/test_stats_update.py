@@ -19,7 +19,7 @@ import pytest
 from astropy.table import Table
 from typer.testing import CliRunner
 
-from cutout_etl import distributed, pipeline
+from cutout_etl import distributed, execution, pipeline
 from cutout_etl.cli import app
 from cutout_etl.dataset import open_dataset
 from cutout_etl.errors import ChecksumError
@@ -165,7 +165,7 @@ def test_stats_succeeds_while_another_process_reads_the_dataset(dataset):
 
 
 def test_a_file_changed_while_stats_runs_is_not_replaced(dataset, monkeypatch):
-    original = pipeline._table_stats
+    original = execution.table_stats
 
     def touch_then_compute(*args, **kwargs):
         result = original(*args, **kwargs)
@@ -173,7 +173,7 @@ def test_a_file_changed_while_stats_runs_is_not_replaced(dataset, monkeypatch):
             fh.write(b"\0")
         return result
 
-    monkeypatch.setattr(pipeline, "_table_stats", touch_then_compute)
+    monkeypatch.setattr(execution, "table_stats", touch_then_compute)
     before = sha256(dataset)
     result = invoke("stats", dataset, "--quiet")
     assert result.exit_code == 1

@@ -1,0 +1,26 @@
+"""Options with a fixed set of values: str-valued Enums that also accept their plain strings."""
+
+from __future__ import annotations
+
+import enum
+from typing import TypeVar
+
+from .errors import UsageError
+
+C = TypeVar("C", bound="Choice")
+
+
+class Choice(str, enum.Enum):
+    """A str Enum: `Choice.X == "x"`, and `parse` turns a plain string into a member or a usage error."""
+
+    @classmethod
+    def parse(cls: type[C], value: str, option: str) -> C:
+        """The member named by `value` (a member or its string); UsageError naming `option` if none is."""
+        try:
+            return cls(value)
+        except ValueError:
+            names = " or ".join(member.value for member in cls)
+            raise UsageError(f"{option}: '{value}' is not {names}") from None
+
+    def __str__(self) -> str:
+        return str(self.value)
