@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import enum
-from typing import TypeVar
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 
-C = TypeVar("C", bound="Choice")
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class Choice(str, enum.Enum):
     """A str Enum: `Choice.X == "x"`, and `parse` turns a plain string into a member or a usage error."""
 
     @classmethod
-    def parse(cls: type[C], value: str, option: str) -> C:
+    def parse(cls, value: str, option: str) -> Self:
         """The member named by `value` (a member or its string); UsageError naming `option` if none is."""
         try:
             return cls(value)

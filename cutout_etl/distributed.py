@@ -97,7 +97,8 @@ def connect(options: ClusterOptions) -> Iterator[object]:
         if options.workers:
             client.wait_for_workers(options.workers, timeout=600)
     except (OSError, TimeoutError, ValueError) as exc:
-        raise UsageError(f"{where}: cannot reach the Dask scheduler ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"{where}: cannot reach the Dask scheduler ({reason})") from None
     with client:
         yield client
 
@@ -153,12 +154,14 @@ def write_tables(
     progress: Callable[[str, int, int], None],
 ) -> tuple[BandStats, dict[str, TableChecksums]]:
     """Submit every task, then collect them in stored order (checksums and statistics in that order)."""
-    job = replace(job, inputs=[replace(i, path=Path(i.path).resolve()) for i in job.inputs], output=Path(job.output).resolve())
+    inputs = [replace(i, path=Path(i.path).resolve()) for i in job.inputs]
+    job = replace(job, inputs=inputs, output=Path(job.output).resolve())
     step = job.chunk_rows * blocks_per_task
     futures = []
     for name, facts, positions in tables:
         for first in range(0, len(facts), step):
-            task = Task(name, facts.take(slice(first, first + step)), positions[first : first + step], name == stats_table)
+            part = slice(first, first + step)
+            task = Task(name, facts.take(part), positions[part], name == stats_table)
             futures.append((name, len(task.facts), client.submit(run_task, job, task, pure=False)))  # type: ignore[attr-defined]
     acc = BandStats(n_bands=job.n_bands)
     checksums = {name: TableChecksums(job.chunk_rows) for name, _, _ in tables}

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from .scan import ProgressFn, Scan
 from .split import Layout
 from .stats import BandStats
 from .writers import HDF5Sink, Sink
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 Cluster = tuple[object, ClusterOptions]  # a Dask client and its options
 TableRows = tuple[str, RowFacts, np.ndarray]  # a table's name, its rows' facts and their positions, in stored order
@@ -135,7 +139,9 @@ def interleaved_blocks(table_rows: Sequence[int], chunk_rows: int) -> list[tuple
     statistics: spread over the whole pass, they keep both cores busy to the end.
     """
     blocks = [
-        ((first + chunk_rows / 2) / rows, t, first) for t, rows in enumerate(table_rows) for first in range(0, rows, chunk_rows)
+        ((first + chunk_rows / 2) / rows, t, first)
+        for t, rows in enumerate(table_rows)
+        for first in range(0, rows, chunk_rows)
     ]
     return [(t, first) for _, t, first in sorted(blocks)]
 
@@ -149,7 +155,7 @@ def table_stats(
     cluster: Cluster | None = None,
     checksums: dict | None = None,
 ) -> BandStats:
-    """Per-band statistics of one stored table, in one streaming pass in stored order (or Dask tasks merged in that order).
+    """Per-band statistics of one stored table: one streaming pass in stored order, or Dask tasks merged in that order.
 
     With the table's stored `checksums`, every block is checked as it is read.
     """
@@ -158,7 +164,9 @@ def table_stats(
     if cluster is None:
         return distributed.stats_task(path, table, 0, rows, n_bands, chunk_rows, progress, checksums)
     client, options = cluster
-    return distributed.table_stats(client, path, table, rows, n_bands, chunk_rows, options.blocks_per_task, progress, checksums)
+    return distributed.table_stats(
+        client, path, table, rows, n_bands, chunk_rows, options.blocks_per_task, progress, checksums
+    )
 
 
 class _Background:
@@ -179,7 +187,7 @@ class _Background:
         while len(self._pending) > self._depth:
             self._pending.popleft().result()
 
-    def __enter__(self) -> _Background:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:

@@ -175,6 +175,7 @@ class Plan:
     def report(self) -> dict:
         files = self.scan.files
         cast = [i for i, f in enumerate(files) if f.info.image_dtype != np.float32]
+        partly = self.scan.partly_nonfinite
         per_file = []
         for index, entry in enumerate(files):
             in_file = self.scan.file_index == index
@@ -184,7 +185,7 @@ class Plan:
                     "labels": dict(sorted(entry.label_counts.items())),
                     "rows_kept": int(np.count_nonzero(self.keep & in_file)),
                     "dropped": {r: int(np.count_nonzero(m & in_file)) for r, m in self.dropped.items()},
-                    "rows_partly_nonfinite_kept": int(np.count_nonzero(self.keep & in_file & self.scan.partly_nonfinite)),
+                    "rows_partly_nonfinite_kept": int(np.count_nonzero(self.keep & in_file & partly)),
                     "image_cast_to_float32": entry.info.image_dtype != np.float32,
                     "notes": list(entry.info.notes),
                 }

@@ -67,7 +67,11 @@ def store_stats(metadata: dict, computed: dict) -> dict:
 
 
 def record_provenance(metadata: dict, files: Sequence[InputFile], carry_provenance: bool) -> dict:
-    """The hashed files are the `inputs`; for a split of a merged file (`carry_provenance`), the one file is the `parent`."""
+    """Where the rows came from: the hashed files are the `inputs`.
+
+    For a split of a merged file (`carry_provenance`) the one hashed file is
+    the `parent`, and the `inputs` are the parent's, given to `describe`.
+    """
     described = [f.describe() for f in files]
     if carry_provenance:
         metadata["parent"] = described[0]

@@ -103,7 +103,9 @@ def _check_split(options: SplitOptions) -> None:
     GroupBy.parse(options.group_by, "--group-by")
 
 
-def _plan(paths: Sequence[Path], classes: list[str], read: ReadOptions, options: MergeOptions, progress: ProgressFn) -> Plan:
+def _plan(
+    paths: Sequence[Path], classes: list[str], read: ReadOptions, options: MergeOptions, progress: ProgressFn
+) -> Plan:
     """Pass 1 and the merge step: which rows of the inputs are kept."""
     scan = scan_inputs(paths, classes, read, options.drop_unknown, progress)
     return plan_rows(scan, options, image_hashes)
@@ -183,7 +185,9 @@ def split(
         plan = plan_rows(scan, merged, image_hashes)
         layout, split_metadata = split_layout(plan, split_options)
         metadata = describe("dataset", plan, layout, parent_meta["inputs"], parent_meta["report"], split_metadata)
-        return _write_dataset(job, plan, layout, metadata, read, output, progress, client, "train", carry_provenance=True)
+        return _write_dataset(
+            job, plan, layout, metadata, read, output, progress, client, "train", carry_provenance=True
+        )
 
 
 def _merged_parent(path: Path) -> dict:
@@ -192,7 +196,9 @@ def _merged_parent(path: Path) -> dict:
         parent_meta = parent.metadata
         parent_format = parent.format
     if parent_meta.get("kind") != "merged" or parent_format != "hdf5":
-        raise DatasetError(f"{path}: is a cutout-etl {parent_meta.get('kind')} ({parent_format}), expected the HDF5 output of merge")
+        raise DatasetError(
+            f"{path}: is a cutout-etl {parent_meta.get('kind')} ({parent_format}), expected the HDF5 output of merge"
+        )
     return parent_meta
 
 
@@ -318,9 +324,10 @@ def open_sink(tmp: Path, parquet: bool, rows: dict[str, int], dtype: np.dtype, c
 def _refuse_non_utf8_block(path: Path, table: str, start: int, block: Block) -> None:
     from .parquet import first_non_utf8, not_utf8_message
 
-    bad = first_non_utf8(block["ID"])
+    ids = block.columns["ID"]
+    bad = first_non_utf8(ids)
     if bad is not None:
-        raise InvalidRowError(f"{path}: table {table} row {start + bad}: {not_utf8_message(block['ID'][bad])}")
+        raise InvalidRowError(f"{path}: table {table} row {start + bad}: {not_utf8_message(ids[bad])}")
 
 
 def convert(

@@ -80,7 +80,7 @@ class Block:
     def from_records(cls, records: np.ndarray) -> Block:
         """A block holding a copy of structured `records` of the output dtype."""
         block = cls.empty(len(records), records.dtype)
-        for name in block.columns.dtype.names:
+        for name in block.columns.dtype.names or ():
             block.columns[name] = records[name]
         block.images[...] = records["image"]
         return block
@@ -140,5 +140,5 @@ def image_hashes(scan: Scan, rows: np.ndarray) -> np.ndarray:
             mine = np.flatnonzero(scan.file_index[rows] == file_index)
             mine = mine[np.argsort(scan.row[rows[mine]])]
             images = sources[file_index].read(scan.row[rows[mine]])[sources[file_index].info.columns.image]
-            hashes[mine] = [xxhash.xxh3_64_intdigest(np.ascontiguousarray(image, dtype="<f4")) for image in images]
+            hashes[mine] = [xxhash.xxh3_64_intdigest(np.ascontiguousarray(image, dtype="<f4").data) for image in images]
     return hashes

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -24,6 +25,9 @@ from .errors import DuplicateInputError, ImageShapeError, UnknownLabelError
 from .labels import UNKNOWN, encode_labels, normalize_labels
 from .readers import TableInfo
 from .schema import Columns, as_bytes
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -88,7 +92,9 @@ class Scan:
         return f"{self.files[self.file_index[i]].info.name} row {self.row[i]}"
 
 
-def open_inputs(paths: Sequence[Path], options: ReadOptions, stack: contextlib.ExitStack) -> list[tuple[TableInfo, h5py.File]]:
+def open_inputs(
+    paths: Sequence[Path], options: ReadOptions, stack: contextlib.ExitStack
+) -> list[tuple[TableInfo, h5py.File]]:
     """Open and check every input; the files stay open until `stack` closes."""
     _refuse_repeated_paths(paths)
     opened = []
@@ -220,7 +226,7 @@ class FileHasher:
         self._stop.set()  # results already taken are kept; a failed run stops hashing at once
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> FileHasher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

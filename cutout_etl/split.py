@@ -297,4 +297,9 @@ def _achieved(counts: dict, classes: Sequence[str], fractions: Sequence[float], 
         shares = [counts[s][name] / total if total else 0.0 for s in SPLIT_NAMES]
         achieved[name] = dict(zip(SPLIT_NAMES, shares))
         worst = max([worst, *(abs(a - f) for a, f in zip(shares, fractions))] if total else [worst])
-    return {"achieved_fractions": achieved, "max_fraction_deviation": worst, "tolerance": tolerance, "within_tolerance": worst <= tolerance}
+    return {
+        "achieved_fractions": achieved,
+        "max_fraction_deviation": worst,
+        "tolerance": tolerance,
+        "within_tolerance": worst <= tolerance,
+    }
