@@ -7,32 +7,9 @@ the per-cutout sky level and noise measured on the outer `border` frame.
 Accumulators merge exactly (integer counts) apart from the float64 moments,
 which merge with Chan, Golub & LeVeque's pairwise update.
 
-Quantile sketch and its error bound
------------------------------------
-A finite float32 value is binned by the top 16 bits of its bit pattern (sign,
-8 exponent bits, 7 mantissa bits): 65536 fixed bins per band, disjoint value
-intervals that are ordered by value once the negative half is reversed.  In
-the binade [2**e, 2**(e+1)) a bin is 2**(e-7) wide; below 2**-126
-(subnormals) every bin is 2**-133 wide.
+The quantile sketch and its error bound: see `sketch.py`.
 
-Let x_(1) <= ... <= x_(n) be the finite pixels of a band and
-k = min(max(ceil(q * n), 1), n): x_(k) is exactly what
-``np.quantile(x, q, method="inverted_cdf")`` returns.  Walking the cumulative
-counts finds the bin holding x_(k) with no error (up to the sign of a zero:
--0.0 and +0.0 sit in adjacent bins), and the sketch returns that bin's
-midpoint.  Hence
-
-    |estimate - x_(k)| <= quantile_bound(x_(k))
-
-where `quantile_bound(v)` is the half-width of the bin holding float32(v):
-2**(e-8) <= 2**-8 * |v| for |v| in [2**e, 2**(e+1)), and 2**-134 for
-|v| < 2**-126.
-
-Sky: per cutout and band, the median of the finite frame pixels (mean of the
-two middle float32 values, in float64) and 1.4826 * the median of |x - median|
-(deviations formed in float32: ~1e-7 relative rounding, far below 2**-8).
-These float64 values are cast to float32 and sketched the same way, so the
-statement above holds for the float32-cast per-cutout values.
+The per-cutout sky level and noise: see `sky_level.py`.
 
 `mad_sigma` is 1.4826 * MAD with MAD = the inverted-CDF median of |x - m|
 and m the inverted-CDF median.  From the sketch each |x - m| is replaced by
@@ -43,17 +20,32 @@ so |MAD_sketch - MAD| <= 2**-8 * (MAD + 2 * |m|).
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .sketch import (
+    NBINS,
+    NONFINITE_NEGATIVE,
+    NONFINITE_POSITIVE,
+    POSITIVE_INF_KEY,
+    bit_histogram,
+    chunk_shift,
+    count_into,
+    quantile_bound,
+    sketch_mad,
+    sketch_quantiles,
+)
+from .sky_level import MAD_TO_SIGMA, chunk_sky
+
+# MAD_TO_SIGMA and quantile_bound are part of what the statistics mean: importable from here.
+__all__ = ["MAD_TO_SIGMA", "QUANTILES", "QUANTILE_METHOD", "SKY_QUANTILES", "BandStats", "quantile_bound"]
+
 QUANTILES: tuple[float, ...] = (
     0.001, 0.01, 0.05, 0.16, 0.25, 0.5, 0.75, 0.84, 0.95, 0.99, 0.999,
 )
 SKY_QUANTILES: tuple[float, ...] = (0.16, 0.5, 0.84)
-MAD_TO_SIGMA = 1.4826
 
 QUANTILE_METHOD = (
     "fixed-edge histogram of the top 16 bits of each float32 value (sign, "
@@ -65,18 +57,6 @@ QUANTILE_METHOD = (
     "before binning"
 )
 
-_NBINS = 1 << 16
-_KEYS = np.arange(_NBINS, dtype=np.uint32)
-_EXPONENT = (_KEYS >> 7) & 0xFF
-_POSITIVE_INF_KEY = 0x7F80
-_NONFINITE_POSITIVE = slice(_POSITIVE_INF_KEY, 0x8000)
-_NONFINITE_NEGATIVE = slice(0xFF80, _NBINS)
-# Keys in ascending value order: negatives run from most negative (0xFFFF)
-# down to -0 (0x8000), then +0 (0x0000) up to the positive NaNs (0x7FFF).
-_ASCENDING = np.concatenate([np.arange(0xFFFF, 0x7FFF, -1), np.arange(0x8000)])
-_FINITE_ASCENDING = _ASCENDING[_EXPONENT[_ASCENDING] != 0xFF]
-# High 16-bit half of a native float32 when viewed as two uint16.
-_HIGH_HALF = 1 if sys.byteorder == "little" else 0
 # Float64 scratch per block in the moment pass: a few MiB stays in cache and
 # is ~2x faster than casting a whole chunk to float64 at once.
 _BLOCK_BYTES = 1 << 21
@@ -86,84 +66,6 @@ _COUNTS = (
     "cutouts_with_invalid", "cutouts_no_finite", "saturated_pixels",
     "sky_cutouts", "sky_cutouts_skipped",
 )
-
-
-def _bin_midpoints() -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        low = np.abs((_KEYS << 16).view(np.float32).astype(np.float64))
-    half = np.ldexp(1.0, np.maximum(_EXPONENT, 1).astype(np.int64) - 135)
-    return np.where(_KEYS & 0x8000, -(low + half), low + half)
-
-
-_MIDPOINTS = _bin_midpoints()
-_FINITE_MIDPOINTS = _MIDPOINTS[_FINITE_ASCENDING]
-
-
-def quantile_bound(value: float) -> float:
-    """Absolute error bound of a sketch quantile whose exact value is `value`.
-
-    The half-width of the bin holding float32(value): 2**(e-8) for |value| in
-    [2**e, 2**(e+1)) (so at most 2**-8 * |value|), 2**-134 below 2**-126.
-    """
-    with np.errstate(over="ignore"):
-        magnitude = abs(float(np.float32(value)))
-    if not math.isfinite(magnitude):
-        return math.inf
-    if magnitude < 2.0**-126:
-        return 2.0**-134
-    return math.ldexp(1.0, math.frexp(magnitude)[1] - 9)
-
-
-def _bin_keys(values: np.ndarray) -> np.ndarray:
-    """The 16-bit bin key of each native float32 value of shape (..., B), as (M, B)."""
-    n_bands = values.shape[-1]
-    return values.reshape(-1, n_bands).view(np.uint16)[:, _HIGH_HALF::2]
-
-
-def _bit_histogram(values: np.ndarray) -> list[np.ndarray]:
-    """Count native float32 values of shape (..., B) into 65536 bins per band.
-
-    A list of B count arrays, not one (B, 65536) array: stacking them costs
-    a fresh 2 MB array per chunk, which page faults cost more than counting.
-    """
-    keys = _bin_keys(values)
-    return [np.bincount(keys[:, band], minlength=_NBINS) for band in range(keys.shape[1])]
-
-
-def _count_into(hist: np.ndarray, values: np.ndarray) -> None:
-    """Add a few float32 values of shape (N, B) to the (B, 65536) counts `hist`."""
-    keys = _bin_keys(values)
-    np.add.at(hist, (np.broadcast_to(np.arange(keys.shape[1]), keys.shape), keys), 1)
-
-
-def _rank(n: int, q: float) -> int:
-    """1-based rank of numpy's inverted-CDF quantile q of n values."""
-    return min(max(math.ceil(n * q), 1), n)
-
-
-def _sketch_quantiles(counts: np.ndarray, qs: Sequence[float]) -> list[float | None]:
-    cumulative = np.cumsum(counts[_FINITE_ASCENDING])
-    n = int(cumulative[-1])
-    if n == 0:
-        return [None] * len(qs)
-    bins = np.searchsorted(cumulative, [_rank(n, q) for q in qs], side="left")
-    return [float(v) for v in _FINITE_MIDPOINTS[bins]]
-
-
-def _chunk_shift(hist: list[np.ndarray]) -> np.ndarray:
-    """Per-band sketch median of a chunk (0 for an empty band), as float32."""
-    medians = [_sketch_quantiles(row, [0.5])[0] for row in hist]
-    return np.array([0.0 if m is None else m for m in medians], np.float32)
-
-
-def _sketch_mad(counts: np.ndarray, median: float) -> float:
-    ascending = counts[_FINITE_ASCENDING]
-    occupied = np.flatnonzero(ascending)
-    deviation = np.abs(_FINITE_MIDPOINTS[occupied] - median)
-    order = np.argsort(deviation, kind="stable")
-    cumulative = np.cumsum(ascending[occupied][order])
-    at = np.searchsorted(cumulative, _rank(int(cumulative[-1]), 0.5), side="left")
-    return float(deviation[order][at])
 
 
 def _band_total(mask: np.ndarray, n_bands: int) -> np.ndarray:
@@ -220,83 +122,6 @@ def _masked_extremes(images: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, n
     return low.astype(np.float64), high.astype(np.float64)
 
 
-def _border_frame(images: np.ndarray, border: int) -> np.ndarray:
-    """Outer `border`-pixel frame of each cutout and band as (N * B, K)."""
-    n, h, w, n_bands = images.shape
-    inner_end_row, inner_end_col = max(border, h - border), max(border, w - border)
-    middle = images[:, border:inner_end_row]
-    parts = [
-        images[:, :border], images[:, inner_end_row:],
-        middle[:, :, :border], middle[:, :, inner_end_col:],
-    ]
-    parts = [p.reshape(n, -1, n_bands).transpose(0, 2, 1) for p in parts]
-    # Filled in place: one fresh array instead of two (page faults dominate).
-    frame = np.empty((n, n_bands, sum(p.shape[2] for p in parts)), np.float32)
-    start = 0
-    for part in parts:
-        frame[:, :, start:start + part.shape[2]] = part
-        start += part.shape[2]
-    return frame.reshape(n * n_bands, -1)
-
-
-def _row_medians(rows: np.ndarray) -> np.ndarray:
-    """Median of each row of finite float32 values; reorders rows in place."""
-    half = rows.shape[1] // 2
-    # One kth is ~5x faster than two; the lower middle is then the max below.
-    rows.partition(half, axis=1)
-    upper = rows[:, half].astype(np.float64)
-    if rows.shape[1] % 2:
-        return upper
-    return (rows[:, :half].max(axis=1) + upper) / 2
-
-
-def _finite_row_sky(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and MAD sigma of rows that are all finite; overwrites rows."""
-    median = _row_medians(rows)
-    np.subtract(rows, median.astype(np.float32)[:, None], out=rows)
-    np.abs(rows, out=rows)
-    return median, MAD_TO_SIGMA * _row_medians(rows)
-
-
-def _sorted_medians(rows: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Medians of the first `count` values of each sorted row (NaN if none)."""
-    index = np.arange(len(rows))
-    safe = np.maximum(count, 1)
-    median = (rows[index, (safe - 1) // 2].astype(np.float64) + rows[index, safe // 2]) / 2
-    median[count == 0] = np.nan
-    return median
-
-
-def _masked_row_sky(rows: np.ndarray, finite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and MAD sigma of the finite values of each row (NaN if none)."""
-    values = np.where(finite, rows, np.float32(np.nan))
-    count = finite.sum(axis=1)
-    values.sort(axis=1)  # NaN sorts last, so each row starts with its finite values
-    median = _sorted_medians(values, count)
-    deviation = np.abs(values - median.astype(np.float32)[:, None])
-    deviation.sort(axis=1)
-    return median, MAD_TO_SIGMA * _sorted_medians(deviation, count)
-
-
-def _frame_sky(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row sky median and MAD sigma of a (R, K) frame; NaN where skipped."""
-    finite = np.isfinite(frame)
-    if finite.all():
-        return _finite_row_sky(frame)
-    clean = finite.all(axis=1)
-    median, sigma = np.empty(len(frame)), np.empty(len(frame))
-    median[clean], sigma[clean] = _finite_row_sky(frame[clean])
-    median[~clean], sigma[~clean] = _masked_row_sky(frame[~clean], finite[~clean])
-    return median, sigma
-
-
-def _chunk_sky(images: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cutout sky median and MAD sigma, each (N, B); NaN where skipped."""
-    n, n_bands = len(images), images.shape[-1]
-    median, sigma = _frame_sky(_border_frame(images, border))
-    return median.reshape(n, n_bands), sigma.reshape(n, n_bands)
-
-
 def _none_if_empty(n: int, value: float) -> float | None:
     return float(value) if n > 0 else None
 
@@ -334,9 +159,9 @@ class BandStats:
         self._m2 = np.zeros(n_bands)
         self._min = np.full(n_bands, np.inf)
         self._max = np.full(n_bands, -np.inf)
-        self._hist = np.zeros((n_bands, _NBINS), np.int64)
-        self._sky_median_hist = np.zeros((n_bands, _NBINS), np.int64)
-        self._sky_sigma_hist = np.zeros((n_bands, _NBINS), np.int64)
+        self._hist = np.zeros((n_bands, NBINS), np.int64)
+        self._sky_median_hist = np.zeros((n_bands, NBINS), np.int64)
+        self._sky_sigma_hist = np.zeros((n_bands, NBINS), np.int64)
 
     def _as_chunk(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
@@ -359,9 +184,9 @@ class BandStats:
         # and moments (~1.5x faster per chunk on 2 cores); the thread lives
         # only for this call.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            sky = pool.submit(_chunk_sky, images, self.border)
-            hist = _bit_histogram(images)
-            nonfinite = np.array([c[_NONFINITE_POSITIVE].sum() + c[_NONFINITE_NEGATIVE].sum() for c in hist])
+            sky = pool.submit(chunk_sky, images, self.border)
+            hist = bit_histogram(images)
+            nonfinite = np.array([c[NONFINITE_POSITIVE].sum() + c[NONFINITE_NEGATIVE].sum() for c in hist])
             n_finite = images[..., 0].size - nonfinite
             # Flat indices of NaN/inf pixels; None selects the all-finite fast path.
             bad = np.flatnonzero(~np.isfinite(images)) if nonfinite.any() else None
@@ -378,7 +203,7 @@ class BandStats:
     ) -> None:
         n_bands = self.n_bands
         # A float32 shift, so that invalid pixels set to it add exactly 0 below.
-        shift = _chunk_shift(hist)
+        shift = chunk_shift(hist)
         flat = images.reshape(len(images), -1)
         if bad is not None:
             flat = flat.copy()
@@ -426,7 +251,7 @@ class BandStats:
         if any(c[key] for c in hist):
             saturated = _band_total(images >= self._saturation32, n_bands) - posinf
         else:
-            saturated = np.array([c[key + 1:_POSITIVE_INF_KEY].sum() for c in hist])
+            saturated = np.array([c[key + 1:POSITIVE_INF_KEY].sum() for c in hist])
         counts["saturated_pixels"] += saturated
 
     def _add_sky(self, median: np.ndarray, sigma: np.ndarray) -> None:
@@ -435,8 +260,8 @@ class BandStats:
         self._counts["sky_cutouts_skipped"] += skipped
         # Sketched in float32 like the pixels (NaN rows land in unwalked bins).
         with np.errstate(over="ignore"):
-            _count_into(self._sky_median_hist, median.astype(np.float32))
-            _count_into(self._sky_sigma_hist, sigma.astype(np.float32))
+            count_into(self._sky_median_hist, median.astype(np.float32))
+            count_into(self._sky_sigma_hist, sigma.astype(np.float32))
 
     def merge(self, other: BandStats) -> BandStats:
         """Add `other` into this accumulator in place and return self.
@@ -487,15 +312,15 @@ class BandStats:
 
     def _band_summary(self, band: int, softening_k: float) -> dict:
         counts = {name: int(self._counts[name][band]) for name in _COUNTS}
-        out = {"cutouts": self.n_cutouts}
+        out: dict = {"cutouts": self.n_cutouts}
         out.update({k: v for k, v in counts.items() if not k.startswith("sky_")})
         out.update(self._band_moments(band, counts["finite_pixels"]))
-        quantiles = _sketch_quantiles(self._hist[band], QUANTILES)
+        quantiles = sketch_quantiles(self._hist[band], QUANTILES)
         out["quantiles"] = _quantile_dict(quantiles, QUANTILES)
         median = quantiles[QUANTILES.index(0.5)]
         out["mad_sigma"] = (
             None if median is None
-            else MAD_TO_SIGMA * _sketch_mad(self._hist[band], median)
+            else MAD_TO_SIGMA * sketch_mad(self._hist[band], median)
         )
         out.update(self._band_sky(band, counts, softening_k))
         return out
@@ -510,8 +335,8 @@ class BandStats:
         return {key: _none_if_empty(n, value) for key, value in values.items()}
 
     def _band_sky(self, band: int, counts: dict, softening_k: float) -> dict:
-        medians = _sketch_quantiles(self._sky_median_hist[band], SKY_QUANTILES)
-        sigmas = _sketch_quantiles(self._sky_sigma_hist[band], SKY_QUANTILES)
+        medians = sketch_quantiles(self._sky_median_hist[band], SKY_QUANTILES)
+        sigmas = sketch_quantiles(self._sky_sigma_hist[band], SKY_QUANTILES)
         offset, sigma = medians[1], sigmas[1]
         # Constant frames (no coverage, all zeros) give a zero noise: no softening can be derived.
         # Sigmas in float32's subnormal range are the zero bin of the sketch, not a noise level.

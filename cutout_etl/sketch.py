@@ -1,0 +1,120 @@
+"""The quantile sketch of `stats`: fixed bins on the top 16 bits of each float32 (numpy only).
+
+Quantile sketch and its error bound
+-----------------------------------
+A finite float32 value is binned by the top 16 bits of its bit pattern (sign,
+8 exponent bits, 7 mantissa bits): 65536 fixed bins per band, disjoint value
+intervals that are ordered by value once the negative half is reversed.  In
+the binade [2**e, 2**(e+1)) a bin is 2**(e-7) wide; below 2**-126
+(subnormals) every bin is 2**-133 wide.
+
+Let x_(1) <= ... <= x_(n) be the finite pixels of a band and
+k = min(max(ceil(q * n), 1), n): x_(k) is exactly what
+``np.quantile(x, q, method="inverted_cdf")`` returns.  Walking the cumulative
+counts finds the bin holding x_(k) with no error (up to the sign of a zero:
+-0.0 and +0.0 sit in adjacent bins), and the sketch returns that bin's
+midpoint.  Hence
+
+    |estimate - x_(k)| <= quantile_bound(x_(k))
+
+where `quantile_bound(v)` is the half-width of the bin holding float32(v):
+2**(e-8) <= 2**-8 * |v| for |v| in [2**e, 2**(e+1)), and 2**-134 for
+|v| < 2**-126.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+NBINS = 1 << 16
+_KEYS = np.arange(NBINS, dtype=np.uint32)
+_EXPONENT = (_KEYS >> 7) & 0xFF
+POSITIVE_INF_KEY = 0x7F80
+NONFINITE_POSITIVE = slice(POSITIVE_INF_KEY, 0x8000)
+NONFINITE_NEGATIVE = slice(0xFF80, NBINS)
+# Keys in ascending value order: negatives run from most negative (0xFFFF)
+# down to -0 (0x8000), then +0 (0x0000) up to the positive NaNs (0x7FFF).
+_ASCENDING = np.concatenate([np.arange(0xFFFF, 0x7FFF, -1), np.arange(0x8000)])
+_FINITE_ASCENDING = _ASCENDING[_EXPONENT[_ASCENDING] != 0xFF]
+# High 16-bit half of a native float32 when viewed as two uint16.
+_HIGH_HALF = 1 if sys.byteorder == "little" else 0
+def _bin_midpoints() -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        low = np.abs((_KEYS << 16).view(np.float32).astype(np.float64))
+    half = np.ldexp(1.0, np.maximum(_EXPONENT, 1).astype(np.int64) - 135)
+    return np.where(_KEYS & 0x8000, -(low + half), low + half)
+
+
+_MIDPOINTS = _bin_midpoints()
+_FINITE_MIDPOINTS = _MIDPOINTS[_FINITE_ASCENDING]
+
+
+def quantile_bound(value: float) -> float:
+    """Absolute error bound of a sketch quantile whose exact value is `value`.
+
+    The half-width of the bin holding float32(value): 2**(e-8) for |value| in
+    [2**e, 2**(e+1)) (so at most 2**-8 * |value|), 2**-134 below 2**-126.
+    """
+    with np.errstate(over="ignore"):
+        magnitude = abs(float(np.float32(value)))
+    if not math.isfinite(magnitude):
+        return math.inf
+    if magnitude < 2.0**-126:
+        return 2.0**-134
+    return math.ldexp(1.0, math.frexp(magnitude)[1] - 9)
+
+
+def _bin_keys(values: np.ndarray) -> np.ndarray:
+    """The 16-bit bin key of each native float32 value of shape (..., B), as (M, B)."""
+    n_bands = values.shape[-1]
+    return values.reshape(-1, n_bands).view(np.uint16)[:, _HIGH_HALF::2]
+
+
+def bit_histogram(values: np.ndarray) -> list[np.ndarray]:
+    """Count native float32 values of shape (..., B) into 65536 bins per band.
+
+    A list of B count arrays, not one (B, 65536) array: stacking them costs
+    a fresh 2 MB array per chunk, which page faults cost more than counting.
+    """
+    keys = _bin_keys(values)
+    return [np.bincount(keys[:, band], minlength=NBINS) for band in range(keys.shape[1])]
+
+
+def count_into(hist: np.ndarray, values: np.ndarray) -> None:
+    """Add a few float32 values of shape (N, B) to the (B, 65536) counts `hist`."""
+    keys = _bin_keys(values)
+    np.add.at(hist, (np.broadcast_to(np.arange(keys.shape[1]), keys.shape), keys), 1)
+
+
+def _rank(n: int, q: float) -> int:
+    """1-based rank of numpy's inverted-CDF quantile q of n values."""
+    return min(max(math.ceil(n * q), 1), n)
+
+
+def sketch_quantiles(counts: np.ndarray, qs: Sequence[float]) -> list[float | None]:
+    cumulative = np.cumsum(counts[_FINITE_ASCENDING])
+    n = int(cumulative[-1])
+    if n == 0:
+        return [None] * len(qs)
+    bins = np.searchsorted(cumulative, [_rank(n, q) for q in qs], side="left")
+    return [float(v) for v in _FINITE_MIDPOINTS[bins]]
+
+
+def chunk_shift(hist: list[np.ndarray]) -> np.ndarray:
+    """Per-band sketch median of a chunk (0 for an empty band), as float32."""
+    medians = [sketch_quantiles(row, [0.5])[0] for row in hist]
+    return np.array([0.0 if m is None else m for m in medians], np.float32)
+
+
+def sketch_mad(counts: np.ndarray, median: float) -> float:
+    ascending = counts[_FINITE_ASCENDING]
+    occupied = np.flatnonzero(ascending)
+    deviation = np.abs(_FINITE_MIDPOINTS[occupied] - median)
+    order = np.argsort(deviation, kind="stable")
+    cumulative = np.cumsum(ascending[occupied][order])
+    at = np.searchsorted(cumulative, _rank(int(cumulative[-1]), 0.5), side="left")
+    return float(deviation[order][at])
