@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from astropy.table import Table
 
 from cutout_etl import execution, open_dataset, pipeline
-from cutout_etl.errors import LabelConflictError
+from cutout_etl.errors import LabelConflictError, UsageError
 from cutout_etl.schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, METADATA_ATTR, PIXEL_UNIT, output_dtype
 from cutout_etl.writers import column_meta_yaml
 
@@ -298,3 +299,35 @@ def test_write_pass_visits_every_block_once_each_table_in_order(rows):
     for table, n in enumerate(rows):
         assert [first for t, first in blocks if t == table] == list(range(0, n, 16))
     assert len(blocks) == sum(len(range(0, n, 16)) for n in rows)
+
+
+def test_choices_accept_their_enum_members_and_plain_strings_alike(class_files, tmp_path):
+    by_member = pipeline.build(
+        class_files,
+        tmp_path / "member.h5",
+        merge_options=pipeline.MergeOptions(on_conflict=pipeline.OnConflict.DROP),
+        split_options=pipeline.SplitOptions(group_by=pipeline.GroupBy.SKY),
+    )
+    by_string = pipeline.build(
+        class_files,
+        tmp_path / "string.h5",
+        merge_options=pipeline.MergeOptions(on_conflict="drop"),
+        split_options=pipeline.SplitOptions(group_by="sky"),
+    )
+    assert by_member["digest"] == by_string["digest"]
+    with h5py.File(tmp_path / "member.h5") as f:
+        stored = json.loads(f.attrs[METADATA_ATTR])
+    assert stored["split"]["group_by"] == "sky"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"merge_options": pipeline.MergeOptions(on_conflict="keep")}, "--on-conflict: 'keep' is not error or drop"),
+        ({"split_options": pipeline.SplitOptions(group_by="cell")}, "--group-by: 'cell' is not none or sky"),
+    ],
+)
+def test_an_unknown_choice_is_a_usage_error_before_any_work(class_files, tmp_path, options, message):
+    with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
+        pipeline.build(class_files, tmp_path / "out.h5", **options)
+    assert list(tmp_path.glob("out*")) == [] and list(tmp_path.glob(".out*")) == []
