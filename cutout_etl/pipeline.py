@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from . import __version__, distributed, readers, sky, validate
+from . import __version__, distributed, formats, readers, sky, validate
 from .checksums import ALGORITHM, BlockChecker, TableChecksums, dataset_digest, stored_checksums
 from .dataset import open_dataset, row_dtype
 from .distributed import ClusterOptions
@@ -41,12 +41,13 @@ from .schema import (
     PIXEL_UNIT,
     SPLIT_NAMES,
     band_names,
-    is_parquet_path,
     output_dtype,
 )
 from .split import assign_splits, parse_fractions
 from .stats import BandStats
-from .writers import HDF5Sink, Sink, atomic_output, replace_metadata
+from .formats import OutputFormat, Sink
+from .formats.hdf5 import HDF5Sink
+from .writers import atomic_output
 
 DROP_REASONS = (
     "unknown_label",
@@ -456,7 +457,7 @@ def stats(
 
     The train split's go to `stats` (what models use); any other split's to
     `split_stats[split]`, so they never replace the training statistics. The
-    file is updated copy-on-write (`writers.replace_metadata`).
+    file is updated copy-on-write (the format's `replace_metadata`; a format that cannot refuses first).
     """
     if cluster is not None:
         cluster.check()
@@ -466,11 +467,8 @@ def stats(
         metadata = ds.metadata
         if split not in ds.splits:
             raise DatasetError(f"{path}: no split '{split}' (splits: {', '.join(ds.splits)})")
-        if ds.format != "hdf5":
-            raise UsageError(
-                f"{path}: a Parquet dataset's statistics are written by build into every shard; "
-                f"to recompute them, convert to HDF5 (cutout-etl convert {path} dataset.h5)"
-            )
+        engine = ds.engine
+        engine.check_can_update(path)
         checksums = stored_checksums(path, metadata, split)
     with _cluster(cluster) as client:
         computed = _table_stats(path, split, metadata["bands"], chunk_rows, progress, client, checksums)
@@ -478,7 +476,7 @@ def stats(
         metadata["stats"] = computed
     else:
         metadata.setdefault("split_stats", {})[split] = computed
-    replace_metadata(path, metadata, read, fsync)
+    engine.replace_metadata(path, metadata, read, fsync)
     return metadata
 
 
@@ -523,18 +521,18 @@ class OutputOptions:
 def _job(paths: Sequence[Path], out: str | Path, output: OutputOptions, hash_inputs: bool = True):
     """An atomic output that is none of the inputs and holds none, and the background hashing of the inputs.
 
-    The one place that decides the output format: `is_parquet_path(out, --format)`.
+    The output format comes from the one place that decides it: `formats.choose(out, --format)`.
     """
     if not str(out).strip():
         raise UsageError("--output: empty path; name the output file or directory")
-    parquet = is_parquet_path(out, output.format)
+    fmt = formats.choose(out, output.format)
     target = Path(out).resolve()
     if any(Path(p).resolve() == target for p in paths):
         raise UsageError(f"{out}: is also an input; write the output elsewhere")
     hashed = paths if hash_inputs else []
-    atomic = atomic_output(Path(out), output.overwrite, output.fsync, parquet, protected=paths)
+    atomic = atomic_output(Path(out), output.overwrite, output.fsync, fmt.directory, protected=paths)
     with atomic as tmp, FileHasher(hashed) as hasher:
-        yield tmp, hasher, parquet
+        yield tmp, hasher, fmt
 
 
 @contextlib.contextmanager
@@ -552,16 +550,13 @@ def _check_cluster(options: ClusterOptions | None, out: str | Path, output: Outp
     if options is None:
         return
     options.check()
-    if not options.is_local and is_parquet_path(out, output.format):
-        raise UsageError(f"{out}: --scheduler {options.scheduler}: Parquet output is written by the local path only; write HDF5, then `cutout-etl convert`")
+    fmt = formats.choose(out, output.format)
+    if not options.is_local and not fmt.distributed_writes:
+        raise UsageError(f"{out}: --scheduler {options.scheduler}: {fmt.title} output is written by the local path only; write HDF5, then `cutout-etl convert`")
 
 
-def open_sink(tmp: Path, parquet: bool, rows: dict[str, int], dtype: np.dtype, classes: Sequence[str], output: OutputOptions) -> Sink:
-    if parquet:
-        from .parquet import ParquetSink  # pyarrow is imported only when Parquet is written
-
-        return ParquetSink(tmp, rows, int(np.prod(dtype["image"].shape)), classes, output.rows_per_shard)
-    return HDF5Sink(tmp, rows, dtype)
+def open_sink(tmp: Path, fmt: OutputFormat, rows: dict[str, int], dtype: np.dtype, classes: Sequence[str], output: OutputOptions) -> Sink:
+    return fmt.open_sink(tmp, rows, dtype, classes, output.rows_per_shard)
 
 
 def _class_counts(scan: Scan, mask: np.ndarray) -> dict[str, int]:
@@ -644,7 +639,7 @@ def _achieved(counts: dict, classes: Sequence[str], fractions: Sequence[float], 
 
 
 def _write_dataset(
-    job: tuple[Path, FileHasher, bool],
+    job: tuple[Path, FileHasher, OutputFormat],
     plan: Plan,
     layout: Layout,
     metadata: dict,
@@ -660,11 +655,11 @@ def _write_dataset(
     The hashed files are the `inputs`; for a split of a merged file, whose rows
     carry the original provenance (`carry_provenance`), the one file is the `parent`.
     """
-    tmp, hasher, parquet = job
+    tmp, hasher, fmt = job
     scan = plan.scan
-    if parquet:
+    if fmt.text_ids:
         _refuse_non_utf8_ids(plan)
-    with contextlib.closing(open_sink(tmp, parquet, layout.rows(), _row_dtype(scan), scan.classes, output)) as sink:
+    with contextlib.closing(open_sink(tmp, fmt, layout.rows(), _row_dtype(scan), scan.classes, output)) as sink:
         stats, checksums = _write_tables(plan, layout, sink, read, progress, carry_provenance, stats_table, client)
         if stats is not None:
             metadata["stats"] = stats
@@ -682,7 +677,7 @@ def _write_dataset(
 
 def _refuse_non_utf8_ids(plan: Plan) -> None:
     """Parquet stores IDs as strings: name the first kept row whose ID is not UTF-8, before writing anything."""
-    from .parquet import first_non_utf8, not_utf8_message
+    from .formats.parquet import first_non_utf8, not_utf8_message
 
     kept = np.flatnonzero(plan.keep)
     bad = first_non_utf8(plan.scan.ids[kept])
@@ -777,7 +772,7 @@ def split(
 
 
 def _refuse_non_utf8_block(path: Path, table: str, start: int, block: Block) -> None:
-    from .parquet import first_non_utf8, not_utf8_message
+    from .formats.parquet import first_non_utf8, not_utf8_message
 
     bad = first_non_utf8(block["ID"])
     if bad is not None:
@@ -792,12 +787,12 @@ def convert(
 ) -> dict:
     """`cutout-etl convert`: HDF5 <-> Parquet, block by block, checked bit-exact by the content digest."""
     output = output or OutputOptions()
-    with open_dataset(path) as ds, _job([Path(path)], out, output, hash_inputs=False) as (tmp, _, parquet):
+    with open_dataset(path) as ds, _job([Path(path)], out, output, hash_inputs=False) as (tmp, _, fmt):
         metadata = dict(ds.metadata)
         checkers = {name: BlockChecker(path, name, stored_checksums(path, metadata, name)) for name in ds.splits}
         rows = {name: len(ds[name]) for name in ds.splits}
         checksums = {name: TableChecksums(checkers[name].block_rows) for name in ds.splits}
-        with contextlib.closing(open_sink(tmp, parquet, rows, row_dtype(metadata), ds.classes, output)) as sink:
+        with contextlib.closing(open_sink(tmp, fmt, rows, row_dtype(metadata), ds.classes, output)) as sink:
             total, done = sum(rows.values()), 0
             for name in ds.splits:
                 block_rows = checkers[name].block_rows
@@ -805,7 +800,7 @@ def convert(
                     records = ds[name].read(start, start + block_rows)
                     found = checkers[name].check(start // block_rows, records)
                     block = Block.from_records(records)
-                    if parquet:
+                    if fmt.text_ids:
                         _refuse_non_utf8_block(path, name, start, block)
                     sink.write(name, np.arange(start, start + len(block)), block)
                     checksums[name].add_block(found)
