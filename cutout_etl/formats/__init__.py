@@ -29,7 +29,8 @@ def by_name(name: str) -> OutputFormat:
     try:
         return FORMATS[name]
     except KeyError:
-        raise UsageError(f"--format: unknown format {name!r}; known formats: {', '.join(sorted(FORMATS))}") from None
+        known = ", ".join(repr(n) for n in sorted(FORMATS))
+        raise UsageError(f"--format: {name!r} is not one of {known}") from None
 
 
 def choose(target: str | Path, name: str | None = None) -> OutputFormat:
