@@ -80,7 +80,8 @@ OUTPUT_COLUMNS = (
     OutputColumn("source_file", "source_file", "<i2", "int16", "provenance", "index into the metadata's inputs list"),
     OutputColumn("source_row", "source_row", "<i8", "int64", "provenance", "row of this object in its source file"),
     OutputColumn("image", "image", "<f4", "float32", "content",
-                 "cutout, channels last (H, W, bands), raw flux copied bit-exact", PIXEL_UNIT_ASTROPY, "Sequence", True),
+                 "cutout, channels last (H, W, bands), raw flux copied bit-exact",
+                 PIXEL_UNIT_ASTROPY, hf="Sequence", shaped=True),
 )
 
 

@@ -8,7 +8,8 @@ import pytest
 from cutout_etl import formats, open_dataset, pipeline
 from cutout_etl.checksums import CONTENT_COLUMNS, PROVENANCE_COLUMNS
 from cutout_etl.errors import UsageError
-from cutout_etl.formats.parquet import arrow_schema, hf_features
+from cutout_etl.formats.hf_card import hf_features
+from cutout_etl.formats.parquet import arrow_schema
 from cutout_etl.schema import OUTPUT_COLUMNS, output_dtype
 
 

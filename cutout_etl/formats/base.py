@@ -98,7 +98,10 @@ def check_metadata(path: Path, raw: object, missing: str) -> dict:
         metadata = json.loads(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise DatasetError(f"{path}: unreadable cutout-etl metadata ({exc})") from exc
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME or metadata.get("format_version", 0) > FORMAT_VERSION:
+    ours = isinstance(metadata, dict) and metadata.get("format") == FORMAT_NAME
+    if not ours or metadata.get("format_version", 0) > FORMAT_VERSION:
         found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
-        raise DatasetError(f"{path}: format {found!r}; this cutout-etl reads {FORMAT_NAME!r} up to version {FORMAT_VERSION}")
+        raise DatasetError(
+            f"{path}: format {found!r}; this cutout-etl reads {FORMAT_NAME!r} up to version {FORMAT_VERSION}"
+        )
     return metadata

@@ -25,12 +25,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import yaml
 
 from ..errors import DatasetError, InvalidRowError, UsageError
 from ..records import Block
-from ..schema import DATA_DIR, DEFAULT_ROWS_PER_SHARD, FILE_SPLIT, METADATA_ATTR, OUTPUT_COLUMNS, SIDECAR, row_dtype
+from ..schema import (
+    DATA_DIR,
+    DEFAULT_ROWS_PER_SHARD,
+    FILE_SPLIT,
+    METADATA_ATTR,
+    OUTPUT_COLUMNS,
+    SIDECAR,
+    OutputColumn,
+    row_dtype,
+)
 from .base import OutputFormat, Sink, Table, check_metadata, is_our_metadata
+from .hf_card import dataset_card, hf_features
 
 if TYPE_CHECKING:  # pyarrow is imported only when Parquet is written or read
     import pyarrow as pa
@@ -59,8 +68,26 @@ class ParquetFormat(OutputFormat):
     def guess_can_open(self, path: Path) -> bool:
         return path.is_dir()
 
-    def foreign_problem(self, path: Path) -> str | None:
-        return _foreign_problem(path)
+    def foreign_problem(self, directory: Path) -> str | None:
+        """None for a cutout-etl Parquet dataset directory holding nothing else, else what is wrong."""
+        with os.scandir(directory) as listing:
+            entries = {entry.name: entry for entry in listing}
+        foreign = sorted(set(entries) - set(ENTRIES))
+        if foreign:
+            return f"holds {foreign[0]}, which cutout-etl did not write"
+        sidecar = entries.get(SIDECAR)
+        sidecar_ok = sidecar is not None and sidecar.is_file(follow_symlinks=False)
+        if not (sidecar_ok and is_our_metadata(Path(sidecar.path).read_bytes())):
+            return f"not a cutout-etl Parquet dataset (no cutout-etl {SIDECAR})"
+        data = entries.get(DATA_DIR)
+        if data is not None:
+            if not data.is_dir(follow_symlinks=False):
+                return f"{DATA_DIR} is not a directory of shards"
+            with os.scandir(data.path) as shards:
+                foreign = [s.name for s in shards if not _is_shard(s)]
+            if foreign:
+                return f"holds {DATA_DIR}/{sorted(foreign)[0]}, which cutout-etl did not write"
+        return None
 
     def open_sink(
         self, tmp: Path, tables_rows: Mapping[str, int], dtype: np.dtype, classes: Sequence[str], rows_per_shard: int
@@ -79,7 +106,9 @@ class ParquetFormat(OutputFormat):
         for name, table in tables.items():
             expected = metadata["tables_rows"][name]["rows"]
             if len(table) != expected:
-                raise DatasetError(f"{path}: split {name} has {len(table)} rows in its shards, the metadata says {expected}")
+                raise DatasetError(
+                    f"{path}: split {name} has {len(table)} rows in its shards, the metadata says {expected}"
+                )
         return metadata, tables
 
     def check_can_update(self, path: Path) -> None:
@@ -92,26 +121,8 @@ class ParquetFormat(OutputFormat):
         return ["Parquet shard footers"], shard_footer_failures(path, metadata)
 
 
-def _foreign_problem(directory: Path) -> str | None:
-    """None for a cutout-etl Parquet dataset directory holding nothing else, else what is wrong."""
-    with os.scandir(directory) as listing:
-        entries = {entry.name: entry for entry in listing}
-    foreign = sorted(set(entries) - set(ENTRIES))
-    if foreign:
-        return f"holds {foreign[0]}, which cutout-etl did not write"
-    sidecar = entries.get(SIDECAR)
-    sidecar_ok = sidecar is not None and sidecar.is_file(follow_symlinks=False)
-    if not (sidecar_ok and is_our_metadata(Path(sidecar.path).read_bytes())):
-        return f"not a cutout-etl Parquet dataset (no cutout-etl {SIDECAR})"
-    data = entries.get(DATA_DIR)
-    if data is not None:
-        if not data.is_dir(follow_symlinks=False):
-            return f"{DATA_DIR} is not a directory of shards"
-        with os.scandir(data.path) as shards:
-            foreign = [s.name for s in shards if not (s.is_file(follow_symlinks=False) and s.name.endswith(".parquet"))]
-        if foreign:
-            return f"holds {DATA_DIR}/{sorted(foreign)[0]}, which cutout-etl did not write"
-    return None
+def _is_shard(entry: os.DirEntry) -> bool:
+    return entry.is_file(follow_symlinks=False) and entry.name.endswith(".parquet")
 
 
 def shard_footer_failures(path: Path, metadata: Mapping) -> list[str]:
@@ -131,7 +142,9 @@ def shard_footer_failures(path: Path, metadata: Mapping) -> list[str]:
         footer = pq.ParquetFile(shard).metadata.metadata or {}
         for key, text in expected.items():
             if _canonical_text(footer.get(key)) != text:
-                failures.append(f"{shard.name}: footer metadata '{key.decode()}' differs from the dataset's ({SIDECAR})")
+                failures.append(
+                    f"{shard.name}: footer metadata '{key.decode()}' differs from the dataset's ({SIDECAR})"
+                )
     return failures
 
 
@@ -146,7 +159,7 @@ def _canonical_text(raw: bytes | None) -> str | None:
         return None
 
 
-def _arrow_type(column, image_size: int) -> pa.DataType:
+def _arrow_type(column: OutputColumn, image_size: int) -> pa.DataType:
     import pyarrow as pa
 
     value = pa.type_for_alias(column.arrow)
@@ -158,22 +171,6 @@ def arrow_schema(image_size: int, classes: Sequence[str]) -> pa.Schema:
 
     schema = pa.schema([(c.arrow_name, _arrow_type(c, image_size)) for c in OUTPUT_COLUMNS])
     return schema.with_metadata({"huggingface": json.dumps({"info": {"features": hf_features(image_size, classes)}})})
-
-
-def hf_features(image_size: int, classes: Sequence[str]) -> dict:
-    """Hugging Face `datasets` features, as `Features.to_dict()` writes them."""
-
-    def value(dtype: str) -> dict:
-        return {"dtype": dtype, "_type": "Value"}
-
-    def feature(column) -> dict:
-        if column.hf == "ClassLabel":
-            return {"names": list(classes), "_type": "ClassLabel"}
-        if column.hf == "Sequence":
-            return {"feature": value(column.arrow), "length": image_size, "_type": "Sequence"}
-        return value(column.arrow)
-
-    return {c.arrow_name: feature(c) for c in OUTPUT_COLUMNS}
 
 
 def records_to_table(records: np.ndarray | Block, schema: pa.Schema) -> pa.Table:
@@ -309,64 +306,6 @@ class ParquetSink:
             self._writers.pop().close()
 
 
-class _ClassName(str):
-    """A class name in the card's YAML: double-quoted, as JSON would write it."""
-
-
-class _CardDumper(yaml.SafeDumper):
-    pass
-
-
-_CardDumper.add_representer(_ClassName, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style='"'))
-
-
-def _card_feature(column, classes: Sequence[str], image_size: int) -> dict:
-    if column.hf == "ClassLabel":
-        names = {str(i): _ClassName(c) for i, c in enumerate(classes)}
-        return {"name": column.arrow_name, "dtype": {"class_label": {"names": names}}}
-    if column.hf == "Sequence":
-        return {"name": column.arrow_name, "sequence": column.arrow, "length": image_size}
-    return {"name": column.arrow_name, "dtype": column.arrow}
-
-
-def card_front_matter(metadata: Mapping, splits: Sequence[str]) -> str:
-    """The card's YAML front matter: the data files of each split, and the features."""
-    image_size = math.prod(metadata["image_shape"])
-    files = [{"split": FILE_SPLIT[s], "path": f"{DATA_DIR}/{FILE_SPLIT[s]}-*"} for s in splits]
-    front = {
-        "configs": [{"config_name": "default", "data_files": files}],
-        "dataset_info": {"features": [_card_feature(c, metadata["classes"], image_size) for c in OUTPUT_COLUMNS]},
-    }
-    return yaml.dump(front, Dumper=_CardDumper, sort_keys=False, default_flow_style=False, width=math.inf)
-
-
-def dataset_card(metadata: Mapping, shards: Mapping[str, list[Path]]) -> str:
-    """A Hugging Face dataset card: YAML front matter with splits and features, then prose."""
-    classes = metadata["classes"]
-    h, w, b = metadata["image_shape"]
-    counts = "\n".join(
-        f"| {FILE_SPLIT[s]} | {metadata['tables_rows'][s]['rows']} | "
-        + " | ".join(str(metadata["tables_rows"][s]["class_counts"].get(c, 0)) for c in classes)
-        + " |"
-        for s in shards
-    )
-    return f"""---
-{card_front_matter(metadata, list(shards))}---
-
-# Image cutouts ({", ".join(classes)})
-
-Written by {metadata.get("created_by", "cutout-etl")}. Each row is one object: `image` holds a
-{h} x {w} cutout in the bands {", ".join(metadata["bands"])}, flattened row-major with the bands last:
-reshape to ({h}, {w}, {b}). Pixel values are raw flux in {metadata["pixel_unit"]}, copied bit-exact
-from the inputs. `label` indexes the classes above. Statistics of the training split, the split
-parameters, checksums and input provenance are in `{SIDECAR}` (and in every shard's metadata).
-
-| split | rows | {" | ".join(classes)} |
-| --- | --- |{" --- |" * len(classes)}
-{counts}
-"""
-
-
 class ParquetTable:
     """Random row access to one table's shards."""
 
@@ -405,7 +344,9 @@ class ParquetTable:
         try:
             return table_to_records(pa.concat_tables(parts), self.dtype)
         except (pa.ArrowException, KeyError, ValueError) as exc:
-            raise DatasetError(f"{self.files[0].parent}: rows {start}-{stop - 1} do not match the dataset's schema ({_short(exc)})") from exc
+            raise DatasetError(
+                f"{self.files[0].parent}: rows {start}-{stop - 1} do not match the dataset's schema ({_short(exc)})"
+            ) from exc
 
     def _file(self, path: Path) -> pq.ParquetFile:
         if path not in self._open:
@@ -441,4 +382,6 @@ def _read_group(shard: pq.ParquetFile, path: Path, group: int) -> pa.Table:
     try:
         return shard.read_row_group(group)
     except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(f"{path}: not a readable Parquet file (truncated or corrupt: row group {group}: {_short(exc)})") from exc
+        raise DatasetError(
+            f"{path}: not a readable Parquet file (truncated or corrupt: row group {group}: {_short(exc)})"
+        ) from exc
