@@ -752,8 +752,8 @@ def split(
     _check_cluster(cluster, out, output)
     with open_dataset(path) as parent:
         parent_meta = parent.metadata
-        parent_format = parent.format
-    if parent_meta.get("kind") != "merged" or parent_format != "hdf5":
+        parent_format, readable = parent.format, parent.engine.rows_as_input
+    if parent_meta.get("kind") != "merged" or not readable:
         raise DatasetError(f"{path}: is a cutout-etl {parent_meta.get('kind')} ({parent_format}), expected the HDF5 output of merge")
     read = ReadOptions(table_path=MERGED_TABLE, chunk_rows=chunk_rows)
     classes = parent_meta["classes"]
