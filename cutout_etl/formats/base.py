@@ -8,6 +8,7 @@ a format imports its heavy libraries (pyarrow) only when it writes or reads.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -38,7 +39,7 @@ class Table(Protocol):
     def close(self) -> None: ...
 
 
-class OutputFormat:
+class OutputFormat(ABC):
     """One output format: detection, capabilities, its sink and its table reader."""
 
     name: str = ""  # the --format value
@@ -47,24 +48,30 @@ class OutputFormat:
     text_ids: bool = False  # IDs must be UTF-8 text
     distributed_writes: bool = False  # Dask tasks can write its tables (`--scheduler`)
     rows_as_input: bool = False  # its tables are HDF5 tables the input readers take (split's parent, preview)
+    updates_metadata: bool = False  # `stats` can store new statistics into an existing dataset
 
+    @abstractmethod
     def wants_target(self, target: str | Path) -> bool:
         """Whether an output path, as the user typed it, asks for this format."""
         raise NotImplementedError
 
+    @abstractmethod
     def guess_can_open(self, path: Path) -> bool:
         """Whether an existing path looks like this format's dataset (cheap: no metadata parsing)."""
         raise NotImplementedError
 
+    @abstractmethod
     def foreign_problem(self, path: Path) -> str | None:
         """None if `path` is this format's cutout-etl dataset and nothing else, else what --overwrite objects to."""
         raise NotImplementedError
 
+    @abstractmethod
     def open_sink(
         self, tmp: Path, tables_rows: Mapping[str, int], dtype: np.dtype, classes: Sequence[str], rows_per_shard: int
     ) -> Sink:
         raise NotImplementedError
 
+    @abstractmethod
     def open_tables(self, path: Path, closers: list) -> tuple[dict, dict[str, Table]]:
         """The metadata and one table per split; what must be closed goes on `closers` as it is opened."""
         raise NotImplementedError
@@ -74,7 +81,12 @@ class OutputFormat:
         raise UsageError(f"{path}: {self.title} datasets' metadata cannot be updated")
 
     def check_can_update(self, path: Path) -> None:
-        """UsageError before any work if `replace_metadata` would refuse."""
+        """UsageError before any work unless the format `updates_metadata`."""
+        if not self.updates_metadata:
+            raise UsageError(
+                f"{path}: a {self.title} dataset's statistics are written by build; "
+                f"to recompute them, convert to HDF5 (cutout-etl convert {path} dataset.h5)"
+            )
 
     def format_checks(self, path: Path, metadata: Mapping) -> tuple[list[str], list[str]]:
         """`verify`'s checks of this format's own storage: (names of the checks, failures)."""

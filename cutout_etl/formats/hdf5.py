@@ -35,6 +35,7 @@ class HDF5Format(OutputFormat):
     text_ids = False
     distributed_writes = True
     rows_as_input = True
+    updates_metadata = True
 
     def wants_target(self, target: str | Path) -> bool:
         return True  # the default: registered last, it takes any path no other format claims

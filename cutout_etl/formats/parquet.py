@@ -60,6 +60,7 @@ class ParquetFormat(OutputFormat):
     text_ids = True
     distributed_writes = False
     rows_as_input = False
+    updates_metadata = False
 
     def wants_target(self, target: str | Path) -> bool:
         """A path ending in / or .parquet, or an existing directory (pass it as typed: pathlib drops a trailing /)."""
@@ -112,7 +113,7 @@ class ParquetFormat(OutputFormat):
         return metadata, tables
 
     def check_can_update(self, path: Path) -> None:
-        raise UsageError(
+        raise UsageError(  # names where build put them
             f"{path}: a Parquet dataset's statistics are written by build into every shard; "
             f"to recompute them, convert to HDF5 (cutout-etl convert {path} dataset.h5)"
         )
