@@ -8,6 +8,7 @@ import pytest
 from cutout_etl import formats, open_dataset, pipeline
 from cutout_etl.checksums import CONTENT_COLUMNS, PROVENANCE_COLUMNS
 from cutout_etl.errors import UsageError
+from cutout_etl.formats.hdf5 import HDF5Format
 from cutout_etl.formats.hf_card import hf_features
 from cutout_etl.formats.parquet import arrow_schema
 from cutout_etl.schema import OUTPUT_COLUMNS, output_dtype
@@ -43,3 +44,23 @@ def test_every_layout_and_schema_derives_from_the_one_column_table():
     assert set(CONTENT_COLUMNS) | set(PROVENANCE_COLUMNS) == set(dtype.names)
     assert arrow_schema(32, ["A"]).names == [c.arrow_name for c in OUTPUT_COLUMNS]
     assert list(hf_features(32, ["A"])) == [c.arrow_name for c in OUTPUT_COLUMNS]
+
+
+class _NpzFormat(HDF5Format):
+    """A stand-in third format: registered by one line, before the default."""
+
+    name, title = "npz", "NPZ"
+
+    def wants_target(self, target):
+        return str(target).endswith(".npz")
+
+    def guess_can_open(self, path):
+        return path.suffix == ".npz"
+
+
+def test_a_registered_format_is_chosen_detected_and_named_by_the_one_registry(monkeypatch, tmp_path):
+    monkeypatch.setattr(formats, "FORMATS", {"npz": _NpzFormat(), **formats.FORMATS})
+    assert formats.choose("out.npz").name == "npz" and formats.choose("out/").name == "parquet"
+    assert formats.detect(tmp_path / "x.npz").name == "npz" and formats.detect(tmp_path).name == "parquet"
+    with pytest.raises(UsageError, match=r"is not one of 'hdf5', 'npz', 'parquet'$"):
+        formats.choose("out.h5", "csv")
