@@ -27,13 +27,13 @@ import numpy as np
 import xxhash
 
 from .errors import ChecksumError, DatasetError
+from .schema import CONTENT_COLUMNS, PROVENANCE_COLUMNS
 
 if TYPE_CHECKING:
     from .records import Block
 
 ALGORITHM = "xxh3-128"
-CONTENT_COLUMNS = ("ID", "RAJ2000", "DECJ2000", "SPECTYPE", "label", "image")
-PROVENANCE_COLUMNS = ("source_file", "source_row")
+_SMALL_CONTENT = tuple(name for name in CONTENT_COLUMNS if name != "image")  # the image has its own stream
 DIGESTED_METADATA = ("format_version", "classes", "bands", "image_shape", "pixel_unit")
 DIGESTED_SPLIT = ("fractions", "seed", "group_radius_arcsec", "group_by", "cell_deg")
 
@@ -50,7 +50,7 @@ def block_checksums(records: np.ndarray | Block) -> dict:
     columns = {name: xxhash.xxh3_128_digest(np.ascontiguousarray(records[name])) for name in CONTENT_COLUMNS}
     return {
         "image": columns["image"].hex(),
-        "columns": _columns_digest(records, CONTENT_COLUMNS[:-1]),
+        "columns": _columns_digest(records, _SMALL_CONTENT),
         "provenance": _columns_digest(records, PROVENANCE_COLUMNS),
         "streams": columns,
     }

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from . import readers
-from .errors import DatasetError
-from .schema import FORMAT_NAME, FORMAT_VERSION, METADATA_ATTR, SIDECAR, output_dtype
+from . import formats
+from .schema import row_dtype
+
+__all__ = ["Dataset", "Split", "open_dataset", "row_dtype"]
 
 
 class Split:
@@ -33,6 +33,10 @@ class Split:
         stop = len(self) if stop is None else min(stop, len(self))
         return self._table.read(start, stop)
 
+    def hdf5_table(self) -> h5py.Dataset | None:
+        """The HDF5 table itself, for raw reads of one column or of whole rows; None for other formats."""
+        return getattr(self._table, "hdf5_table", None)
+
     def batches(self, batch_size: int = 256, start: int = 0, stop: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (images float32 (N, H, W, bands), labels int64 (N,)) in stored order."""
         stop = len(self) if stop is None else min(stop, len(self))
@@ -44,54 +48,19 @@ class Split:
         return self.batches()
 
 
-class _H5Table:
-    def __init__(self, path: Path, table: h5py.Dataset) -> None:
-        self.path = path
-        self._table = table
-
-    def __len__(self) -> int:
-        return int(self._table.shape[0])
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return readers.read_rows(self.path, self._table, start, stop)
-
-
 class Dataset:
     """A cutout-etl output: metadata plus one table per split."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.format = "parquet" if path.is_dir() else "hdf5"
+        self.engine = formats.detect(path)  # its OutputFormat: capabilities and table reader
+        self.format = self.engine.name
         self._closers: list = []
         try:
-            self._tables = self._open_parquet() if self.format == "parquet" else self._open_hdf5()
+            self.metadata, self._tables = self.engine.open_tables(path, self._closers)
         except Exception:
             self.close()
             raise
-
-    def _open_hdf5(self) -> dict:
-        f = readers.open_h5(self.path)
-        self._closers.append(f.close)
-        self.metadata = _check_metadata(self.path, f.attrs.get(METADATA_ATTR), f"no '{METADATA_ATTR}' metadata")
-        missing = [t for t in self.metadata["tables"] if t not in f]
-        if missing:
-            raise DatasetError(f"{self.path}: metadata lists tables missing from the file: {', '.join(missing)}")
-        return {name: _H5Table(self.path, f[name]) for name in self.metadata["tables"]}
-
-    def _open_parquet(self) -> dict:
-        from .parquet import ParquetTable
-
-        sidecar = self.path / SIDECAR
-        text = sidecar.read_bytes() if sidecar.is_file() else None  # json.loads decodes: bad bytes are a DatasetError
-        self.metadata = _check_metadata(self.path, text, f"no {SIDECAR}")
-        dtype = row_dtype(self.metadata)
-        tables = {name: ParquetTable(self.path, name, dtype) for name in self.metadata["tables"]}
-        self._closers += [t.close for t in tables.values()]
-        for name, table in tables.items():
-            expected = self.metadata["tables_rows"][name]["rows"]
-            if len(table) != expected:
-                raise DatasetError(f"{self.path}: split {name} has {len(table)} rows in its shards, the metadata says {expected}")
-        return tables
 
     @property
     def classes(self) -> list[str]:
@@ -131,25 +100,6 @@ class Dataset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def row_dtype(metadata: dict) -> np.dtype:
-    """The structured row layout of a dataset's tables, from its metadata."""
-    sizes = metadata["row_dtype"]
-    return output_dtype(sizes["id_bytes"], sizes["class_bytes"], tuple(metadata["image_shape"]))
-
-
-def _check_metadata(path: Path, raw: object, missing: str) -> dict:
-    if raw is None:
-        raise DatasetError(f"{path}: not a cutout-etl dataset ({missing}); build one first")
-    try:
-        metadata = json.loads(raw)
-    except (TypeError, ValueError) as exc:
-        raise DatasetError(f"{path}: unreadable cutout-etl metadata ({exc})") from exc
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME or metadata.get("format_version", 0) > FORMAT_VERSION:
-        found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
-        raise DatasetError(f"{path}: format {found!r}; this cutout-etl reads {FORMAT_NAME!r} up to version {FORMAT_VERSION}")
-    return metadata
 
 
 def open_dataset(path: str | Path) -> Dataset:

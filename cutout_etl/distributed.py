@@ -32,7 +32,7 @@ from .errors import UsageError
 from .readers import TableInfo
 from .records import RecordFiller, RowFacts, open_row_readers
 from .stats import BandStats
-from .writers import RowWriter
+from .formats.hdf5 import RowWriter
 
 
 class Scheduler(Choice):

@@ -30,7 +30,8 @@ from .records import Block, RecordFiller, RowFacts, open_row_readers
 from .scan import ProgressFn, Scan
 from .split import Layout
 from .stats import BandStats
-from .writers import HDF5Sink, Sink
+from .formats import Sink
+from .formats.hdf5 import HDF5Sink
 
 if TYPE_CHECKING:
     from typing_extensions import Self

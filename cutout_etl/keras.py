@@ -284,8 +284,8 @@ class CutoutPyDataset(keras.utils.PyDataset):
         self.classes = ds.classes
         self.image_shape = ds.image_shape
         self.rows = len(table)
-        h5_table = getattr(table._table, "_table", None) if ds.format == "hdf5" else None
-        self._layout = _raw_layout(h5_table, self.image_shape) if isinstance(h5_table, h5py.Dataset) else None
+        h5_table = table.hdf5_table()
+        self._layout = _raw_layout(h5_table, self.image_shape) if h5_table is not None else None
 
     # -- the PyDataset interface
 
@@ -324,8 +324,8 @@ class CutoutPyDataset(keras.utils.PyDataset):
     def labels(self) -> np.ndarray:
         """Every label of the split in stored order (reads the label column only)."""
         with open_dataset(self.path) as ds:
-            h5_table = getattr(ds[self.split]._table, "_table", None)
-            if isinstance(h5_table, h5py.Dataset):
+            h5_table = ds[self.split].hdf5_table()
+            if h5_table is not None:
                 return np.asarray(h5_table.fields("label")[:], np.int64)
             chunks = [labels for _, labels in ds[self.split].batches(4096)]
         return np.concatenate(chunks).astype(np.int64) if chunks else np.empty(0, np.int64)

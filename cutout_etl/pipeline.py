@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import execution, readers
+from . import execution, formats, readers
 from .checksums import BlockChecker, TableChecksums, stored_checksums
 from .dataset import open_dataset, row_dtype
 from .distributed import ClusterOptions
@@ -34,9 +34,10 @@ from .merge import DROP_REASONS, OnConflict, Plan, parse_classes, plan_rows
 from .metadata import describe, record_provenance, seal, stats_entry, store_stats
 from .records import Block, image_hashes
 from .scan import FileHasher, ProgressFn, ReadOptions, Scan, no_progress, scan_inputs
-from .schema import DEFAULT_CLASSES, DEFAULT_ROWS_PER_SHARD, MERGED_TABLE, is_parquet_path, output_dtype
+from .schema import DEFAULT_CLASSES, DEFAULT_ROWS_PER_SHARD, MERGED_TABLE, output_dtype
 from .split import GroupBy, Layout, merged_layout, parse_fractions, split_layout
-from .writers import HDF5Sink, Sink, atomic_output, replace_metadata
+from .formats import OutputFormat, Sink
+from .writers import atomic_output
 
 __all__ = [
     "DROP_REASONS",
@@ -194,8 +195,8 @@ def _merged_parent(path: Path) -> dict:
     """The metadata of the HDF5 output of merge at `path`; DatasetError for anything else."""
     with open_dataset(path) as parent:
         parent_meta = parent.metadata
-        parent_format = parent.format
-    if parent_meta.get("kind") != "merged" or parent_format != "hdf5":
+        parent_format, readable = parent.format, parent.engine.rows_as_input
+    if parent_meta.get("kind") != "merged" or not readable:
         raise DatasetError(
             f"{path}: is a cutout-etl {parent_meta.get('kind')} ({parent_format}), expected the HDF5 output of merge"
         )
@@ -214,7 +215,7 @@ def stats(
 
     The train split's go to `stats` (what models use); any other split's to
     `split_stats[split]`, so they never replace the training statistics. The
-    file is updated copy-on-write (`writers.replace_metadata`).
+    file is updated copy-on-write (the format's `replace_metadata`; a format that cannot refuses first).
     """
     if cluster is not None:
         cluster.check()
@@ -224,22 +225,19 @@ def stats(
         metadata = ds.metadata
         if split not in ds.splits:
             raise DatasetError(f"{path}: no split '{split}' (splits: {', '.join(ds.splits)})")
-        if ds.format != "hdf5":
-            raise UsageError(
-                f"{path}: a Parquet dataset's statistics are written by build into every shard; "
-                f"to recompute them, convert to HDF5 (cutout-etl convert {path} dataset.h5)"
-            )
+        engine = ds.engine
+        engine.check_can_update(path)
         checksums = stored_checksums(path, metadata, split)
     bands = metadata["bands"]
     with execution.cluster(cluster) as client:
         acc = execution.table_stats(path, split, len(bands), chunk_rows, progress, client, checksums)
     store_stats(metadata, stats_entry(split, acc, bands))
-    replace_metadata(path, metadata, read, fsync)
+    engine.replace_metadata(path, metadata, read, fsync)
     return metadata
 
 
 def _write_dataset(
-    job: tuple[Path, FileHasher, bool],
+    job: tuple[Path, FileHasher, OutputFormat],
     plan: Plan,
     layout: Layout,
     metadata: dict,
@@ -251,12 +249,12 @@ def _write_dataset(
     carry_provenance: bool = False,
 ) -> dict:
     """Pass 2 and the end of every command: write the tables, wait for the input hashes, seal."""
-    tmp, hasher, parquet = job
+    tmp, hasher, fmt = job
     scan = plan.scan
-    if parquet:
+    if fmt.text_ids:
         _refuse_non_utf8_ids(plan)
     dtype = _row_dtype(scan)
-    with contextlib.closing(open_sink(tmp, parquet, layout.rows(), dtype, scan.classes, output)) as sink:
+    with contextlib.closing(open_sink(tmp, fmt, layout.rows(), dtype, scan.classes, output)) as sink:
         acc, checksums = execution.write_tables(
             scan, layout, sink, dtype, read.chunk_rows, progress, carry_provenance, stats_table, client
         )
@@ -272,7 +270,7 @@ def _write_dataset(
 
 def _refuse_non_utf8_ids(plan: Plan) -> None:
     """Parquet stores IDs as strings: name the first kept row whose ID is not UTF-8, before writing anything."""
-    from .parquet import first_non_utf8, not_utf8_message
+    from .formats.parquet import first_non_utf8, not_utf8_message
 
     kept = np.flatnonzero(plan.keep)
     bad = first_non_utf8(plan.scan.ids[kept])
@@ -290,18 +288,18 @@ def _row_dtype(scan: Scan) -> np.dtype:
 def _job(paths: Sequence[Path], out: str | Path, output: OutputOptions, hash_inputs: bool = True):
     """An atomic output that is none of the inputs and holds none, and the background hashing of the inputs.
 
-    The one place that decides the output format: `is_parquet_path(out, --format)`.
+    The output format comes from the one place that decides it: `formats.choose(out, --format)`.
     """
     if not str(out).strip():
         raise UsageError("--output: empty path; name the output file or directory")
-    parquet = is_parquet_path(out, output.format)
+    fmt = formats.choose(out, output.format)
     target = Path(out).resolve()
     if any(Path(p).resolve() == target for p in paths):
         raise UsageError(f"{out}: is also an input; write the output elsewhere")
     hashed = paths if hash_inputs else []
-    atomic = atomic_output(Path(out), output.overwrite, output.fsync, parquet, protected=paths)
+    atomic = atomic_output(Path(out), output.overwrite, output.fsync, fmt.directory, protected=paths)
     with atomic as tmp, FileHasher(hashed) as hasher:
-        yield tmp, hasher, parquet
+        yield tmp, hasher, fmt
 
 
 def _check_cluster(options: ClusterOptions | None, out: str | Path, output: OutputOptions) -> None:
@@ -309,20 +307,17 @@ def _check_cluster(options: ClusterOptions | None, out: str | Path, output: Outp
     if options is None:
         return
     options.check()
-    if not options.is_local and is_parquet_path(out, output.format):
-        raise UsageError(f"{out}: --scheduler {options.scheduler}: Parquet output is written by the local path only; write HDF5, then `cutout-etl convert`")
+    fmt = formats.choose(out, output.format)
+    if not options.is_local and not fmt.distributed_writes:
+        raise UsageError(f"{out}: --scheduler {options.scheduler}: {fmt.title} output is written by the local path only; write HDF5, then `cutout-etl convert`")
 
 
-def open_sink(tmp: Path, parquet: bool, rows: dict[str, int], dtype: np.dtype, classes: Sequence[str], output: OutputOptions) -> Sink:
-    if parquet:
-        from .parquet import ParquetSink  # pyarrow is imported only when Parquet is written
-
-        return ParquetSink(tmp, rows, int(np.prod(dtype["image"].shape)), classes, output.rows_per_shard)
-    return HDF5Sink(tmp, rows, dtype)
+def open_sink(tmp: Path, fmt: OutputFormat, rows: dict[str, int], dtype: np.dtype, classes: Sequence[str], output: OutputOptions) -> Sink:
+    return fmt.open_sink(tmp, rows, dtype, classes, output.rows_per_shard)
 
 
 def _refuse_non_utf8_block(path: Path, table: str, start: int, block: Block) -> None:
-    from .parquet import first_non_utf8, not_utf8_message
+    from .formats.parquet import first_non_utf8, not_utf8_message
 
     ids = block.columns["ID"]
     bad = first_non_utf8(ids)
@@ -338,12 +333,12 @@ def convert(
 ) -> dict:
     """`cutout-etl convert`: HDF5 <-> Parquet, block by block, checked bit-exact by the content digest."""
     output = output or OutputOptions()
-    with open_dataset(path) as ds, _job([Path(path)], out, output, hash_inputs=False) as (tmp, _, parquet):
+    with open_dataset(path) as ds, _job([Path(path)], out, output, hash_inputs=False) as (tmp, _, fmt):
         metadata = dict(ds.metadata)
         checkers = {name: BlockChecker(path, name, stored_checksums(path, metadata, name)) for name in ds.splits}
         rows = {name: len(ds[name]) for name in ds.splits}
         checksums = {name: TableChecksums(checkers[name].block_rows) for name in ds.splits}
-        with contextlib.closing(open_sink(tmp, parquet, rows, row_dtype(metadata), ds.classes, output)) as sink:
+        with contextlib.closing(open_sink(tmp, fmt, rows, row_dtype(metadata), ds.classes, output)) as sink:
             total, done = sum(rows.values()), 0
             for name in ds.splits:
                 block_rows = checkers[name].block_rows
@@ -351,7 +346,7 @@ def convert(
                     records = ds[name].read(start, start + block_rows)
                     found = checkers[name].check(start // block_rows, records)
                     block = Block.from_records(records)
-                    if parquet:
+                    if fmt.text_ids:
                         _refuse_non_utf8_block(path, name, start, block)
                     sink.write(name, np.arange(start, start + len(block)), block)
                     checksums[name].add_block(found)

@@ -30,12 +30,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import readers, writers
+from . import formats, readers, writers
 from .dataset import open_dataset
 from .errors import CutoutEtlError, DatasetError, InputFileError, OutputWriteError, UsageError
 from .merge import encode_labels, normalize_labels
 from .scan import ProgressFn, ReadOptions, no_progress, open_inputs
-from .schema import METADATA_ATTR, Columns, as_bytes, band_names
+from .formats.hdf5 import has_metadata
+from .schema import Columns, as_bytes, band_names
 from .stats import BandStats
 
 DEFAULT_PER_CLASS = 6
@@ -106,8 +107,7 @@ class Source:
 
 def is_dataset(path: Path) -> bool:
     """A cutout-etl dataset carries its metadata in a root attribute."""
-    with readers.open_h5(path) as f:
-        return METADATA_ATTR in f.attrs
+    return has_metadata(path)
 
 
 def open_source(
@@ -118,8 +118,9 @@ def open_source(
     if not paths:
         raise UsageError("no input: give a dataset or class files")
     for path in paths:
-        if path.is_dir():
-            raise UsageError(f"{path}: preview reads HDF5; convert a Parquet dataset first (cutout-etl convert {path} dataset.h5)")
+        fmt = formats.detect(path)
+        if not fmt.rows_as_input:
+            raise UsageError(f"{path}: preview reads HDF5; convert a {fmt.title} dataset first (cutout-etl convert {path} dataset.h5)")
     datasets = [p for p in paths if is_dataset(p)]
     if datasets and len(paths) > 1:
         raise UsageError(f"{datasets[0]}: is a cutout-etl dataset; preview takes one dataset, or class files, not both")

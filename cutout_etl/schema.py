@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import yaml
 
 FORMAT_NAME = "cutout-etl"
 FORMAT_VERSION = 1
@@ -44,26 +45,66 @@ def band_names(n_bands: int) -> list[str]:
     return list(KIDS_BANDS) if n_bands == len(KIDS_BANDS) else [f"b{i}" for i in range(n_bands)]
 
 
+@dataclass(frozen=True)
+class OutputColumn:
+    """One column of every table cutout-etl writes, in every format.
+
+    `numpy` is the HDF5/numpy type; "S{id_bytes}" and "S{class_bytes}" are
+    filled from the data, and a `shaped` column holds one image per row.
+    `arrow` is the Arrow/Parquet type (a pyarrow alias; a shaped column is a
+    fixed-size list of it) and `hf` the Hugging Face feature kind ("Value",
+    "ClassLabel", "Sequence"). `role` says which checksum stream it feeds:
+    content (in the dataset digest) or provenance (outside it).
+    """
+
+    name: str
+    arrow_name: str
+    numpy: str
+    arrow: str
+    role: str
+    description: str
+    unit: str | None = None
+    hf: str = "Value"
+    shaped: bool = False
+
+
+# The one list of output columns, in stored order; every layout, schema and checksum is derived from it.
+OUTPUT_COLUMNS = (
+    OutputColumn("ID", "id", "S{id_bytes}", "string", "content", "survey object name"),
+    OutputColumn("RAJ2000", "ra", "<f8", "float64", "content", "right ascension (J2000)", "deg"),
+    OutputColumn("DECJ2000", "dec", "<f8", "float64", "content", "declination (J2000)", "deg"),
+    OutputColumn("SPECTYPE", "spectype", "S{class_bytes}", "string", "content",
+                 "spectroscopic class, normalised (stripped, upper case)"),
+    OutputColumn("label", "label", "<i8", "int64", "content", "integer class code: index into the metadata's classes",
+                 hf="ClassLabel"),
+    OutputColumn("source_file", "source_file", "<i2", "int16", "provenance", "index into the metadata's inputs list"),
+    OutputColumn("source_row", "source_row", "<i8", "int64", "provenance", "row of this object in its source file"),
+    OutputColumn("image", "image", "<f4", "float32", "content",
+                 "cutout, channels last (H, W, bands), raw flux copied bit-exact",
+                 PIXEL_UNIT_ASTROPY, hf="Sequence", shaped=True),
+)
+
+
 def output_dtype(id_len: int, class_len: int, image_shape: tuple[int, ...]) -> np.dtype:
-    """The row layout of every table cutout-etl writes.
+    """The row layout of every table cutout-etl writes (`OUTPUT_COLUMNS`).
 
     Column names follow the input (ID, RAJ2000, DECJ2000, SPECTYPE, image) so a
     user's astropy code reads the output unchanged; `label` is the integer
     code, `source_file` indexes the metadata's `inputs` list and `source_row`
     is the row in that file.
     """
-    return np.dtype(
-        [
-            ("ID", f"S{max(id_len, 1)}"),
-            ("RAJ2000", "<f8"),
-            ("DECJ2000", "<f8"),
-            ("SPECTYPE", f"S{max(class_len, 1)}"),
-            ("label", "<i8"),
-            ("source_file", "<i2"),
-            ("source_row", "<i8"),
-            ("image", "<f4", tuple(image_shape)),
-        ]
-    )
+    sizes = {"id_bytes": max(id_len, 1), "class_bytes": max(class_len, 1)}
+    fields = []
+    for column in OUTPUT_COLUMNS:
+        numpy = column.numpy.format(**sizes)
+        fields.append((column.name, numpy, tuple(image_shape)) if column.shaped else (column.name, numpy))
+    return np.dtype(fields)
+
+
+def row_dtype(metadata: Mapping) -> np.dtype:
+    """The structured row layout of a dataset's tables, from its metadata."""
+    sizes = metadata["row_dtype"]
+    return output_dtype(sizes["id_bytes"], sizes["class_bytes"], tuple(metadata["image_shape"]))
 
 
 @dataclass(frozen=True)
@@ -126,17 +167,39 @@ class RowCut:
         return out
 
 
-COLUMN_DESCRIPTIONS = {
-    "ID": "survey object name",
-    "RAJ2000": "right ascension (J2000)",
-    "DECJ2000": "declination (J2000)",
-    "SPECTYPE": "spectroscopic class, normalised (stripped, upper case)",
-    "label": "integer class code: index into the metadata's classes",
-    "source_file": "index into the metadata's inputs list",
-    "source_row": "row of this object in its source file",
-    "image": "cutout, channels last (H, W, bands), raw flux copied bit-exact",
-}
-COLUMN_UNITS = {"RAJ2000": "deg", "DECJ2000": "deg", "image": PIXEL_UNIT_ASTROPY}
+COLUMN_DESCRIPTIONS = {c.name: c.description for c in OUTPUT_COLUMNS}
+COLUMN_UNITS = {c.name: c.unit for c in OUTPUT_COLUMNS if c.unit}
+CONTENT_COLUMNS = tuple(c.name for c in OUTPUT_COLUMNS if c.role == "content")
+PROVENANCE_COLUMNS = tuple(c.name for c in OUTPUT_COLUMNS if c.role == "provenance")
+
+
+def column_meta_yaml(dtype: np.dtype, table_meta: Mapping) -> np.ndarray:
+    """astropy's serialized column metadata, so Table.read gets units, descriptions and meta.
+
+    The lines `astropy.table.meta.get_yaml_from_table` writes for our row
+    layout (a test holds them equal), made here because importing
+    astropy.table costs half a second.
+    """
+    lines = ["datatype:"]
+    for name in dtype.names:
+        column = dtype[name]
+        entry = {"name": name}
+        if name in COLUMN_UNITS:
+            entry["unit"] = COLUMN_UNITS[name]
+        # astropy stores multidimensional columns' type as a subtype of "string" (ECSV).
+        entry["datatype"] = "string" if column.kind in "SU" or column.shape else column.name
+        if name in COLUMN_DESCRIPTIONS:
+            entry["description"] = COLUMN_DESCRIPTIONS[name]
+        if column.shape:
+            entry["subtype"] = f"{column.base.name}[{','.join(map(str, column.shape))}]"
+        lines.append(f"- {_flow_yaml(entry)}")
+    lines.append("meta: !!omap")
+    lines.extend(f"- {_flow_yaml({key: value})}" for key, value in table_meta.items())
+    return np.array([line.encode("utf-8") for line in lines])
+
+
+def _flow_yaml(mapping: Mapping) -> str:
+    return yaml.safe_dump(dict(mapping), default_flow_style=True, sort_keys=False, width=math.inf).strip()
 
 
 def as_bytes(values: np.ndarray) -> np.ndarray:
@@ -148,13 +211,3 @@ def as_bytes(values: np.ndarray) -> np.ndarray:
     else:
         out = np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values], dtype="S")
     return np.char.strip(out)
-
-
-def is_parquet_path(path: str | Path, fmt: str | None = None) -> bool:
-    """Parquet when asked, or for a path ending in / or .parquet, or an existing directory.
-
-    Pass the path as the user typed it: pathlib drops a trailing slash.
-    """
-    if fmt is not None:
-        return fmt == "parquet"
-    return str(path).endswith(("/", ".parquet")) or Path(path).is_dir()

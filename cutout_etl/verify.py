@@ -7,7 +7,6 @@ inputs' provenance is there, and recomputes the stored statistics.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,6 @@ from . import sky
 from .checksums import TableChecksums, dataset_digest
 from .dataset import Dataset, open_dataset
 from .scan import ProgressFn, no_progress
-from .schema import DATA_DIR, METADATA_ATTR, SIDECAR
 from .stats import BandStats
 
 MOMENTS = ("sum", "mean", "m2", "variance", "std")
@@ -49,9 +47,9 @@ def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
     failures += _unique_ids(ds.splits, ids)
     failures += _neighbours(meta, positions)
     checks.append("no neighbours or duplicate positions across splits")
-    if ds.format == "parquet":
-        checks.append("Parquet shard footers")
-        failures += _shard_footers(ds)
+    format_checks, format_failures = ds.engine.format_checks(ds.path, meta)
+    checks += format_checks
+    failures += format_failures
     if dataset_digest(meta, recomputed) != meta.get("digest"):
         failures.append("content digest differs from the stored one")
     failures += _provenance(meta)
@@ -179,39 +177,6 @@ def _neighbours(meta: dict, positions: list[tuple[np.ndarray, np.ndarray]]) -> l
     if apart:
         failures.append(f"{apart} pairs of neighbours within {radius:.2f} arcsec are in different splits")
     return failures
-
-
-def _shard_footers(ds: Dataset) -> list[str]:
-    """Every shard's footer: `cutout_etl` is the sidecar metadata, `huggingface` the features of these classes.
-
-    Hugging Face `datasets` reads the class names from the footer, not from the sidecar.
-    """
-    import pyarrow.parquet as pq
-
-    from .parquet import hf_features
-
-    expected = {
-        METADATA_ATTR.encode(): _canonical(ds.metadata),
-        b"huggingface": _canonical({"info": {"features": hf_features(math.prod(ds.image_shape), ds.classes)}}),
-    }
-    failures = []
-    for shard in sorted((ds.path / DATA_DIR).glob("*.parquet")):
-        footer = pq.ParquetFile(shard).metadata.metadata or {}
-        for key, text in expected.items():
-            if _canonical_text(footer.get(key)) != text:
-                failures.append(f"{shard.name}: footer metadata '{key.decode()}' differs from the dataset's ({SIDECAR})")
-    return failures
-
-
-def _canonical(value: object) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-def _canonical_text(raw: bytes | None) -> str | None:
-    try:
-        return _canonical(json.loads(raw)) if raw is not None else None
-    except ValueError:
-        return None
 
 
 def _provenance(meta: dict) -> list[str]:

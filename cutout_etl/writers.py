@@ -1,37 +1,25 @@
-"""Everything that writes outputs, atomically.
+"""Writing outputs atomically, whatever their format.
 
-Outputs are written to a temporary file beside the target and renamed into
-place only when complete, so a target path either does not exist or holds a
-finished file. Tables are contiguous HDF5 compound datasets allocated up
-front; rows are written straight to their byte offsets, which lets a
-sequential read of the inputs place every row at its final position.
+Outputs are written to a temporary file (or directory) beside the target and
+renamed into place only when complete, so a target path either does not
+exist or holds a finished output. What each format writes is in `formats/`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import json
-import math
 import os
 import re
 import secrets
 import shutil
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
-
-import h5py
-import numpy as np
-import yaml
 
 from . import interrupts
 from .errors import ForeignOutputError, OutputAppearedError, OutputExistsError, OutputWriteError
-from .readers import IOV_MAX, FileIdentity, row_runs
-from .records import Block, image_cut
-from .schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, DATA_DIR, FORMAT_NAME, METADATA_ATTR, SIDECAR
 
 _TMP_MARK = ".tmp-"
 Guard = Callable[[Path], None]  # raises ForeignOutputError when an existing target may not be replaced
@@ -94,61 +82,16 @@ def _process_alive(pid: int) -> bool:
 
 # ---------------------------------------------------------------- what --overwrite may replace
 
-_PARQUET_ENTRIES = (DATA_DIR, SIDECAR, "README.md")  # all a Parquet dataset directory holds (parquet.CARD)
-
 
 def written_by_cutout_etl(target: Path) -> None:
-    """Allow replacing only a cutout-etl output: an HDF5 dataset file, or a Parquet dataset directory alone."""
-    if target.is_symlink():
-        problem = "is a symbolic link"
-    elif target.is_dir():
-        problem = _parquet_dataset_problem(target)
-    else:
-        problem = _hdf5_dataset_problem(target)
+    """Allow replacing only a cutout-etl output: one of the registered formats' datasets, and nothing else."""
+    from . import formats  # the formats write through atomic_output
+
+    problem = "is a symbolic link" if target.is_symlink() else formats.foreign_problem(target)
     if problem:
         raise ForeignOutputError(
             f"{target}: {problem}; --overwrite replaces only what cutout-etl wrote, nothing was touched"
         )
-
-
-def _is_our_metadata(raw: object) -> bool:
-    try:
-        metadata = json.loads(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-    return isinstance(metadata, dict) and metadata.get("format") == FORMAT_NAME
-
-
-def _hdf5_dataset_problem(path: Path) -> str | None:
-    try:
-        if not h5py.is_hdf5(path):
-            return "not a cutout-etl dataset (not an HDF5 file)"
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get(METADATA_ATTR)
-    except OSError:
-        return "not a cutout-etl dataset (unreadable)"
-    return None if _is_our_metadata(raw) else f"not a cutout-etl dataset (no '{METADATA_ATTR}' metadata)"
-
-
-def _parquet_dataset_problem(directory: Path) -> str | None:
-    with os.scandir(directory) as listing:
-        entries = {entry.name: entry for entry in listing}
-    foreign = sorted(set(entries) - set(_PARQUET_ENTRIES))
-    if foreign:
-        return f"holds {foreign[0]}, which cutout-etl did not write"
-    sidecar = entries.get(SIDECAR)
-    sidecar_ok = sidecar is not None and sidecar.is_file(follow_symlinks=False)
-    if not (sidecar_ok and _is_our_metadata(Path(sidecar.path).read_bytes())):
-        return f"not a cutout-etl Parquet dataset (no cutout-etl {SIDECAR})"
-    data = entries.get(DATA_DIR)
-    if data is not None:
-        if not data.is_dir(follow_symlinks=False):
-            return f"{DATA_DIR} is not a directory of shards"
-        with os.scandir(data.path) as shards:
-            foreign = [s.name for s in shards if not (s.is_file(follow_symlinks=False) and s.name.endswith(".parquet"))]
-        if foreign:
-            return f"holds {DATA_DIR}/{sorted(foreign)[0]}, which cutout-etl did not write"
-    return None
 
 
 def _check_not_holding(target: Path, protected: Sequence[Path]) -> None:
@@ -378,245 +321,3 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno == errno.EFBIG:
         return "file size limit exceeded"
     return exc.strerror or str(exc).splitlines()[0]
-
-
-def column_meta_yaml(dtype: np.dtype, table_meta: Mapping) -> np.ndarray:
-    """astropy's serialized column metadata, so Table.read gets units, descriptions and meta.
-
-    The lines `astropy.table.meta.get_yaml_from_table` writes for our row
-    layout (a test holds them equal), made here because importing
-    astropy.table costs half a second.
-    """
-    lines = ["datatype:"]
-    for name in dtype.names:
-        column = dtype[name]
-        entry = {"name": name}
-        if name in COLUMN_UNITS:
-            entry["unit"] = COLUMN_UNITS[name]
-        # astropy stores multidimensional columns' type as a subtype of "string" (ECSV).
-        entry["datatype"] = "string" if column.kind in "SU" or column.shape else column.name
-        if name in COLUMN_DESCRIPTIONS:
-            entry["description"] = COLUMN_DESCRIPTIONS[name]
-        if column.shape:
-            entry["subtype"] = f"{column.base.name}[{','.join(map(str, column.shape))}]"
-        lines.append(f"- {_flow_yaml(entry)}")
-    lines.append("meta: !!omap")
-    lines.extend(f"- {_flow_yaml({key: value})}" for key, value in table_meta.items())
-    return np.array([line.encode("utf-8") for line in lines])
-
-
-def _flow_yaml(mapping: Mapping) -> str:
-    return yaml.safe_dump(dict(mapping), default_flow_style=True, sort_keys=False, width=math.inf).strip()
-
-
-def create_tables(path: Path, tables: Mapping[str, int], dtype: np.dtype) -> dict[str, int]:
-    """Create an HDF5 file with one contiguous table per name; return their byte offsets.
-
-    Storage is allocated now and never filled by HDF5 (every row is written
-    later, at its offset). The file's blocks are reserved up front: writes in
-    scattered order into a sparse file cost 3x more, and a full disk fails
-    here rather than half way.
-    """
-    _check_room(path, sum(tables.values()) * dtype.itemsize + _HEADER_ROOM)
-    offsets = {}
-    with _new_hdf5_file(path) as f:
-        for name, rows in tables.items():
-            _create_contiguous(f, name, rows, dtype)
-            meta = column_meta_yaml(dtype, {"split": name})
-            f.create_dataset(f"{name}.__table_column_meta__", data=meta, track_times=False)
-            offsets[name] = f[name].id.get_offset()
-    _reserve(path)
-    return offsets
-
-
-def _new_hdf5_file(path: Path) -> h5py.File:
-    """A new HDF5 file whose objects record no creation or modification times.
-
-    The same content then gives the same bytes: h5py would stamp the root
-    group, so two builds of the same inputs would differ in a few header bytes.
-    Links keep their creation order, as `track_order=True` does.
-    """
-    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
-    fcpl.set_obj_track_times(False)
-    fcpl.set_link_creation_order(h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED)
-    fcpl.set_attr_creation_order(h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED)
-    return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fcpl=fcpl))
-
-
-_HEADER_ROOM = 1 << 20  # HDF5 headers, astropy column metadata, our JSON: well under 1 MiB
-
-
-def _check_room(path: Path, nbytes: int) -> None:
-    """Fail on a full disk or a file-size limit before HDF5 writes anything.
-
-    HDF5 does not recover from a failed metadata write: the library is left
-    in a state that crashes the interpreter at exit.
-    """
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.posix_fallocate(fd, 0, nbytes)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-    finally:
-        os.ftruncate(fd, 0)
-        os.close(fd)
-
-
-def _reserve(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate
-            raise
-    finally:
-        os.close(fd)
-
-
-def _create_contiguous(f: h5py.File, name: str, rows: int, dtype: np.dtype) -> None:
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_layout(h5py.h5d.CONTIGUOUS)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    dcpl.set_obj_track_times(False)
-    space = h5py.h5s.create_simple((rows,))
-    h5py.h5d.create(f.id, name.encode(), h5py.h5t.py_create(dtype), space, dcpl=dcpl).close()
-
-
-def write_metadata(path: Path, metadata: Mapping) -> None:
-    with h5py.File(path, "r+") as f:
-        f.attrs[METADATA_ATTR] = json.dumps(metadata)
-
-
-def replace_metadata(path: Path, metadata: Mapping, read: FileIdentity, fsync: bool = False) -> None:
-    """Give an existing HDF5 file new metadata, copy-on-write: the file is whole at every moment.
-
-    HDF5 replaces an attribute by deleting and recreating it, and a failed
-    write leaves the library broken, so the file itself is never opened for
-    writing: a copy beside it (the kernel's in-file-system copy, a reflink
-    where the file system has them) gets the metadata and is renamed over it.
-    A full disk, a file-size limit, an exception or a kill at any point leaves
-    the original as it was (and at most a temporary that the next run
-    removes). `read` is the identity of the file the metadata was
-    computed from: if the file changed since, nothing is written. Readers
-    that have the file open keep reading the old inode.
-    """
-    real = Path(os.path.realpath(path))  # through a symlink: replace the file, keep the link
-    text = json.dumps(metadata)
-    with atomic_output(real, overwrite=True, fsync=fsync) as tmp:
-        _copy_file(real, tmp)
-        shutil.copymode(real, tmp)
-        _reserve_room(tmp, len(text.encode()) + _HEADER_ROOM)
-        with h5py.File(tmp, "r+") as f:
-            f.attrs[METADATA_ATTR] = text
-        read.check_path(real)
-
-
-def _copy_file(source: Path, target: Path) -> None:
-    """Copy a file inside the kernel, with copy_file_range where there is one.
-
-    copy_file_range shares the blocks (a reflink) on XFS and Btrfs, and copies
-    without a trip through user space elsewhere: 0.45-0.8 s per 512 MiB on
-    ext4 here, against 1.3-2.5 s for the sendfile of Python 3.11's
-    shutil.copyfile, which stays the fallback where copy_file_range is
-    missing or refused.
-    """
-    copy_range = getattr(os, "copy_file_range", None)
-    with open(source, "rb") as src, open(target, "wb") as dst:
-        size, done = os.fstat(src.fileno()).st_size, 0
-        try:
-            while copy_range is not None and done < size:
-                copied = copy_range(src.fileno(), dst.fileno(), size - done)
-                if copied == 0:
-                    break
-                done += copied
-        except OSError as exc:
-            if done or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-    if done < size:
-        shutil.copyfile(source, target)
-
-
-def _reserve_room(path: Path, extra: int) -> None:
-    """Reserve the blocks HDF5 may append, so a full disk fails here, before HDF5 writes.
-
-    HDF5 truncates the file to its end of allocation on close, so the
-    reservation leaves no trace in the finished file.
-    """
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.posix_fallocate(fd, os.fstat(fd).st_size, extra)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate
-            raise
-    finally:
-        os.close(fd)
-
-
-class RowWriter:
-    """Writes blocks at given row positions of preallocated contiguous tables.
-
-    Each row's columns and image go out in one vectored write per run of
-    consecutive positions, straight from the block's arrays.
-    """
-
-    def __init__(self, path: Path, offsets: Mapping[str, int | None], dtype: np.dtype) -> None:
-        self._fd = os.open(path, os.O_WRONLY)
-        self._offsets = dict(offsets)
-        self._cut = image_cut(dtype)
-        self.rows_written = 0
-
-    def write(self, table: str, positions: np.ndarray, block: Block) -> None:
-        base = self._offsets[table]
-        assert base is not None, f"table {table} has no storage"
-        if np.any(np.diff(positions) < 0):
-            order = np.argsort(positions, kind="stable")
-            positions, block = positions[order], block[order]
-        cut, size = self._cut, self._cut.row_size
-        columns = np.ascontiguousarray(block.columns)
-        buffers = cut.buffers(columns, block.images, range(len(block)))
-        per_row = cut.buffers_per_row
-        for a, b in row_runs(positions, IOV_MAX // per_row):
-            written = os.pwritev(self._fd, buffers[a * per_row : b * per_row], base + int(positions[a]) * size)
-            if written != (b - a) * size:
-                raise OSError(errno.ENOSPC, "short write")
-        self.rows_written += len(block)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> RowWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Sink(Protocol):
-    """Where the write pass puts each block of records (HDF5 file or Parquet shards)."""
-
-    def write(self, name: str, positions: np.ndarray, block: Block) -> None: ...
-    def finish(self, metadata: Mapping) -> None: ...
-    def close(self) -> None: ...
-
-
-class HDF5Sink:
-    """The HDF5 output: tables preallocated, rows written at their positions."""
-
-    def __init__(self, path: Path, tables_rows: Mapping[str, int], dtype: np.dtype) -> None:
-        self.path = path
-        self.offsets = create_tables(path, tables_rows, dtype)  # Dask tasks write at these offsets too
-        self._writer = RowWriter(path, self.offsets, dtype)
-
-    def write(self, name: str, positions: np.ndarray, block: Block) -> None:
-        self._writer.write(name, positions, block)
-
-    def finish(self, metadata: Mapping) -> None:
-        self._writer.close()
-        write_metadata(self.path, metadata)
-
-    def close(self) -> None:
-        self._writer.close()

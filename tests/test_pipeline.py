@@ -15,8 +15,7 @@ from astropy.table import Table
 
 from cutout_etl import execution, open_dataset, pipeline
 from cutout_etl.errors import LabelConflictError, UsageError
-from cutout_etl.schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, METADATA_ATTR, PIXEL_UNIT, output_dtype
-from cutout_etl.writers import column_meta_yaml
+from cutout_etl.schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, METADATA_ATTR, PIXEL_UNIT, column_meta_yaml, output_dtype
 
 from .conftest import DEMO_ROWS, make_table, write_table
 

@@ -164,7 +164,7 @@ def test_convert_to_parquet_names_the_dataset_table_and_row_of_an_id_that_is_not
 
 def test_the_parquet_writer_itself_refuses_an_id_that_is_not_utf8_with_the_same_error(tmp_path):
     from cutout_etl.errors import InvalidRowError
-    from cutout_etl.parquet import ParquetSink
+    from cutout_etl.formats.parquet import ParquetSink
     from cutout_etl.records import Block
     from cutout_etl.schema import output_dtype
 

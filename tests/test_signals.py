@@ -117,15 +117,15 @@ def test_an_interrupt_swallowed_by_a_gc_callback_still_stops_the_run_quietly(dem
 
 
 def test_an_interrupt_swallowed_after_the_last_progress_call_is_not_published(demo_files, tmp_path, monkeypatch):
-    from cutout_etl import writers
+    from cutout_etl.formats import hdf5
 
-    finish = writers.HDF5Sink.finish
+    finish = hdf5.HDF5Sink.finish
 
     def finish_then_interrupt(self, metadata):
         finish(self, metadata)
         _swallow_an_interrupt()  # no progress call follows: the check before the rename must catch it
 
-    monkeypatch.setattr(writers.HDF5Sink, "finish", finish_then_interrupt)
+    monkeypatch.setattr(hdf5.HDF5Sink, "finish", finish_then_interrupt)
     result = CliRunner().invoke(app, ["build", *map(str, demo_files), "-o", str(tmp_path / "ds.h5"), "--quiet"])
     assert result.exit_code == 130
     assert result.stderr == "interrupted by SIGINT: no output written\n"

@@ -19,91 +19,189 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .errors import DatasetError, InvalidRowError
-from .records import Block
-from .schema import DATA_DIR, DEFAULT_ROWS_PER_SHARD, FILE_SPLIT, METADATA_ATTR, SIDECAR
+from ..errors import DatasetError, InvalidRowError, UsageError
+from ..records import Block
+from ..schema import (
+    DATA_DIR,
+    DEFAULT_ROWS_PER_SHARD,
+    FILE_SPLIT,
+    METADATA_ATTR,
+    OUTPUT_COLUMNS,
+    SIDECAR,
+    OutputColumn,
+    row_dtype,
+)
+from .base import OutputFormat, Sink, Table, check_metadata, is_our_metadata
+from .hf_card import dataset_card, hf_features
+
+if TYPE_CHECKING:  # pyarrow is imported only when Parquet is written or read
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 CARD = "README.md"
+ENTRIES = (DATA_DIR, SIDECAR, CARD)  # all a dataset directory holds
 # Arrow column <- structured-record field
-COLUMNS = {
-    "id": "ID",
-    "ra": "RAJ2000",
-    "dec": "DECJ2000",
-    "spectype": "SPECTYPE",
-    "label": "label",
-    "source_file": "source_file",
-    "source_row": "source_row",
-    "image": "image",
-}
-_SMALL_COLUMNS = [c for c in COLUMNS if c != "image"]
+COLUMNS = {c.arrow_name: c.name for c in OUTPUT_COLUMNS}
+_SHAPED = {c.arrow_name for c in OUTPUT_COLUMNS if c.shaped}
+_SMALL_COLUMNS = [c for c in COLUMNS if c not in _SHAPED]
+
+
+class ParquetFormat(OutputFormat):
+    name = "parquet"
+    title = "Parquet"
+    directory = True
+    text_ids = True
+    distributed_writes = False
+    rows_as_input = False
+    updates_metadata = False
+
+    def wants_target(self, target: str | Path) -> bool:
+        """A path ending in / or .parquet, or an existing directory (pass it as typed: pathlib drops a trailing /)."""
+        return str(target).endswith(("/", ".parquet")) or Path(target).is_dir()
+
+    def guess_can_open(self, path: Path) -> bool:
+        return path.is_dir()
+
+    def foreign_problem(self, directory: Path) -> str | None:
+        """None for a cutout-etl Parquet dataset directory holding nothing else, else what is wrong."""
+        with os.scandir(directory) as listing:
+            entries = {entry.name: entry for entry in listing}
+        foreign = sorted(set(entries) - set(ENTRIES))
+        if foreign:
+            return f"holds {foreign[0]}, which cutout-etl did not write"
+        sidecar = entries.get(SIDECAR)
+        sidecar_ok = sidecar is not None and sidecar.is_file(follow_symlinks=False)
+        if not (sidecar_ok and is_our_metadata(Path(sidecar.path).read_bytes())):
+            return f"not a cutout-etl Parquet dataset (no cutout-etl {SIDECAR})"
+        data = entries.get(DATA_DIR)
+        if data is not None:
+            if not data.is_dir(follow_symlinks=False):
+                return f"{DATA_DIR} is not a directory of shards"
+            with os.scandir(data.path) as shards:
+                foreign = [s.name for s in shards if not _is_shard(s)]
+            if foreign:
+                return f"holds {DATA_DIR}/{sorted(foreign)[0]}, which cutout-etl did not write"
+        return None
+
+    def open_sink(
+        self, tmp: Path, tables_rows: Mapping[str, int], dtype: np.dtype, classes: Sequence[str], rows_per_shard: int
+    ) -> Sink:
+        return ParquetSink(tmp, tables_rows, int(np.prod(dtype["image"].shape)), classes, rows_per_shard)
+
+    def open_tables(self, path: Path, closers: list) -> tuple[dict, dict[str, Table]]:
+        sidecar = path / SIDECAR
+        text = sidecar.read_bytes() if sidecar.is_file() else None  # json.loads decodes: bad bytes are a DatasetError
+        metadata = check_metadata(path, text, f"no {SIDECAR}")
+        dtype = row_dtype(metadata)
+        tables: dict[str, Table] = {}
+        for name in metadata["tables"]:
+            table = tables[name] = ParquetTable(path, name, dtype)
+            closers.append(table.close)
+        for name, table in tables.items():
+            expected = metadata["tables_rows"][name]["rows"]
+            if len(table) != expected:
+                raise DatasetError(
+                    f"{path}: split {name} has {len(table)} rows in its shards, the metadata says {expected}"
+                )
+        return metadata, tables
+
+    def check_can_update(self, path: Path) -> None:
+        raise UsageError(  # names where build put them
+            f"{path}: a Parquet dataset's statistics are written by build into every shard; "
+            f"to recompute them, convert to HDF5 (cutout-etl convert {path} dataset.h5)"
+        )
+
+    def format_checks(self, path: Path, metadata: Mapping) -> tuple[list[str], list[str]]:
+        return ["Parquet shard footers"], shard_footer_failures(path, metadata)
+
+
+def _is_shard(entry: os.DirEntry) -> bool:
+    return entry.is_file(follow_symlinks=False) and entry.name.endswith(".parquet")
+
+
+def shard_footer_failures(path: Path, metadata: Mapping) -> list[str]:
+    """Every shard's footer: `cutout_etl` is the sidecar metadata, `huggingface` the features of these classes.
+
+    Hugging Face `datasets` reads the class names from the footer, not from the sidecar.
+    """
+    import pyarrow.parquet as pq
+
+    features = hf_features(math.prod(metadata["image_shape"]), list(metadata["classes"]))
+    expected = {
+        METADATA_ATTR.encode(): _canonical(metadata),
+        b"huggingface": _canonical({"info": {"features": features}}),
+    }
+    failures = []
+    for shard in sorted((path / DATA_DIR).glob("*.parquet")):
+        footer = pq.ParquetFile(shard).metadata.metadata or {}
+        for key, text in expected.items():
+            if _canonical_text(footer.get(key)) != text:
+                failures.append(
+                    f"{shard.name}: footer metadata '{key.decode()}' differs from the dataset's ({SIDECAR})"
+                )
+    return failures
+
+
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _canonical_text(raw: bytes | None) -> str | None:
+    try:
+        return _canonical(json.loads(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _arrow_type(column: OutputColumn, image_size: int) -> pa.DataType:
+    import pyarrow as pa
+
+    value = pa.type_for_alias(column.arrow)
+    return pa.list_(value, image_size) if column.shaped else value
 
 
 def arrow_schema(image_size: int, classes: Sequence[str]) -> pa.Schema:
-    schema = pa.schema(
-        [
-            ("id", pa.string()),
-            ("ra", pa.float64()),
-            ("dec", pa.float64()),
-            ("spectype", pa.string()),
-            ("label", pa.int64()),
-            ("source_file", pa.int16()),
-            ("source_row", pa.int64()),
-            ("image", pa.list_(pa.float32(), image_size)),
-        ]
-    )
+    import pyarrow as pa
+
+    schema = pa.schema([(c.arrow_name, _arrow_type(c, image_size)) for c in OUTPUT_COLUMNS])
     return schema.with_metadata({"huggingface": json.dumps({"info": {"features": hf_features(image_size, classes)}})})
-
-
-def hf_features(image_size: int, classes: Sequence[str]) -> dict:
-    """Hugging Face `datasets` features, as `Features.to_dict()` writes them."""
-
-    def value(dtype: str) -> dict:
-        return {"dtype": dtype, "_type": "Value"}
-
-    return {
-        "id": value("string"),
-        "ra": value("float64"),
-        "dec": value("float64"),
-        "spectype": value("string"),
-        "label": {"names": list(classes), "_type": "ClassLabel"},
-        "source_file": value("int16"),
-        "source_row": value("int64"),
-        "image": {"feature": value("float32"), "length": image_size, "_type": "Sequence"},
-    }
 
 
 def records_to_table(records: np.ndarray | Block, schema: pa.Schema) -> pa.Table:
     """Rows (structured records or a `Block`) as an Arrow table, images not copied twice."""
-    image = np.ascontiguousarray(records["image"]).reshape(-1)
-    size = schema.field("image").type.list_size
-    arrays = [
-        pa.array(np.char.decode(records["ID"], "utf-8"), pa.string()),
-        pa.array(records["RAJ2000"]),
-        pa.array(records["DECJ2000"]),
-        pa.array(np.char.decode(records["SPECTYPE"], "utf-8"), pa.string()),
-        pa.array(records["label"]),
-        pa.array(records["source_file"]),
-        pa.array(records["source_row"]),
-        pa.FixedSizeListArray.from_arrays(pa.array(image, pa.float32()), size),
-    ]
+    import pyarrow as pa
+
+    arrays = []
+    for column in OUTPUT_COLUMNS:
+        values = records[column.name]
+        if column.shaped:
+            size = schema.field(column.arrow_name).type.list_size
+            flat = pa.array(np.ascontiguousarray(values).reshape(-1), pa.type_for_alias(column.arrow))
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, size))
+        elif column.arrow == "string":
+            arrays.append(pa.array(np.char.decode(values, "utf-8"), pa.string()))
+        else:
+            arrays.append(pa.array(values))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def table_to_records(table: pa.Table, dtype: np.dtype) -> np.ndarray:
     """An Arrow table back to structured records of `dtype`, bit-exact."""
+    import pyarrow as pa
+
     records = np.empty(table.num_rows, dtype)
     for column, field in COLUMNS.items():
         values = table.column(column).combine_chunks()
-        if column == "image":
+        if column in _SHAPED:
             flat = values.flatten().to_numpy(zero_copy_only=False)
-            records["image"] = flat.reshape((table.num_rows, *dtype["image"].shape))
+            records[field] = flat.reshape((table.num_rows, *dtype[field].shape))
         elif pa.types.is_string(values.type):
             records[field] = np.char.encode(np.asarray(values.to_pylist(), dtype=str), "utf-8")
         else:
@@ -164,12 +262,14 @@ class ParquetSink:
                 self._writer(name, 0)
 
     def _writer(self, name: str, shard: int) -> pq.ParquetWriter:
+        import pyarrow.parquet as pq
+
         key = f"{name}/{shard}"
         if key not in self._open:
             writer = pq.ParquetWriter(
                 self._shards[name][shard],
                 self.schema,
-                compression={c: ("none" if c == "image" else "zstd") for c in COLUMNS},
+                compression={c: ("none" if c in _SHAPED else "zstd") for c in COLUMNS},
                 use_dictionary=["spectype"],
                 write_statistics=_SMALL_COLUMNS,
             )
@@ -207,61 +307,6 @@ class ParquetSink:
             self._writers.pop().close()
 
 
-def dataset_card(metadata: Mapping, shards: Mapping[str, list[Path]]) -> str:
-    """A Hugging Face dataset card: YAML front matter with splits and features, then prose."""
-    classes = metadata["classes"]
-    names = "\n".join(f"          '{i}': {json.dumps(c)}" for i, c in enumerate(classes))
-    files = "\n".join(f"  - split: {FILE_SPLIT[s]}\n    path: {DATA_DIR}/{FILE_SPLIT[s]}-*" for s in shards)
-    h, w, b = metadata["image_shape"]
-    counts = "\n".join(
-        f"| {FILE_SPLIT[s]} | {metadata['tables_rows'][s]['rows']} | "
-        + " | ".join(str(metadata["tables_rows"][s]["class_counts"].get(c, 0)) for c in classes)
-        + " |"
-        for s in shards
-    )
-    return f"""---
-configs:
-- config_name: default
-  data_files:
-{files}
-dataset_info:
-  features:
-  - name: id
-    dtype: string
-  - name: ra
-    dtype: float64
-  - name: dec
-    dtype: float64
-  - name: spectype
-    dtype: string
-  - name: label
-    dtype:
-      class_label:
-        names:
-{names}
-  - name: source_file
-    dtype: int16
-  - name: source_row
-    dtype: int64
-  - name: image
-    sequence: float32
-    length: {h * w * b}
----
-
-# Image cutouts ({", ".join(classes)})
-
-Written by {metadata.get("created_by", "cutout-etl")}. Each row is one object: `image` holds a
-{h} x {w} cutout in the bands {", ".join(metadata["bands"])}, flattened row-major with the bands last:
-reshape to ({h}, {w}, {b}). Pixel values are raw flux in {metadata["pixel_unit"]}, copied bit-exact
-from the inputs. `label` indexes the classes above. Statistics of the training split, the split
-parameters, checksums and input provenance are in `{SIDECAR}` (and in every shard's metadata).
-
-| split | rows | {" | ".join(classes)} |
-| --- | --- |{" --- |" * len(classes)}
-{counts}
-"""
-
-
 class ParquetTable:
     """Random row access to one table's shards."""
 
@@ -284,6 +329,8 @@ class ParquetTable:
         return self.rows
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        import pyarrow as pa
+
         stop = min(stop, self.rows)
         if start >= stop:
             return np.empty(0, self.dtype)
@@ -298,7 +345,9 @@ class ParquetTable:
         try:
             return table_to_records(pa.concat_tables(parts), self.dtype)
         except (pa.ArrowException, KeyError, ValueError) as exc:
-            raise DatasetError(f"{self.files[0].parent}: rows {start}-{stop - 1} do not match the dataset's schema ({_short(exc)})") from exc
+            raise DatasetError(
+                f"{self.files[0].parent}: rows {start}-{stop - 1} do not match the dataset's schema ({_short(exc)})"
+            ) from exc
 
     def _file(self, path: Path) -> pq.ParquetFile:
         if path not in self._open:
@@ -319,6 +368,9 @@ def _short(exc: BaseException) -> str:
 
 def _shard(path: Path) -> pq.ParquetFile:
     """Open a shard, or name it: a truncated or empty file is a DatasetError, not a bare ArrowInvalid."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
@@ -326,7 +378,11 @@ def _shard(path: Path) -> pq.ParquetFile:
 
 
 def _read_group(shard: pq.ParquetFile, path: Path, group: int) -> pa.Table:
+    import pyarrow as pa
+
     try:
         return shard.read_row_group(group)
     except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(f"{path}: not a readable Parquet file (truncated or corrupt: row group {group}: {_short(exc)})") from exc
+        raise DatasetError(
+            f"{path}: not a readable Parquet file (truncated or corrupt: row group {group}: {_short(exc)})"
+        ) from exc
