@@ -121,6 +121,7 @@ def test_digest_is_the_same_for_every_file_order_and_row_order(tmp_path):
 
 
 def test_sigkill_never_leaves_a_finished_looking_output(tmp_path):
+    """SIGKILL while the output is being written (its temp file exists), at varied points of the write."""
     from cutout_etl.demo import write_demo_files
 
     files = [str(p) for p in write_demo_files(tmp_path / "in", rows=800, seed=3)]
@@ -133,11 +134,15 @@ def test_sigkill_never_leaves_a_finished_looking_output(tmp_path):
     duration = time.monotonic() - start
     target.unlink()
     rng = random.Random(1)
-    for _ in range(10):
+    killed_mid_write = 0
+    for attempt in range(5):
         child = subprocess.Popen(command)
-        time.sleep(rng.uniform(0.05, duration))
+        while child.poll() is None and not list(out_dir.glob(".dataset.h5.tmp-*")):
+            time.sleep(0.001)
+        time.sleep(0 if attempt == 0 else rng.uniform(0, duration / 2))  # into the write, at a varied point
         child.send_signal(signal.SIGKILL)
         child.wait()
+        killed_mid_write += child.returncode == -signal.SIGKILL and bool(list(out_dir.glob(".dataset.h5.tmp-*")))
         if target.exists():
             assert verify(target)["ok"]
             target.unlink()
@@ -146,6 +151,7 @@ def test_sigkill_never_leaves_a_finished_looking_output(tmp_path):
         assert verify(target)["ok"]
         assert [p.name for p in out_dir.iterdir()] == ["dataset.h5"]
         target.unlink()
+    assert killed_mid_write >= 1  # the kills did land while the output was half written
 
 
 def test_file_size_limit_gives_one_line_and_no_output(demo_files, tmp_path):
