@@ -21,7 +21,8 @@ from cutout_etl import pipeline
 from cutout_etl.cli import app
 from cutout_etl.demo import write_demo_files
 
-SCRIPT = Path(sys.executable).parent / "cutout-etl"
+from .conftest import SCRIPT
+
 ROWS = 1000  # per class: enough chunks of 32 rows to still be running when the signal comes
 
 

@@ -17,19 +17,16 @@ import h5py
 import numpy as np
 import pytest
 from astropy.table import Table
-from typer.testing import CliRunner
 
 from cutout_etl import distributed, pipeline
-from cutout_etl.cli import app
 from cutout_etl.dataset import open_dataset
 from cutout_etl.errors import ChecksumError
 from cutout_etl.scan import ReadOptions
 from cutout_etl.schema import METADATA_ATTR
 from cutout_etl.verify import verify
 
-from .conftest import write_table
+from .conftest import SCRIPT, invoke, write_table
 
-SCRIPT = Path(sys.executable).parent / "cutout-etl"
 BLOCK_ROWS = 16
 
 
@@ -58,10 +55,6 @@ def sha256(path: Path) -> str:
 
 def temps_beside(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.tmp-*"))
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 # ---------------------------------------------------------------- item 1: copy-on-write

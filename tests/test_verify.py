@@ -9,7 +9,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,9 +25,8 @@ from cutout_etl.scan import ReadOptions
 from cutout_etl.schema import METADATA_ATTR
 from cutout_etl.verify import verify
 
-from .conftest import make_table, write_table
+from .conftest import SCRIPT, invoke, make_table, write_table
 
-SCRIPT = Path(sys.executable).parent / "cutout-etl"
 BLOCK_ROWS = 16
 
 
@@ -202,15 +200,6 @@ def mutate_structure(path: Path, data) -> None:
             fh.truncate(data.draw(st.integers(0, size)))
 
 
-def run_cli(args: list[str]) -> tuple[int, str]:
-    signal.alarm(20)  # a hang fails the test instead of stalling CI
-    try:
-        result = CliRunner().invoke(app, args)
-    finally:
-        signal.alarm(0)
-    return result.exit_code, result.stderr
-
-
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # examples: conftest profile
 @given(data=st.data())
 def test_fuzzed_inputs_give_success_or_one_line_error(tmp_path_factory, data):
@@ -226,7 +215,8 @@ def test_fuzzed_inputs_give_success_or_one_line_error(tmp_path_factory, data):
     else:
         mutate_structure(victim, data)
     for args in (["inspect", *map(str, files), "--quiet"], ["build", *map(str, files), "-o", str(work / "out.h5"), "--quiet"]):
-        code, stderr = run_cli(args)
+        result = invoke(*args, timeout=20)  # a hang fails the test instead of stalling CI
+        code, stderr = result.exit_code, result.stderr
         assert code in (0, 1, 2), stderr
         assert "Traceback" not in stderr
         if code != 0 and args[0] == "build":
