@@ -14,11 +14,14 @@ from astropy.table import Table
 from hypothesis import settings
 from typer.testing import CliRunner, Result
 
+from cutout_etl import pipeline
 from cutout_etl.cli import app
 from cutout_etl.demo import write_demo_files
+from cutout_etl.scan import ReadOptions
 
 DEMO_ROWS = 120
 SCRIPT = Path(sys.executable).parent / "cutout-etl"  # the installed command, for runs in a real process
+BLOCK_ROWS = 16  # small blocks: several a split, so block checks have something to find
 FILE_NAMES = {"GALAXY": "galaxies.hdf5", "QSO": "qso.hdf5", "STAR": "stars.hdf5"}
 
 # Fuzz tests take their number of examples from the profile: a quick one locally, the full one in CI (CI=true).
@@ -31,6 +34,14 @@ settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else "q
 def demo_files(tmp_path_factory) -> list[Path]:
     """Three synthetic class files, DEMO_ROWS rows each (galaxies, qso, stars)."""
     return write_demo_files(tmp_path_factory.mktemp("demo"), rows=DEMO_ROWS, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(demo_files, tmp_path_factory) -> Path:
+    """The demo files built in BLOCK_ROWS-row blocks. Read it; copy it before changing it."""
+    out = tmp_path_factory.mktemp("small_dataset") / "dataset.h5"
+    pipeline.build(demo_files, out, read=ReadOptions(chunk_rows=BLOCK_ROWS))
+    return out
 
 
 def make_table(

@@ -25,22 +25,12 @@ from cutout_etl.scan import ReadOptions
 from cutout_etl.schema import METADATA_ATTR
 from cutout_etl.verify import verify
 
-from .conftest import SCRIPT, invoke, write_table
-
-BLOCK_ROWS = 16
-
-
-@pytest.fixture(scope="module")
-def built(demo_files, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("stats_update") / "dataset.h5"
-    pipeline.build(demo_files, out, read=ReadOptions(chunk_rows=BLOCK_ROWS))
-    return out
-
+from .conftest import BLOCK_ROWS, SCRIPT, invoke, write_table
 
 @pytest.fixture
-def dataset(built, tmp_path) -> Path:
+def dataset(small_dataset, tmp_path) -> Path:
     copy = tmp_path / "dataset.h5"
-    shutil.copy(built, copy)
+    shutil.copy(small_dataset, copy)
     return copy
 
 

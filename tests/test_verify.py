@@ -25,17 +25,7 @@ from cutout_etl.scan import ReadOptions
 from cutout_etl.schema import METADATA_ATTR
 from cutout_etl.verify import verify
 
-from .conftest import SCRIPT, invoke, make_table, write_table
-
-BLOCK_ROWS = 16
-
-
-@pytest.fixture(scope="module")
-def small_dataset(demo_files, tmp_path_factory):
-    out = tmp_path_factory.mktemp("verify") / "dataset.h5"
-    pipeline.build(demo_files, out, read=ReadOptions(chunk_rows=BLOCK_ROWS))
-    return out
-
+from .conftest import BLOCK_ROWS, SCRIPT, invoke, make_table, write_table
 
 def test_fresh_build_and_merge_verify(small_dataset, demo_files, tmp_path):
     assert verify(small_dataset) == {"ok": True, "checks": [
