@@ -64,8 +64,8 @@ def _finite(name: str, kind: Any, default: Any, help: str, minimum: float, **inf
     return _option(name, kind, default, help=f"{help} [finite, x>={minimum:g}]", parser=finite_float(minimum), **info)
 
 
-def _flag(name: str, help: str, *short: str) -> inspect.Parameter:
-    return _option(name, bool, False, "--" + name.replace("_", "-"), *short, help=help)
+def _flag(name: str, help: str, *short: str, default: bool = False) -> inspect.Parameter:
+    return _option(name, bool, default, "--" + name.replace("_", "-"), *short, help=help)
 
 
 _COLUMNS = Columns()
@@ -78,12 +78,13 @@ COLUMNS = (
     _option("table_path", str | None, default(ReadOptions, "table_path"),
             help="Table inside each file, when a file holds several."),
 )
-CLASSES = (_option("classes", str | None, None, help=_CLASSES_HELP, show_default=False),)
+CLASSES = (_option("classes", str | None, default(MergeOptions, "classes"), help=_CLASSES_HELP, show_default=False),)
 MERGE = (
     *CLASSES,
-    _flag("drop_unknown", "Drop rows whose label is not a class (counted) instead of failing."),
+    _flag("drop_unknown", "Drop rows whose label is not a class (counted) instead of failing.",
+          default=default(MergeOptions, "drop_unknown")),
     _flag("drop_invalid", "Drop rows with an empty ID or an invalid RA/Dec (NaN, infinite, out of range; counted) "
-          "instead of failing."),
+          "instead of failing.", default=default(MergeOptions, "drop_invalid")),
     _option("on_conflict", OnConflict, OnConflict(default(MergeOptions, "on_conflict")),
             help="One ID with different labels: 'error' or 'drop' (all copies, counted)."),
     _finite("match_radius", float, default(MergeOptions, "match_radius"),
@@ -123,7 +124,7 @@ CLUSTER = (
 )
 FSYNC = (
     _flag("fsync", "Flush the output to disk before renaming it into place, and the directory entry after "
-          "(survives a power cut; costs a full writeback)."),
+          "(survives a power cut; costs a full writeback).", default=default(OutputOptions, "fsync")),
 )
 OUTPUT = (
     _option("output_format", OutputFormat | None, default(OutputOptions, "format"), "--format", show_default=False,
@@ -131,7 +132,7 @@ OUTPUT = (
     _option("rows_per_shard", int, default(OutputOptions, "rows_per_shard"), min=1,
             help="Parquet: rows per shard file (16384 = ~340 MB)."),
     _flag("overwrite", "Replace an output cutout-etl wrote earlier (never another file, nor a directory holding "
-          "other files or an input)."),
+          "other files or an input).", default=default(OutputOptions, "overwrite")),
     *FSYNC,
 )
 COMMON = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -13,7 +14,10 @@ import numpy as np
 import pytest
 import typer
 
+from cutout_etl import pipeline
 from cutout_etl.cli import app
+from cutout_etl.distributed import ClusterOptions
+from cutout_etl.scan import ReadOptions
 
 from .conftest import DEMO_ROWS, invoke, make_table, write_table
 
@@ -159,3 +163,16 @@ def test_readme_mentions_every_command_and_every_option():
         options = {opt for param in command.params for opt in param.opts if opt.startswith("--") and opt != "--help"}
         missing += [f"{name} {opt}" for opt in sorted(options) if not re.search(re.escape(opt) + r"(?![\w-])", readme)]
     assert missing == []
+
+
+def test_cli_defaults_are_the_library_defaults():
+    """Run with no options, build uses each option dataclass's own defaults."""
+    from cutout_etl.cli_options import cluster_options, merge_options, output_options, read_options, split_options
+
+    opts = {param.name: param.default for param in typer.main.get_command(app).commands["build"].params}  # type: ignore[attr-defined]
+    assert read_options(opts) == ReadOptions()
+    assert merge_options(opts) == pipeline.MergeOptions()
+    split = split_options(opts)
+    assert dataclasses.replace(split, fractions=tuple(split.fractions)) == pipeline.SplitOptions()
+    assert output_options(opts) == pipeline.OutputOptions()
+    assert cluster_options(opts) == ClusterOptions()
