@@ -43,6 +43,10 @@ def stop_on_signals() -> Iterator[None]:
     sys.unraisablehook = _unraisable_hook(previous_hook)
     try:
         yield
+    except Exception as exc:
+        if _pending is not None:  # the signal broke something on its way out (a lock being released, a callback)
+            raise Interrupted(_pending.signum) from exc
+        raise
     finally:
         for signum, handler in previous.items():
             if handler is not None:  # None: installed outside Python, cannot be restored from here

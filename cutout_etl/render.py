@@ -2,10 +2,55 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from . import interrupts
 from .schema import SPLIT_NAMES
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # every message and summary of the CLI
+
+
+class ProgressReporter:
+    """A Rich bar per stage on a terminal, one plain line per stage otherwise.
+
+    It is also where a stop signal (Ctrl-C, SIGTERM, SIGHUP) lands: Python may
+    swallow the interrupt raised inside a garbage-collector callback, so the
+    signal handler also sets a flag, and the next progress call (every chunk,
+    and once per input hash) raises again; so does the check just before an
+    output is renamed into place (`interrupts.check`).
+    """
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.bar: Progress | None = None
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        interrupts.check()
+        if self.quiet:
+            return
+        if not self.tty:
+            if stage not in self.tasks:
+                self.tasks[stage] = None
+                err.print(f"{stage}: {total} {'files' if stage == 'hash' else 'rows'}")
+            return
+        if self.bar is None:
+            columns = (TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self.bar = Progress(*columns, console=err, transient=True)
+            self.bar.start()
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def _fmt(value: object) -> str:
@@ -135,3 +180,28 @@ def verify_report(console: Console, report: dict) -> None:
         console.print(f"FAIL {failure}", style="red", highlight=False, markup=False)
     verdict = "verified" if report["ok"] else f"{len(report['failures'])} failures"
     console.print(f"{verdict}: {', '.join(report['checks'])}", highlight=False, markup=False)
+
+
+def build_summary(console: Console, metadata: dict) -> None:
+    run_summary(console, metadata)
+    stats_table(console, metadata)
+
+
+def preview_summary(console: Console, summary: dict) -> None:
+    shown = ", ".join(f"{c} {n}" for c, n in summary["shown_per_class"].items())
+    where = summary["name"] + (f", {summary['split']} split" if summary["split"] else "")
+    console.print(f"wrote {summary['output']}: {shown} from {where}", highlight=False, markup=False)
+    console.print(f"softening: {summary['softening']['source']}", highlight=False, markup=False)
+    if summary.get("hist"):
+        counts = ", ".join(f"{c} {n}" for c, n in summary["histogram_objects_per_class"].items())
+        console.print(f"wrote {summary['hist']}: distributions of {counts} objects", highlight=False, markup=False)
+
+
+def demo_summary(console: Console, result: dict) -> None:
+    console.print("wrote " + ", ".join(result["files"]))
+
+
+def inspect_html_notes(console: Console, report: dict, html: object) -> None:
+    for note in report["html"]["notes"]:
+        console.print(f"note: {note}", markup=False)
+    console.print(f"wrote {html}", markup=False)

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.table import Table
 from hypothesis import settings
+from typer.testing import CliRunner, Result
 
+from cutout_etl import pipeline
+from cutout_etl.cli import app
 from cutout_etl.demo import write_demo_files
+from cutout_etl.scan import ReadOptions
 
 DEMO_ROWS = 120
+SCRIPT = Path(sys.executable).parent / "cutout-etl"  # the installed command, for runs in a real process
+BLOCK_ROWS = 16  # small blocks: several a split, so block checks have something to find
+FILE_NAMES = {"GALAXY": "galaxies.hdf5", "QSO": "qso.hdf5", "STAR": "stars.hdf5"}
 
 # Fuzz tests take their number of examples from the profile: a quick one locally, the full one in CI (CI=true).
 settings.register_profile("quick", max_examples=30)
@@ -24,6 +34,14 @@ settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else "q
 def demo_files(tmp_path_factory) -> list[Path]:
     """Three synthetic class files, DEMO_ROWS rows each (galaxies, qso, stars)."""
     return write_demo_files(tmp_path_factory.mktemp("demo"), rows=DEMO_ROWS, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(demo_files, tmp_path_factory) -> Path:
+    """The demo files built in BLOCK_ROWS-row blocks. Read it; copy it before changing it."""
+    out = tmp_path_factory.mktemp("small_dataset") / "dataset.h5"
+    pipeline.build(demo_files, out, read=ReadOptions(chunk_rows=BLOCK_ROWS))
+    return out
 
 
 def make_table(
@@ -58,11 +76,51 @@ def write_table(table: Table, path: Path, table_path: str = "data", append: bool
     return path
 
 
+def class_tables(
+    rows: Sequence[int] = (20, 20, 20),
+    starts: Sequence[int] = (0, 1000, 2000),
+    seeds: Sequence[int] = (1, 2, 3),
+    labels: Sequence[bytes] = (b"GALAXY", b"QSO", b"STAR"),
+) -> dict[str, Table]:
+    """One `make_table` per class (as many classes as `rows` has entries), keyed by class name."""
+    return {
+        label.decode().strip(): make_table(n, label, start, seed=seed)
+        for label, n, start, seed in zip(labels, rows, starts, seeds)
+    }
+
+
+def write_class_files(
+    directory: Path, tables: Mapping[str, Table] | None = None, names: Mapping[str, str] = FILE_NAMES
+) -> list[Path]:
+    """Write each class's table (default: `class_tables()`) to `directory / names[class]`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tables = class_tables() if tables is None else tables
+    return [write_table(table, directory / names[label]) for label, table in tables.items()]
+
+
+def lower_case_names(suffix: str) -> dict[str, str]:
+    """galaxy<suffix>, qso<suffix>, star<suffix>."""
+    return {label: label.lower() + suffix for label in FILE_NAMES}
+
+
 @pytest.fixture
 def class_files(tmp_path) -> list[Path]:
-    """Three small hand-made class files with disjoint IDs (30, 20, 25 rows)."""
-    return [
-        write_table(make_table(30, b"GALAXY", 0, seed=1), tmp_path / "galaxies.hdf5"),
-        write_table(make_table(20, b"QSO ", 1000, seed=2), tmp_path / "qso.hdf5"),
-        write_table(make_table(25, b"STAR", 2000, seed=3), tmp_path / "stars.hdf5"),
-    ]
+    """Three small hand-made class files with disjoint IDs (30, 20, 25 rows; the QSO label padded as 'QSO ')."""
+    return write_class_files(tmp_path, class_tables((30, 20, 25), labels=(b"GALAXY", b"QSO ", b"STAR")))
+
+
+def invoke(*args: object, timeout: int | None = None) -> Result:
+    """`cutout-etl *args` in this process; with `timeout`, SIGALRM's default action ends a run that hangs."""
+    if timeout:
+        signal.alarm(timeout)
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        if timeout:
+            signal.alarm(0)
+
+
+def run_cli(*args: object) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `cutout-etl *args`, in this process."""
+    result = invoke(*args)
+    return result.exit_code, result.stdout, result.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,17 +12,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+import typer
 
+from cutout_etl import pipeline
 from cutout_etl.cli import app
+from cutout_etl.distributed import ClusterOptions
+from cutout_etl.scan import ReadOptions
 
-from .conftest import DEMO_ROWS, make_table, write_table
+from .conftest import DEMO_ROWS, invoke, make_table, write_table
 
 COMMANDS = ["inspect", "merge", "split", "stats", "build", "convert", "verify", "preview", "demo-data"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -150,3 +151,28 @@ def test_installed_console_script(demo_files, tmp_path):
 def test_fsync_build(demo_files, tmp_path):
     result = invoke("build", *demo_files, "-o", tmp_path / "ds.h5", "--fsync", "--quiet")
     assert result.exit_code == 0 and (tmp_path / "ds.h5").exists()
+
+
+def test_readme_mentions_every_command_and_every_option():
+    """As sqlite-utils does: a command or option the README does not mention is undocumented."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert sorted(commands) == sorted(COMMANDS)
+    missing = [f"cutout-etl {name}" for name in commands if f"cutout-etl {name}" not in readme]
+    for name, command in commands.items():
+        options = {opt for param in command.params for opt in param.opts if opt.startswith("--") and opt != "--help"}
+        missing += [f"{name} {opt}" for opt in sorted(options) if not re.search(re.escape(opt) + r"(?![\w-])", readme)]
+    assert missing == []
+
+
+def test_cli_defaults_are_the_library_defaults():
+    """Run with no options, build uses each option dataclass's own defaults."""
+    from cutout_etl.cli_options import cluster_options, merge_options, output_options, read_options, split_options
+
+    opts = {param.name: param.default for param in typer.main.get_command(app).commands["build"].params}  # type: ignore[attr-defined]
+    assert read_options(opts) == ReadOptions()
+    assert merge_options(opts) == pipeline.MergeOptions()
+    split = split_options(opts)
+    assert dataclasses.replace(split, fractions=tuple(split.fractions)) == pipeline.SplitOptions()
+    assert output_options(opts) == pipeline.OutputOptions()
+    assert cluster_options(opts) == ClusterOptions()

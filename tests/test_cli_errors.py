@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cutout_etl.cli import _emit, app, one_line
+from cutout_etl.cli import _emit, one_line
 
-SCRIPT = Path(sys.executable).parent / "cutout-etl"
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+from .conftest import SCRIPT, invoke
 
 
 def strict_json(text: str):

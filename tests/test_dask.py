@@ -104,24 +104,6 @@ def test_usage_errors_come_before_any_work(files, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_slurm_job_script():
-    jobqueue = pytest.importorskip("dask_jobqueue")
-    with jobqueue.SLURMCluster(
-        cores=8,
-        processes=4,
-        memory="32GB",
-        walltime="02:00:00",
-        queue="normal",
-        account="astro",
-        job_extra_directives=["--exclusive"],
-        scheduler_options={"dashboard_address": ":0"},
-    ) as cluster:
-        script = cluster.job_script()
-    for line in ("#SBATCH -p normal", "#SBATCH -A astro", "#SBATCH -n 1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=30G", "#SBATCH -t 02:00:00", "#SBATCH --exclusive"):
-        assert line in script, line
-    assert "distributed.cli.dask_worker" in script and "--nworkers 4" in script
-
-
 def test_cli_build_with_a_local_cluster(files, tmp_path):
     from typer.testing import CliRunner
 

@@ -18,14 +18,11 @@ from typer.testing import CliRunner
 from cutout_etl.cli import app
 from cutout_etl.errors import CutoutEtlError
 
-from .conftest import make_table, write_table
+from .conftest import class_tables, make_table, run_cli, write_class_files, write_table
 
 
 def good(tmp_path: Path) -> list[Path]:
-    return [
-        write_table(make_table(10, b"GALAXY", 0, seed=1), tmp_path / "galaxies.hdf5"),
-        write_table(make_table(10, b"QSO", 100, seed=2), tmp_path / "qso.hdf5"),
-    ]
+    return write_class_files(tmp_path, class_tables((10, 10), starts=(0, 100)))
 
 
 # One builder per broken input; each returns (input paths, expected message).
@@ -265,23 +262,18 @@ BROKEN = [
 ]
 
 
-def run(args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
-
-
 @pytest.mark.parametrize("broken", BROKEN, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("command", ["build", "merge"])
 def test_bad_input_one_line_exit_1_no_output(broken, command, tmp_path):
     inputs, message = broken(tmp_path)
     out = tmp_path / "out" / "dataset.h5"
     out.parent.mkdir()
-    code, stdout, stderr = run([command, *inputs, "-o", out])
+    code, stdout, stderr = run_cli(command, *inputs, "-o", out)
     assert code == 1, stderr
     assert_one_error_line(stderr, message)
     assert stdout == ""
     assert list(out.parent.iterdir()) == []  # no output, no temporary left behind
-    quiet = run([command, *inputs, "-o", out, "--quiet"])
+    quiet = run_cli(command, *inputs, "-o", out, "--quiet")
     assert quiet[0] == 1 and quiet[2].count("\n") == 1 and quiet[2].startswith("error: ")
 
 
@@ -314,7 +306,7 @@ def test_debug_shows_the_traceback(broken, tmp_path):
 def test_table_path_chooses_among_several(tmp_path):
     inputs, _ = several_tables(tmp_path)
     # the good files hold only 'data': inspect the file with two tables alone, whose one class is STAR
-    code, stdout, stderr = run(["inspect", inputs[-1], "--table-path", "dr5", "--classes", "STAR", "--json"])
+    code, stdout, stderr = run_cli("inspect", inputs[-1], "--table-path", "dr5", "--classes", "STAR", "--json")
     assert code == 0, stderr
     assert json.loads(stdout)["files"][0]["table_path"] == "dr5"
 
@@ -323,7 +315,7 @@ def test_existing_output_refused_without_overwrite(tmp_path):
     files = good(tmp_path) + [write_table(make_table(10, b"STAR", 200), tmp_path / "s.hdf5")]
     out = tmp_path / "dataset.h5"
     out.write_bytes(b"precious")
-    code, _, stderr = run(["build", *files, "-o", out])
+    code, _, stderr = run_cli("build", *files, "-o", out)
     assert code == 2
     assert stderr == f"error: {out}: output exists; use --overwrite to replace it\n"
     assert out.read_bytes() == b"precious"
@@ -332,9 +324,9 @@ def test_existing_output_refused_without_overwrite(tmp_path):
 def test_failed_build_leaves_existing_output_untouched(tmp_path):
     inputs, _ = unknown_labels(tmp_path)
     out = tmp_path / "dataset.h5"
-    assert run(["build", *inputs, "-o", out, "--drop-unknown", "--quiet"])[0] == 0  # --overwrite replaces only our outputs
+    assert run_cli("build", *inputs, "-o", out, "--drop-unknown", "--quiet")[0] == 0  # --overwrite replaces only our outputs
     before = out.read_bytes()
-    code, _, _ = run(["build", *inputs, "-o", out, "--overwrite"])
+    code, _, _ = run_cli("build", *inputs, "-o", out, "--overwrite")
     assert code == 1 and out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -347,7 +339,7 @@ def test_unwritable_output_directory(tmp_path):
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o555)
         target = locked / "dataset.h5"
-    code, _, stderr = run(["build", *files, "-o", target])
+    code, _, stderr = run_cli("build", *files, "-o", target)
     assert code == 1
     assert_one_error_line(stderr, f"error: {target}: cannot write in {target.parent} (")
     assert not target.exists()
@@ -356,7 +348,7 @@ def test_unwritable_output_directory(tmp_path):
 def test_missing_output_directory(tmp_path):
     files = good(tmp_path)
     target = tmp_path / "no" / "such" / "dir.h5"
-    code, _, stderr = run(["merge", *files, "-o", target])
+    code, _, stderr = run_cli("merge", *files, "-o", target)
     assert code == 1
     assert_one_error_line(stderr, f"error: {target}: output directory {target.parent} does not exist")
 
@@ -364,21 +356,21 @@ def test_missing_output_directory(tmp_path):
 @pytest.mark.parametrize("fractions", ["0.7,0.2", "0.5,0.5,0.5", "a,b,c", "0,0.5,0.5"])
 def test_bad_fractions_exit_2(fractions, tmp_path):
     files = good(tmp_path)
-    code, _, stderr = run(["build", *files, "-o", tmp_path / "o.h5", "--fractions", fractions])
+    code, _, stderr = run_cli("build", *files, "-o", tmp_path / "o.h5", "--fractions", fractions)
     assert code == 2 and "--fractions" in stderr
     assert not (tmp_path / "o.h5").exists()
 
 
 def test_class_too_small_for_the_splits(tmp_path):
     files = good(tmp_path) + [write_table(make_table(2, b"STAR", 200), tmp_path / "s.hdf5")]
-    code, _, stderr = run(["build", *files, "-o", tmp_path / "o.h5"])
+    code, _, stderr = run_cli("build", *files, "-o", tmp_path / "o.h5")
     assert code == 1
     assert_one_error_line(stderr, "error: class STAR has 2 rows, fewer than the 3 non-empty splits")
 
 
 def test_split_refuses_a_file_that_is_not_merged(tmp_path):
     files = good(tmp_path)
-    code, _, stderr = run(["split", files[0], "-o", tmp_path / "o.h5", "--quiet"])
+    code, _, stderr = run_cli("split", files[0], "-o", tmp_path / "o.h5", "--quiet")
     assert code == 1
     assert stderr == f"error: {files[0]}: not a cutout-etl dataset (no 'cutout_etl' metadata); build one first\n"
 
@@ -411,7 +403,7 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
 
 def test_every_row_dropped_is_an_error_not_an_empty_dataset(tmp_path):
     bad = write_table(make_table(5, b"BLAZAR", 0), tmp_path / "blazars.hdf5")
-    code, _, stderr = run(["build", bad, "-o", tmp_path / "o.h5", "--drop-unknown", "--quiet"])
+    code, _, stderr = run_cli("build", bad, "-o", tmp_path / "o.h5", "--drop-unknown", "--quiet")
     assert code == 1
     assert stderr == "error: nothing to write: all 5 rows were dropped (unknown label 5)\n"
     assert not (tmp_path / "o.h5").exists()
@@ -420,18 +412,18 @@ def test_every_row_dropped_is_an_error_not_an_empty_dataset(tmp_path):
 def test_output_that_is_an_input_is_refused(tmp_path):
     files = good(tmp_path)
     before = files[0].read_bytes()
-    code, _, stderr = run(["merge", *files, "-o", files[0], "--overwrite", "--quiet"])
+    code, _, stderr = run_cli("merge", *files, "-o", files[0], "--overwrite", "--quiet")
     assert code == 2 and stderr == f"error: {files[0]}: is also an input; write the output elsewhere\n"
     assert files[0].read_bytes() == before
 
 
 def test_non_ascii_class_names_are_refused(tmp_path):
     files = good(tmp_path)
-    code, _, stderr = run(["build", *files, "-o", tmp_path / "o.h5", "--classes", "GALAXY,ÉTOILE", "--quiet"])
+    code, _, stderr = run_cli("build", *files, "-o", tmp_path / "o.h5", "--classes", "GALAXY,ÉTOILE", "--quiet")
     assert code == 2 and stderr == "error: --classes: class names must be ASCII (got ÉTOILE)\n"
 
 
 def test_seed_out_of_range_is_a_usage_error(tmp_path):
     files = good(tmp_path)
-    code, _, stderr = run(["build", *files, "-o", tmp_path / "o.h5", "--seed", str(2**70)])
+    code, _, stderr = run_cli("build", *files, "-o", tmp_path / "o.h5", "--seed", str(2**70))
     assert code == 2 and "--seed" in stderr

@@ -17,18 +17,14 @@ from cutout_etl import distributed, pipeline, records
 from cutout_etl.errors import InputChangedError, InvalidRowError, MissingClassError
 from cutout_etl.scan import FileHasher, InputFile, ReadOptions, open_inputs
 
-from .conftest import make_table, write_table
+from .conftest import class_tables, make_table, run_cli, write_class_files, write_table
 
 LONG_AGO_NS = 1_600_000_000 * 10**9  # inputs were written long before the run, whatever the clock's resolution
 
 
-def class_files(directory: Path) -> list[Path]:
-    directory.mkdir(exist_ok=True)
-    files = [
-        write_table(make_table(30, b"GALAXY", 0, seed=1), directory / "galaxies.hdf5"),
-        write_table(make_table(20, b"QSO", 1000, seed=2), directory / "qso.hdf5"),
-        write_table(make_table(25, b"STAR", 2000, seed=3), directory / "stars.hdf5"),
-    ]
+def class_files_written_long_ago(directory: Path) -> list[Path]:
+    """The three class files of the `class_files` fixture (QSO unpadded), last modified long before the run."""
+    files = write_class_files(directory, class_tables((30, 20, 25)))
     for path in files:
         os.utime(path, ns=(LONG_AGO_NS, LONG_AGO_NS))
     return files
@@ -88,7 +84,7 @@ def assert_nothing_written(out: Path) -> None:
 )
 @pytest.mark.parametrize("command", ["build", "merge"])
 def test_an_input_changed_during_the_run_stops_it_and_writes_nothing(tmp_path, command, stage, when, action):
-    files = class_files(tmp_path / "in")
+    files = class_files_written_long_ago(tmp_path / "in")
     out = tmp_path / "out" / "dataset.h5"
     out.parent.mkdir()
     act = ActAt(stage, when, action, files[0])
@@ -101,7 +97,7 @@ def test_an_input_changed_during_the_run_stops_it_and_writes_nothing(tmp_path, c
 
 def test_the_image_re_read_of_repeated_ids_refuses_a_replaced_input(tmp_path):
     """Repeated IDs send pass 1 back to the files for their pixels: that read is checked too."""
-    files = class_files(tmp_path / "in")
+    files = class_files_written_long_ago(tmp_path / "in")
     again = write_table(make_table(3, b"GALAXY", 0, seed=9), tmp_path / "in" / "more_galaxies.hdf5")
     out = tmp_path / "out" / "dataset.h5"
     out.parent.mkdir()
@@ -119,7 +115,7 @@ def scanned_infos(files: list[Path]):
 
 @pytest.mark.parametrize("action", [rename_over, rewrite_in_place], ids=["renamed over", "rewritten in place"])
 def test_pass_2_readers_and_dask_tasks_refuse_an_input_that_is_not_the_one_scanned(tmp_path, action):
-    files = class_files(tmp_path / "in")
+    files = class_files_written_long_ago(tmp_path / "in")
     infos = scanned_infos(files)
     action(files[1])
     with contextlib.ExitStack() as stack, pytest.raises(InputChangedError, match=f"^{files[1]}: changed while"):
@@ -134,7 +130,7 @@ def test_pass_2_readers_and_dask_tasks_refuse_an_input_that_is_not_the_one_scann
 
 def test_the_stored_sha256_is_of_the_file_pass_1_read(tmp_path):
     """The hasher opens the path itself: if that is another file, its digest is refused."""
-    files = class_files(tmp_path / "in")
+    files = class_files_written_long_ago(tmp_path / "in")
     infos = scanned_infos(files)
     rename_over(files[2])
     with FileHasher(files) as hasher, pytest.raises(InputChangedError, match=f"^{files[2]}: changed while"):
@@ -143,7 +139,7 @@ def test_the_stored_sha256_is_of_the_file_pass_1_read(tmp_path):
 
 def test_cli_input_changed_exit_1_one_line(tmp_path):
     """The real command line: the input is renamed over when the write pass starts."""
-    files = class_files(tmp_path / "in")
+    files = class_files_written_long_ago(tmp_path / "in")
     out = tmp_path / "out" / "dataset.h5"
     out.parent.mkdir()
     hook = (
@@ -173,18 +169,9 @@ def test_cli_input_changed_exit_1_one_line(tmp_path):
 # ---------------------------------------------------------------- empty IDs and impossible positions
 
 
-def run_cli(args):
-    from typer.testing import CliRunner
-
-    from cutout_etl.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
-
-
 def with_rows_changed(directory: Path, column: str, values: dict[int, object]) -> list[Path]:
     """The three class files, some rows of galaxies.hdf5 changed in one column."""
-    files = class_files(directory)
+    files = class_files_written_long_ago(directory)
     table = Table.read(files[0], path="data")
     for row, value in values.items():
         table[column][row] = value
@@ -201,7 +188,7 @@ def test_empty_ids_are_refused_naming_the_file_and_count(tmp_path):
         with pytest.raises(InvalidRowError) as caught:
             command(files, out)
         assert str(caught.value) == expected
-    code, stdout, stderr = run_cli(["build", *files, "-o", out, "--quiet"])
+    code, stdout, stderr = run_cli("build", *files, "-o", out, "--quiet")
     assert (code, stdout, stderr) == (1, "", f"error: {expected}\n")
     assert_nothing_written(out)
 
@@ -216,7 +203,7 @@ def test_empty_ids_are_dropped_as_such_never_as_duplicates(tmp_path):
         assert report["dropped"]["duplicate_id"] == 0 and report["duplicate_ids"]["same_label_groups"] == 0
         assert report["rows_kept"] == 10 + 20 + 25
         assert [f["dropped"]["empty_id"] for f in report["files"]] == [20, 0, 0]
-    code, _, stderr = run_cli(["merge", *files, "-o", tmp_path / "cli.h5", "--drop-invalid"])
+    code, _, stderr = run_cli("merge", *files, "-o", tmp_path / "cli.h5", "--drop-invalid")
     assert code == 0 and "dropped 20 rows: empty id" in stderr
 
 
@@ -253,7 +240,7 @@ def test_the_edges_of_the_sky_are_valid_positions(tmp_path):
 
 def test_invalid_positions_dropped_never_matched_on_the_sky(tmp_path):
     """Dec -95 would map to Dec -85 on the other side of the pole: a star there is not that object."""
-    files = class_files(tmp_path / "in")
+    files = class_files_written_long_ago(tmp_path / "in")
     stars = Table.read(files[2], path="data")
     stars["RAJ2000"][0], stars["DECJ2000"][0] = 190.0, -85.0
     write_table(stars, files[2])
@@ -268,7 +255,7 @@ def test_invalid_positions_dropped_never_matched_on_the_sky(tmp_path):
         assert report["dropped"]["conflicting_position"] == 0 and report["dropped"]["duplicate_position"] == 0
         assert report["rows_kept"] == 73
         assert [f["dropped"]["invalid_position"] for f in report["files"]] == [2, 0, 0]
-    code, _, stderr = run_cli(["build", *files, "-o", tmp_path / "cli.h5", "--drop-invalid"])
+    code, _, stderr = run_cli("build", *files, "-o", tmp_path / "cli.h5", "--drop-invalid")
     assert code == 0 and "dropped 2 rows: invalid position" in stderr
 
 
@@ -277,7 +264,7 @@ def test_invalid_positions_dropped_never_matched_on_the_sky(tmp_path):
 
 def test_copies_differing_only_in_position_keep_the_same_one_whatever_the_order(tmp_path):
     """One ID twice, identical pixels, 3.6 arcsec apart: the copy kept follows from the position."""
-    files = class_files(tmp_path / "in")
+    files = class_files_written_long_ago(tmp_path / "in")
     galaxies = Table.read(files[0], path="data")
     moved = galaxies[:1].copy()
     moved["RAJ2000"] += 0.001  # 3.6 arcsec: farther than the match radius, the same pixels
@@ -300,7 +287,7 @@ def test_copies_differing_only_in_position_keep_the_same_one_whatever_the_order(
 
 
 def test_a_class_with_no_rows_is_an_error_naming_the_classes_present(tmp_path):
-    files = class_files(tmp_path / "in")
+    files = class_files_written_long_ago(tmp_path / "in")
     out = tmp_path / "out" / "dataset.h5"
     out.parent.mkdir()
     expected = "no rows of class STAR (kept: GALAXY 30, QSO 20); name the classes present with --classes GALAXY,QSO"
@@ -308,7 +295,7 @@ def test_a_class_with_no_rows_is_an_error_naming_the_classes_present(tmp_path):
         with pytest.raises(MissingClassError) as caught:
             command(files[:2], out)
         assert str(caught.value) == expected
-    code, stdout, stderr = run_cli(["build", *files[:2], "-o", out, "--quiet"])
+    code, stdout, stderr = run_cli("build", *files[:2], "-o", out, "--quiet")
     assert (code, stdout, stderr) == (1, "", f"error: {expected}\n")
     assert_nothing_written(out)
     metadata = pipeline.build(files[:2], out, merge_options=pipeline.MergeOptions(classes=["GALAXY", "QSO"]))
@@ -316,7 +303,7 @@ def test_a_class_with_no_rows_is_an_error_naming_the_classes_present(tmp_path):
 
 
 def test_a_class_whose_rows_are_all_dropped_is_missing_too(tmp_path):
-    files = class_files(tmp_path / "in")
+    files = class_files_written_long_ago(tmp_path / "in")
     stars = Table.read(files[2], path="data")
     stars["image"][:] = np.nan
     write_table(stars, files[2])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,12 +12,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from cutout_etl import pipeline
-from cutout_etl.cli import app
 
-from .conftest import make_table, write_table
+from .conftest import class_tables, invoke, lower_case_names, make_table, write_class_files
 
 ARCSEC = 1 / 3600
 # --drop-invalid, and build refusing invalid rows and classes without rows, come with MergeOptions.drop_invalid
@@ -26,32 +23,19 @@ BUILD_REFUSES_INVALID = "drop_invalid" in {f.name for f in dataclasses.fields(pi
 needs_drop_invalid = pytest.mark.skipif(not BUILD_REFUSES_INVALID, reason="build refuses invalid rows and missing classes only with --drop-invalid (merged from another branch)")
 
 
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def tables() -> dict[str, object]:
-    """Ten clean rows per class, objects 36 arcsec apart: nothing for inspect or build to complain about."""
-    return {"GALAXY": make_table(10, b"GALAXY", 0, seed=1), "QSO": make_table(10, b"QSO", 100, seed=2), "STAR": make_table(10, b"STAR", 200, seed=3)}
-
-
-def write_all(tmp_path: Path, t: dict) -> list[Path]:
-    return [write_table(table, tmp_path / f"{name.lower()}.hdf5") for name, table in t.items()]
-
-
 def errors(report: dict) -> list[str]:
     return [f"{p['file'] or '*'}: {p['message']}" for p in report["problems"] if p["level"] == "error"]
 
 
 def messy(tmp_path: Path, with_invalid_rows: bool) -> list[Path]:
-    t = tables()
+    t = class_tables((10, 10, 10), starts=(0, 100, 200))
     t["GALAXY"]["SPECTYPE"][3] = b"AGN"  # an unknown label
     t["STAR"]["ID"][4] = t["GALAXY"]["ID"][5]  # one ID, two labels, two files
     t["QSO"]["RAJ2000"][6] = t["STAR"]["RAJ2000"][7] + 0.3 * ARCSEC  # one object under two IDs and labels
     if with_invalid_rows:
         t["QSO"]["ID"][1] = b"  "  # an empty ID
         t["STAR"]["DECJ2000"][2] = -95.0  # beyond the pole
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 @pytest.mark.parametrize("with_invalid_rows", [False, pytest.param(True, marks=needs_drop_invalid)])
@@ -80,91 +64,91 @@ def test_inspect_names_every_problem_and_the_option_that_resolves_it(tmp_path, w
 
 def unknown_label(tmp_path: Path, t: dict) -> list[Path]:
     t["GALAXY"]["SPECTYPE"][0] = b"AGN"
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def conflicting_id_across_files(tmp_path: Path, t: dict) -> list[Path]:
     t["STAR"]["ID"][4] = t["GALAXY"]["ID"][5]
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def conflicting_id_in_one_file(tmp_path: Path, t: dict) -> list[Path]:
     t["GALAXY"]["ID"][8] = t["GALAXY"]["ID"][9]
     t["GALAXY"]["SPECTYPE"][8] = b"QSO"
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def conflicting_position(tmp_path: Path, t: dict) -> list[Path]:
     t["QSO"]["RAJ2000"][6] = t["STAR"]["RAJ2000"][7] + 0.3 * ARCSEC
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def empty_id(tmp_path: Path, t: dict) -> list[Path]:
     t["QSO"]["ID"][1] = b""
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def invalid_position(tmp_path: Path, t: dict) -> list[Path]:
     t["STAR"]["RAJ2000"][2] = np.nan
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def missing_class(tmp_path: Path, t: dict) -> list[Path]:
     del t["STAR"]
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def too_few_rows_for_the_splits(tmp_path: Path, t: dict) -> list[Path]:
     t["QSO"] = t["QSO"][:2]
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def all_rows_dropped(tmp_path: Path, t: dict) -> list[Path]:
     for table in t.values():
         table["image"][:] = np.nan
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def same_file_twice(tmp_path: Path, t: dict) -> list[Path]:
-    files = write_all(tmp_path, t)
+    files = write_class_files(tmp_path, t, lower_case_names(".hdf5"))
     return [*files, files[0]]
 
 
 def identical_content(tmp_path: Path, t: dict) -> list[Path]:
-    files = write_all(tmp_path, t)
+    files = write_class_files(tmp_path, t, lower_case_names(".hdf5"))
     return [*files, Path(shutil.copy(files[1], tmp_path / "qso_copy.hdf5"))]
 
 
 def shapes_differ(tmp_path: Path, t: dict) -> list[Path]:
     t["QSO"] = make_table(10, b"QSO", 100, shape=(32, 32, 4))
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def unreadable_file(tmp_path: Path, t: dict) -> list[Path]:
     broken = tmp_path / "broken.hdf5"
     broken.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
-    return [*write_all(tmp_path, t), broken]
+    return [*write_class_files(tmp_path, t, lower_case_names(".hdf5")), broken]
 
 
 def same_id_same_label(tmp_path: Path, t: dict) -> list[Path]:
     t["QSO"]["ID"][3] = t["QSO"]["ID"][2]
     t["QSO"]["RAJ2000"][3] = t["QSO"]["RAJ2000"][2]
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def no_finite_pixel(tmp_path: Path, t: dict) -> list[Path]:
     t["STAR"]["image"][0] = np.inf
     t["STAR"]["image"][1][0, 0, 0] = np.nan
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def float64_images(tmp_path: Path, t: dict) -> list[Path]:
     t["GALAXY"]["image"] = t["GALAXY"]["image"].astype("f8")
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 def clean(tmp_path: Path, t: dict) -> list[Path]:
-    return write_all(tmp_path, t)
+    return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
 FAILING = [unknown_label, conflicting_id_across_files, conflicting_id_in_one_file, conflicting_position,
@@ -176,7 +160,7 @@ PASSING = [clean, same_id_same_label, no_finite_pixel, float64_images]
 
 @pytest.mark.parametrize("make", [*FAILING, *PASSING], ids=lambda f: getattr(f, "__name__", None))
 def test_inspect_fails_exactly_when_build_does(tmp_path, make: Callable[[Path, dict], list[Path]]):
-    files = make(tmp_path, tables())
+    files = make(tmp_path, class_tables((10, 10, 10), starts=(0, 100, 200)))
     inspected = invoke("inspect", *files, "--json")
     built = invoke("build", *files, "-o", tmp_path / "out.h5", "--quiet")
     assert built.exit_code in (0, 1), built.stderr
@@ -188,7 +172,7 @@ def test_one_unreadable_file_does_not_stop_the_others(tmp_path, monkeypatch):
     """Exceptions h5py raises for odd corruption are reported under their file; the next file is still inspected."""
     from cutout_etl import readers
 
-    files = write_all(tmp_path, tables())
+    files = write_class_files(tmp_path, class_tables((10, 10, 10), starts=(0, 100, 200)), lower_case_names(".hdf5"))
     real = readers.inspect_table
 
     def flaky(path, *args, **kwargs):
@@ -226,30 +210,20 @@ def damage(path: Path, data) -> str:
     return f"{kind} at {at}"
 
 
-def run_bounded(args: list[object]):
-    """In-process, so the examples stay fast; SIGALRM's default action ends a run that hangs instead of stalling."""
-    signal.alarm(30)
-    try:
-        return CliRunner().invoke(app, [str(a) for a in args])
-    finally:
-        signal.alarm(0)
-
-
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # examples: conftest profile
 @given(data=st.data())
 def test_damaged_files_give_a_report_or_one_line_and_no_output(tmp_path_factory, data):
     work = tmp_path_factory.mktemp("damaged")
-    files = write_all(work, {"GALAXY": make_table(6, b"GALAXY", 0, seed=1), "QSO": make_table(6, b"QSO", 100, seed=2),
-                             "STAR": make_table(6, b"STAR", 200, seed=3)})
+    files = write_class_files(work, class_tables((6, 6, 6), starts=(0, 100, 200)), lower_case_names(".hdf5"))
     note(damage(data.draw(st.sampled_from(files)), data))
-    inspected = run_bounded(["inspect", *files, "--json", "--quiet"])
+    inspected = invoke("inspect", *files, "--json", "--quiet", timeout=30)
     assert inspected.exit_code in (0, 1), inspected.stderr
     assert inspected.stderr == "" and "Traceback" not in inspected.stdout
     report = json.loads(inspected.stdout)  # a report of every file, never one unexpected error instead
     assert report["ok"] == (inspected.exit_code == 0) and len(report["files"]) == 3
     out = work / "out" / "dataset.h5"
     out.parent.mkdir()
-    built = run_bounded(["build", *files, "-o", out, "--quiet"])
+    built = invoke("build", *files, "-o", out, "--quiet", timeout=30)
     assert built.exit_code in (0, 1, 2), built.stderr
     assert "Traceback" not in built.stderr
     if built.exit_code != 0:

@@ -143,12 +143,25 @@ def test_brighter_sky_changes_model_input(trained, dataset_path):
     assert np.mean(np.abs(bright - plain)) > 0.3
     # Sky-noise pixels (top rows) leave the linear part of asinh: ~0.5 -> ~1.8 wide.
     assert np.std(bright[:, :4]) > 3 * np.std(plain[:, :4])
-    # The per-image rescaling users did before would have hidden it entirely.
-    low = np.percentile(images, 1, axis=(1, 2), keepdims=True)
-    high = np.percentile(images, 99, axis=(1, 2), keepdims=True)
-    np.testing.assert_allclose((10 * images - 10 * low) / (10 * high - 10 * low), (images - low) / (high - low), rtol=1e-5, atol=1e-6)
     predictions = model.predict(images, verbose=0), model.predict(10 * images, verbose=0)
     assert not np.allclose(*predictions, atol=1e-3)
+
+
+def test_preprocessing_maps_each_pixel_by_its_band_only(dataset_path):
+    """No per-image rescaling (what users did before, which hides absolute flux): one bright pixel
+    changes no other pixel's input, nor does the rest of the batch; only the flux itself does."""
+    layer = preprocessing_from_dataset(dataset_path)
+    images = _images(dataset_path, stop=8)
+    flared = images.copy()
+    flared[:, 0, 0, :] = 100 * np.abs(images).max()
+    plain, with_flare = (keras.ops.convert_to_numpy(layer(x)) for x in (images, flared))
+    np.testing.assert_allclose(with_flare[:, 1:], plain[:, 1:], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(with_flare[:, 0, 1:], plain[:, 0, 1:], rtol=1e-6, atol=0)
+    assert (with_flare[:, 0, 0] > plain[:, 0, 0] + 1).all()
+    alone = keras.ops.convert_to_numpy(layer(images[3:4]))
+    np.testing.assert_allclose(alone, plain[3:4], rtol=1e-6, atol=0)
+    brighter = keras.ops.convert_to_numpy(layer(10 * images))
+    assert np.mean(np.abs(brighter - plain)) > 0.3
 
 
 # ------------------------------------------------------------------ loader

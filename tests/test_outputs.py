@@ -15,38 +15,20 @@ from pathlib import Path
 
 import h5py
 import pytest
-from typer.testing import CliRunner
 
 from cutout_etl import demo, pipeline, writers
-from cutout_etl.cli import app
 from cutout_etl.dataset import open_dataset
 from cutout_etl.demo import DEMO_ATTR, DEMO_FILES, make_class_table, write_demo_files
 from cutout_etl.errors import ForeignOutputError, OutputAppearedError, OutputExistsError
 from cutout_etl.pipeline import OutputOptions
 from cutout_etl.verify import verify
 
-from .conftest import make_table, write_table
-
-SCRIPT = Path(sys.executable).parent / "cutout-etl"
-
-
-def run(*args: object) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
+from .conftest import SCRIPT, make_table, run_cli, write_class_files, write_table
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
     """Every file under `directory` (hidden ones included) and its bytes."""
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def class_files_in(directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    return [
-        write_table(make_table(20, b"GALAXY", 0, seed=1), directory / "galaxies.hdf5"),
-        write_table(make_table(20, b"QSO", 1000, seed=2), directory / "qso.hdf5"),
-        write_table(make_table(20, b"STAR", 2000, seed=3), directory / "stars.hdf5"),
-    ]
 
 
 def assert_refused(code: int, stderr: str, target: Path, words: str) -> None:
@@ -59,22 +41,22 @@ def assert_refused(code: int, stderr: str, target: Path, words: str) -> None:
 
 def test_overwrite_refuses_the_directory_holding_the_inputs(tmp_path):
     proj = tmp_path / "proj"
-    files = class_files_in(proj)
+    files = write_class_files(proj)
     (proj / "notes.txt").write_text("notes\n")
     before = snapshot(tmp_path)
-    code, _, stderr = run("build", *files, "-o", proj, "--overwrite", "--quiet")
+    code, _, stderr = run_cli("build", *files, "-o", proj, "--overwrite", "--quiet")
     assert_refused(code, stderr, proj, "holds the input")
     assert snapshot(tmp_path) == before
 
 
 def test_convert_and_split_refuse_to_overwrite_the_directory_of_their_source(tmp_path):
     proj = tmp_path / "proj"
-    files = class_files_in(proj)
-    assert run("merge", *files, "-o", proj / "merged.h5", "--quiet")[0] == 0
+    files = write_class_files(proj)
+    assert run_cli("merge", *files, "-o", proj / "merged.h5", "--quiet")[0] == 0
     before = snapshot(tmp_path)
-    code, _, stderr = run("convert", proj / "merged.h5", proj, "--overwrite", "--quiet")
+    code, _, stderr = run_cli("convert", proj / "merged.h5", proj, "--overwrite", "--quiet")
     assert_refused(code, stderr, proj, "holds the input")
-    code, _, stderr = run("split", proj / "merged.h5", "-o", proj, "--overwrite", "--quiet")
+    code, _, stderr = run_cli("split", proj / "merged.h5", "-o", proj, "--overwrite", "--quiet")
     assert_refused(code, stderr, proj, "holds the input")
     assert snapshot(tmp_path) == before
 
@@ -93,8 +75,8 @@ def foreign_directory(path: Path) -> None:
 
 
 def parquet_dataset_plus_a_file(path: Path) -> None:
-    files = class_files_in(path.parent / "other_inputs")
-    assert run("build", *files, "-o", path, "--format", "parquet", "--quiet")[0] == 0
+    files = write_class_files(path.parent / "other_inputs")
+    assert run_cli("build", *files, "-o", path, "--format", "parquet", "--quiet")[0] == 0
     (path / "data" / "my_notes.txt").write_text("notes\n")
 
 
@@ -109,22 +91,22 @@ def parquet_dataset_plus_a_file(path: Path) -> None:
     ids=lambda v: getattr(v, "__name__", v),
 )
 def test_overwrite_refuses_what_cutout_etl_did_not_write(make, fmt, tmp_path):
-    files = class_files_in(tmp_path / "in")
+    files = write_class_files(tmp_path / "in")
     target = tmp_path / "out" / "target"
     target.parent.mkdir()
     make(target)
     before = snapshot(tmp_path)
-    code, _, stderr = run("build", *files, "-o", target, "--format", fmt, "--overwrite", "--quiet")
+    code, _, stderr = run_cli("build", *files, "-o", target, "--format", fmt, "--overwrite", "--quiet")
     assert_refused(code, stderr, target, "--overwrite replaces only what cutout-etl wrote")
     assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("fmt", ["hdf5", "parquet"])
 def test_overwrite_replaces_a_cutout_etl_output(fmt, tmp_path):
-    files = class_files_in(tmp_path / "in")
+    files = write_class_files(tmp_path / "in")
     target = tmp_path / "out"
-    assert run("build", *files, "-o", target, "--format", fmt, "--quiet")[0] == 0
-    code, _, stderr = run("build", *files, "-o", target, "--format", fmt, "--seed", "5", "--overwrite", "--quiet")
+    assert run_cli("build", *files, "-o", target, "--format", fmt, "--quiet")[0] == 0
+    code, _, stderr = run_cli("build", *files, "-o", target, "--format", fmt, "--seed", "5", "--overwrite", "--quiet")
     assert code == 0, stderr
     assert open_dataset(target).metadata["split"]["seed"] == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
@@ -133,19 +115,19 @@ def test_overwrite_replaces_a_cutout_etl_output(fmt, tmp_path):
 @pytest.mark.parametrize("output", [".", "", ".."])
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_output_dot_empty_or_parent_is_refused(output, overwrite, tmp_path, monkeypatch):
-    files = class_files_in(tmp_path / "in")
+    files = write_class_files(tmp_path / "in")
     work = tmp_path / "work" / "here"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
     before = snapshot(tmp_path)
-    code, _, stderr = run("build", *files, "-o", output, *(["--overwrite"] if overwrite else []), "--quiet")
+    code, _, stderr = run_cli("build", *files, "-o", output, *(["--overwrite"] if overwrite else []), "--quiet")
     assert code == 2 and stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
     assert "name the output file or directory" in stderr
     assert snapshot(tmp_path) == before
 
 
 def test_overwrite_dot_is_a_foreign_output(tmp_path, monkeypatch):
-    files = class_files_in(tmp_path / "in")
+    files = write_class_files(tmp_path / "in")
     monkeypatch.chdir(tmp_path / "in")
     with pytest.raises(ForeignOutputError):
         pipeline.build(files, ".", output=OutputOptions(overwrite=True))
@@ -154,7 +136,7 @@ def test_overwrite_dot_is_a_foreign_output(tmp_path, monkeypatch):
 def test_preview_still_replaces_its_image(demo_files, tmp_path):
     png = tmp_path / "grid.png"
     png.write_bytes(b"an older image")
-    code, _, stderr = run("preview", *demo_files, "-o", png, "--per-class", "1", "--quiet")
+    code, _, stderr = run_cli("preview", *demo_files, "-o", png, "--per-class", "1", "--quiet")
     assert code == 0, stderr
     assert png.read_bytes().startswith(b"\x89PNG")
 
@@ -163,13 +145,13 @@ def test_preview_still_replaces_its_image(demo_files, tmp_path):
 
 
 def test_convert_takes_the_format_from_the_output_path(tmp_path):
-    files = class_files_in(tmp_path / "in")
+    files = write_class_files(tmp_path / "in")
     source = tmp_path / "ds.h5"
-    assert run("build", *files, "-o", source, "--quiet")[0] == 0
-    assert run("convert", source, tmp_path / "copy.h5", "--quiet")[0] == 0
+    assert run_cli("build", *files, "-o", source, "--quiet")[0] == 0
+    assert run_cli("convert", source, tmp_path / "copy.h5", "--quiet")[0] == 0
     assert (tmp_path / "copy.h5").is_file() and h5py.is_hdf5(tmp_path / "copy.h5")
-    assert run("convert", source, str(tmp_path / "pq") + "/", "--quiet")[0] == 0
-    assert run("convert", tmp_path / "pq", tmp_path / "pq2.parquet", "--quiet")[0] == 0
+    assert run_cli("convert", source, str(tmp_path / "pq") + "/", "--quiet")[0] == 0
+    assert run_cli("convert", tmp_path / "pq", tmp_path / "pq2.parquet", "--quiet")[0] == 0
     assert (tmp_path / "pq2.parquet").is_dir()
     digest = open_dataset(source).metadata["digest"]
     for copy in ("copy.h5", "pq", "pq2.parquet"):
@@ -223,7 +205,7 @@ def test_an_output_that_appears_meanwhile_is_not_replaced(make, fmt, renameat2, 
             raise OSError(errno.ENOSYS, "no renameat2")
 
         monkeypatch.setattr(writers, "_renameat2", unsupported)
-    files = class_files_in(tmp_path / "in")
+    files = write_class_files(tmp_path / "in")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     target = out_dir / "target"
@@ -259,7 +241,7 @@ def test_without_renameat2_or_hard_links_a_file_that_appeared_is_not_replaced(tm
 
 
 def test_with_overwrite_a_foreign_output_that_appears_meanwhile_is_not_replaced(tmp_path):
-    files = class_files_in(tmp_path / "in")
+    files = write_class_files(tmp_path / "in")
     target = tmp_path / "out.h5"
     with pytest.raises(ForeignOutputError):
         progress = appear_during_write(target, other_runs_file)
@@ -309,7 +291,7 @@ def dead_pid() -> int:
 
 def test_temporaries_are_named_for_host_and_process_and_only_dead_local_ones_are_reaped(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "gethostname", lambda: "node-a-7")
-    files = class_files_in(tmp_path / "in")
+    files = write_class_files(tmp_path / "in")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     gone = dead_pid()
@@ -338,7 +320,7 @@ def test_temporaries_are_named_for_host_and_process_and_only_dead_local_ones_are
 
 @pytest.mark.parametrize("fmt", ["hdf5", "parquet"])
 def test_fsync_flushes_the_output_then_its_directory_entry(fmt, tmp_path, monkeypatch):
-    files = class_files_in(tmp_path / "in")
+    files = write_class_files(tmp_path / "in")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     target = out_dir / "ds"
@@ -369,21 +351,21 @@ def test_demo_data_refuses_existing_files(tmp_path):
     real = tmp_path / DEMO_FILES["QSO"]
     write_table(make_table(5, b"QSO"), real)
     before = snapshot(tmp_path)
-    code, _, stderr = run("demo-data", tmp_path, "--rows", "5", "--quiet")
+    code, _, stderr = run_cli("demo-data", tmp_path, "--rows", "5", "--quiet")
     assert code == 2 and stderr == f"error: {real}: output exists; use --overwrite to replace it\n"
     assert snapshot(tmp_path) == before  # not even the galaxies file: refused before writing any
 
 
 def test_demo_data_overwrite_replaces_only_demo_files(tmp_path):
-    assert run("demo-data", tmp_path, "--rows", "5", "--quiet")[0] == 0
-    code, _, stderr = run("demo-data", tmp_path, "--rows", "7", "--overwrite", "--quiet")
+    assert run_cli("demo-data", tmp_path, "--rows", "5", "--quiet")[0] == 0
+    code, _, stderr = run_cli("demo-data", tmp_path, "--rows", "7", "--overwrite", "--quiet")
     assert code == 0, stderr
     with h5py.File(tmp_path / DEMO_FILES["STAR"]) as f:
         assert f["data"].shape == (7,) and DEMO_ATTR in f.attrs
     real = tmp_path / DEMO_FILES["STAR"]
     write_table(make_table(5, b"STAR"), real)  # the user's own class file under the same name
     before = snapshot(tmp_path)
-    code, _, stderr = run("demo-data", tmp_path, "--rows", "5", "--overwrite", "--quiet")
+    code, _, stderr = run_cli("demo-data", tmp_path, "--rows", "5", "--overwrite", "--quiet")
     assert code == 2
     assert stderr == f"error: {real}: not a demo file written by cutout-etl demo-data; refusing to replace it\n"
     assert snapshot(tmp_path) == before

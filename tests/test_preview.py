@@ -10,23 +10,17 @@ import sys
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from cutout_etl import preview as preview_lib
-from cutout_etl.cli import app
 from cutout_etl.preview import make_previews
 
-from .conftest import DEMO_ROWS, make_table, write_table
+from .conftest import DEMO_ROWS, invoke, make_table, write_table
 
 pytest.importorskip("matplotlib")
 from PIL import Image  # a dependency of matplotlib
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["GALAXY", "QSO", "STAR"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def pixels(png: bytes) -> np.ndarray:

@@ -10,20 +10,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from cutout_etl import open_dataset, pipeline, readers
-from cutout_etl.cli import app
 from cutout_etl.errors import DatasetError, InputFileError
 from cutout_etl.schema import Columns
 
-from .conftest import make_table, write_table
+from .conftest import make_table, run_cli, write_table
 from .test_failures import corrupt_table_name, good, write_with_binary128
-
-
-def run(args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 # ---------------------------------------------------------------- a column h5py cannot map
@@ -57,7 +50,7 @@ def test_unused_column_that_cannot_be_mapped_is_skipped_and_the_rest_read_bit_ex
 def test_build_warns_about_the_skipped_column_and_writes_every_row(with_binary128, tmp_path):
     files, stars = with_binary128
     out = tmp_path / "dataset.h5"
-    code, _, stderr = run(["build", *files, "-o", out])
+    code, _, stderr = run_cli("build", *files, "-o", out)
     assert code == 0, stderr
     assert f"warning: {files[-1]}: column 'FLUX_R16' (128-bit float) cannot be read; skipped" in stderr.splitlines()
     with open_dataset(out) as ds:
@@ -72,7 +65,7 @@ def test_build_warns_about_the_skipped_column_and_writes_every_row(with_binary12
 
 def test_inspect_lists_the_skipped_column_as_a_warning(with_binary128):
     files, _ = with_binary128
-    code, stdout, stderr = run(["inspect", files[-1], "--classes", "STAR", "--json"])
+    code, stdout, stderr = run_cli("inspect", files[-1], "--classes", "STAR", "--json")
     assert code == 0, stderr
     report = json.loads(stdout)
     assert report["ok"] and report["files"][0]["usable"]
@@ -81,7 +74,7 @@ def test_inspect_lists_the_skipped_column_as_a_warning(with_binary128):
 
 def test_inspect_names_a_file_with_a_corrupt_name(tmp_path):
     files, message = corrupt_table_name(tmp_path)
-    code, stdout, stderr = run(["inspect", files[-1], "--json"])
+    code, stdout, stderr = run_cli("inspect", files[-1], "--json")
     assert code == 1, stderr
     problems = json.loads(stdout)["problems"]
     assert problems[0]["level"] == "error" and problems[0]["message"].startswith(message)
@@ -119,7 +112,7 @@ def empty(path: Path) -> None:
 def test_a_truncated_or_empty_shard_is_named(parquet_dataset, damage, command, tmp_path):
     damage(shard(parquet_dataset))
     args = [command, parquet_dataset] + ([tmp_path / "back.h5"] if command == "convert" else [])
-    code, _, stderr = run([*args, "--quiet"])
+    code, _, stderr = run_cli(*args, "--quiet")
     assert code == 1
     assert stderr.startswith(f"error: {shard(parquet_dataset)}: not a readable Parquet file (truncated or corrupt: ")
     assert stderr.count("\n") == 1 and not (tmp_path / "back.h5").exists()
@@ -138,7 +131,7 @@ def test_a_shard_corrupt_in_its_row_data_is_a_dataset_error(parquet_dataset, tmp
     path.write_bytes(raw)
     with open_dataset(parquet_dataset) as ds, pytest.raises(DatasetError, match=f"{path}: not a readable Parquet file"):
         ds["train"].read()
-    code, _, stderr = run(["verify", parquet_dataset, "--quiet"])
+    code, _, stderr = run_cli("verify", parquet_dataset, "--quiet")
     assert code == 1 and stderr.startswith(f"error: {path}: not a readable Parquet file (truncated or corrupt: row group 0")
 
 
@@ -150,10 +143,10 @@ def test_convert_to_parquet_names_the_dataset_table_and_row_of_an_id_that_is_not
     odd["ID"][4] = b"\xe9obj"
     files = [write_table(odd, tmp_path / "g.h5"), *good(tmp_path)[1:], write_table(make_table(6, b"STAR", 200), tmp_path / "s.h5")]
     h5 = tmp_path / "dataset.h5"
-    assert run(["build", *files, "-o", h5, "--quiet"])[0] == 0
+    assert run_cli("build", *files, "-o", h5, "--quiet")[0] == 0
     with open_dataset(h5) as ds:
         table, row = next((s, int(np.flatnonzero(ds[s].read()["ID"] == b"\xe9obj")[0])) for s in ds.splits if b"\xe9obj" in ds[s].read()["ID"])
-    code, _, stderr = run(["convert", h5, f"{tmp_path / 'out'}/", "--quiet"])
+    code, _, stderr = run_cli("convert", h5, f"{tmp_path / 'out'}/", "--quiet")
     assert code == 1
     assert stderr == (
         f"error: {h5}: table {table} row {row}: ID b'\\xe9obj' is not UTF-8 text, "

@@ -21,7 +21,8 @@ from cutout_etl import pipeline
 from cutout_etl.cli import app
 from cutout_etl.demo import write_demo_files
 
-SCRIPT = Path(sys.executable).parent / "cutout-etl"
+from .conftest import SCRIPT
+
 ROWS = 1000  # per class: enough chunks of 32 rows to still be running when the signal comes
 
 
@@ -113,6 +114,24 @@ def test_an_interrupt_swallowed_by_a_gc_callback_still_stops_the_run_quietly(dem
     result = CliRunner().invoke(app, ["build", *map(str, demo_files), "-o", str(tmp_path / "ds.h5"), "--quiet"])
     assert result.exit_code == 130
     assert result.stderr == "interrupted by SIGINT: no output written\n"  # no "Exception ignored in", no traceback
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_raised_by_the_interrupt_itself_is_reported_as_the_interrupt(demo_files, tmp_path, monkeypatch):
+    """A signal landing inside a lock's release makes Python raise RuntimeError('release unlocked lock')."""
+    plan_rows = pipeline.plan_rows
+
+    def plan_then_break(*args, **kwargs):
+        plan_rows(*args, **kwargs)
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:
+            pass  # swallowed by the code it landed in, which then fails in its own way
+        raise RuntimeError("release unlocked lock")
+
+    monkeypatch.setattr(pipeline, "plan_rows", plan_then_break)
+    result = CliRunner().invoke(app, ["build", *map(str, demo_files), "-o", str(tmp_path / "ds.h5"), "--quiet"])
+    assert (result.exit_code, result.stderr) == (143, "interrupted by SIGTERM: no output written\n")
     assert list(tmp_path.iterdir()) == []
 
 

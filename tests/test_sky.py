@@ -16,17 +16,17 @@ from cutout_etl.errors import LabelConflictError
 from cutout_etl.split import assign_splits
 from cutout_etl.verify import verify
 
-from .conftest import make_table, write_table
+from .conftest import class_tables, lower_case_names, make_table, write_class_files, write_table
 
 ARCSEC = 1 / 3600
 
 
-def class_files(tmp_path, tweak=None):
+def sky_files(tmp_path, tweak=None):
     """Three class files on the equator, 36 arcsec apart; `tweak(tables)` plants cases."""
-    tables = {"GALAXY": make_table(20, b"GALAXY", 0), "QSO": make_table(20, b"QSO", 100), "STAR": make_table(20, b"STAR", 200)}
+    tables = class_tables(starts=(0, 100, 200), seeds=(0, 0, 0))
     if tweak:
         tweak(tables)
-    return [write_table(t, tmp_path / f"{name.lower()}.h5") for name, t in tables.items()]
+    return write_class_files(tmp_path, tables, lower_case_names(".h5"))
 
 
 def place(table, row, ra, dec=0.0):
@@ -37,7 +37,7 @@ def test_same_object_under_two_ids_is_kept_once_and_reported(tmp_path):
     def twin(tables):  # QSO row 5 sits 0.3 arcsec from QSO row 4, under another ID
         place(tables["QSO"], 5, tables["QSO"]["RAJ2000"][4] + 0.3 * ARCSEC)
 
-    metadata = pipeline.build(class_files(tmp_path, twin), tmp_path / "out.h5")
+    metadata = pipeline.build(sky_files(tmp_path, twin), tmp_path / "out.h5")
     report = metadata["report"]
     assert report["dropped"]["duplicate_position"] == 1
     assert report["duplicate_positions"]["same_label_groups"] == 1
@@ -50,7 +50,7 @@ def test_one_position_two_labels_is_refused_or_dropped(tmp_path):
     def clash(tables):  # a STAR 0.3 arcsec from GALAXY row 3
         place(tables["STAR"], 0, tables["GALAXY"]["RAJ2000"][3] + 0.3 * ARCSEC)
 
-    files = class_files(tmp_path, clash)
+    files = sky_files(tmp_path, clash)
     with pytest.raises(LabelConflictError, match=r"^1 objects within 1 arcsec of another carry conflicting labels: 'OBJ J00000003' \(GALAXY in 'OBJ J00000003' \(galaxy.h5 row 3\), STAR in 'OBJ J00000200' \(star.h5 row 0\)\)"):
         pipeline.build(files, tmp_path / "out.h5")
     dropped = pipeline.build(files, tmp_path / "out.h5", merge_options=pipeline.MergeOptions(on_conflict="drop"))
@@ -62,7 +62,7 @@ def test_close_pair_shares_a_split(tmp_path):
         for row in range(20):
             place(tables["STAR"], row, tables["GALAXY"]["RAJ2000"][row] + 3 * ARCSEC)
 
-    metadata = pipeline.build(class_files(tmp_path, pairs), tmp_path / "out.h5")
+    metadata = pipeline.build(sky_files(tmp_path, pairs), tmp_path / "out.h5")
     assert metadata["report"]["rows_kept"] == 60  # 3 arcsec is no duplicate
     assert metadata["split"]["groups_of_several_rows"] == 20
     where = {}
@@ -147,7 +147,7 @@ def test_inspect_reports_positions(tmp_path):
         place(tables["STAR"], 0, tables["GALAXY"]["RAJ2000"][3] + 0.3 * ARCSEC)  # duplicate, two labels
         place(tables["STAR"], 1, tables["GALAXY"]["RAJ2000"][7] + 3 * ARCSEC)  # neighbours
 
-    result = CliRunner().invoke(app, ["inspect", *map(str, class_files(tmp_path, planted)), "--json"])
+    result = CliRunner().invoke(app, ["inspect", *map(str, sky_files(tmp_path, planted)), "--json"])
     report = json.loads(result.stdout)
     assert report["positions"]["duplicate_groups_same_label"] == 1
     assert report["positions"]["duplicate_groups_conflicting"] == 1
@@ -162,7 +162,7 @@ def test_verify_catches_neighbours_in_two_splits(tmp_path):
             place(tables["STAR"], row, tables["GALAXY"]["RAJ2000"][row] + 3 * ARCSEC)
 
     out = tmp_path / "out.h5"
-    pipeline.build(class_files(tmp_path, pairs), out, split_options=pipeline.SplitOptions(group_radius=0))
+    pipeline.build(sky_files(tmp_path, pairs), out, split_options=pipeline.SplitOptions(group_radius=0))
     import h5py
 
     with h5py.File(out, "r+") as f:  # claim a 5.09 arcsec grouping that the split did not honour

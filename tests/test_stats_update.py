@@ -17,33 +17,20 @@ import h5py
 import numpy as np
 import pytest
 from astropy.table import Table
-from typer.testing import CliRunner
 
 from cutout_etl import distributed, execution, pipeline
-from cutout_etl.cli import app
 from cutout_etl.dataset import open_dataset
 from cutout_etl.errors import ChecksumError
 from cutout_etl.scan import ReadOptions
 from cutout_etl.schema import METADATA_ATTR
 from cutout_etl.verify import verify
 
-from .conftest import write_table
-
-SCRIPT = Path(sys.executable).parent / "cutout-etl"
-BLOCK_ROWS = 16
-
-
-@pytest.fixture(scope="module")
-def built(demo_files, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("stats_update") / "dataset.h5"
-    pipeline.build(demo_files, out, read=ReadOptions(chunk_rows=BLOCK_ROWS))
-    return out
-
+from .conftest import BLOCK_ROWS, SCRIPT, invoke, write_table
 
 @pytest.fixture
-def dataset(built, tmp_path) -> Path:
+def dataset(small_dataset, tmp_path) -> Path:
     copy = tmp_path / "dataset.h5"
-    shutil.copy(built, copy)
+    shutil.copy(small_dataset, copy)
     return copy
 
 
@@ -58,10 +45,6 @@ def sha256(path: Path) -> str:
 
 def temps_beside(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.tmp-*"))
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 # ---------------------------------------------------------------- item 1: copy-on-write

@@ -9,7 +9,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,18 +25,7 @@ from cutout_etl.scan import ReadOptions
 from cutout_etl.schema import METADATA_ATTR
 from cutout_etl.verify import verify
 
-from .conftest import make_table, write_table
-
-SCRIPT = Path(sys.executable).parent / "cutout-etl"
-BLOCK_ROWS = 16
-
-
-@pytest.fixture(scope="module")
-def small_dataset(demo_files, tmp_path_factory):
-    out = tmp_path_factory.mktemp("verify") / "dataset.h5"
-    pipeline.build(demo_files, out, read=ReadOptions(chunk_rows=BLOCK_ROWS))
-    return out
-
+from .conftest import BLOCK_ROWS, SCRIPT, invoke, make_table, write_table
 
 def test_fresh_build_and_merge_verify(small_dataset, demo_files, tmp_path):
     assert verify(small_dataset) == {"ok": True, "checks": [
@@ -121,6 +109,7 @@ def test_digest_is_the_same_for_every_file_order_and_row_order(tmp_path):
 
 
 def test_sigkill_never_leaves_a_finished_looking_output(tmp_path):
+    """SIGKILL while the output is being written (its temp file exists), at varied points of the write."""
     from cutout_etl.demo import write_demo_files
 
     files = [str(p) for p in write_demo_files(tmp_path / "in", rows=800, seed=3)]
@@ -133,11 +122,15 @@ def test_sigkill_never_leaves_a_finished_looking_output(tmp_path):
     duration = time.monotonic() - start
     target.unlink()
     rng = random.Random(1)
-    for _ in range(10):
+    killed_mid_write = 0
+    for attempt in range(5):
         child = subprocess.Popen(command)
-        time.sleep(rng.uniform(0.05, duration))
+        while child.poll() is None and not list(out_dir.glob(".dataset.h5.tmp-*")):
+            time.sleep(0.001)
+        time.sleep(0 if attempt == 0 else rng.uniform(0, duration / 2))  # into the write, at a varied point
         child.send_signal(signal.SIGKILL)
         child.wait()
+        killed_mid_write += child.returncode == -signal.SIGKILL and bool(list(out_dir.glob(".dataset.h5.tmp-*")))
         if target.exists():
             assert verify(target)["ok"]
             target.unlink()
@@ -146,6 +139,7 @@ def test_sigkill_never_leaves_a_finished_looking_output(tmp_path):
         assert verify(target)["ok"]
         assert [p.name for p in out_dir.iterdir()] == ["dataset.h5"]
         target.unlink()
+    assert killed_mid_write >= 1  # the kills did land while the output was half written
 
 
 def test_file_size_limit_gives_one_line_and_no_output(demo_files, tmp_path):
@@ -196,15 +190,6 @@ def mutate_structure(path: Path, data) -> None:
             fh.truncate(data.draw(st.integers(0, size)))
 
 
-def run_cli(args: list[str]) -> tuple[int, str]:
-    signal.alarm(20)  # a hang fails the test instead of stalling CI
-    try:
-        result = CliRunner().invoke(app, args)
-    finally:
-        signal.alarm(0)
-    return result.exit_code, result.stderr
-
-
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # examples: conftest profile
 @given(data=st.data())
 def test_fuzzed_inputs_give_success_or_one_line_error(tmp_path_factory, data):
@@ -220,7 +205,8 @@ def test_fuzzed_inputs_give_success_or_one_line_error(tmp_path_factory, data):
     else:
         mutate_structure(victim, data)
     for args in (["inspect", *map(str, files), "--quiet"], ["build", *map(str, files), "-o", str(work / "out.h5"), "--quiet"]):
-        code, stderr = run_cli(args)
+        result = invoke(*args, timeout=20)  # a hang fails the test instead of stalling CI
+        code, stderr = result.exit_code, result.stderr
         assert code in (0, 1, 2), stderr
         assert "Traceback" not in stderr
         if code != 0 and args[0] == "build":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..choices import Choice
 from ..errors import UsageError
 from .base import OutputFormat, Sink, Table
 from .hdf5 import HDF5Format
@@ -21,7 +22,10 @@ FORMATS: dict[str, OutputFormat] = {
     "hdf5": HDF5Format(),  # last: the default
 }
 
-__all__ = ["FORMATS", "OutputFormat", "Sink", "Table", "by_name", "choose", "detect", "foreign_problem"]
+# The format names as a choice (the CLI's --format): follows the registry, nothing to keep in step.
+FormatName = Choice("FormatName", [(name.upper(), name) for name in sorted(FORMATS)])  # type: ignore[misc]
+
+__all__ = ["FORMATS", "FormatName", "OutputFormat", "Sink", "Table", "by_name", "choose", "detect", "foreign_problem"]
 
 
 def by_name(name: str) -> OutputFormat:
