@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo
 
-.PHONY: demo test bench clean
+.PHONY: demo test check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
+
+# The gates: lint, formatting and types (CI runs them after the tests).
+check: $(VENV)/.installed-test
+	$(BIN)/ruff check cutout_etl tests benchmarks examples
+	$(BIN)/ruff format --check cutout_etl tests benchmarks examples
+	$(BIN)/mypy
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_build.py --rows 30000
