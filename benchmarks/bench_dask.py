@@ -60,7 +60,7 @@ def peak_rss_mb() -> float:
 
 def timed_build(files: list[Path], out: Path, chunk_rows: int, cluster=None) -> tuple[float, float, dict]:
     from cutout_etl import pipeline
-    from cutout_etl.scan import ReadOptions
+    from cutout_etl.inputs.scan import ReadOptions
 
     marks: dict[str, float] = {}
 
@@ -86,7 +86,7 @@ def main() -> None:
 
     from distributed import Client, LocalCluster
 
-    from cutout_etl.distributed import ClusterOptions
+    from cutout_etl.execution.dask_cluster import ClusterOptions
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_dask_", dir=args.workdir))
     try:

@@ -16,7 +16,7 @@ memory once, then measures on the train split, in one process:
   what training consumes: there the in-memory batches are views, converted
   with one copy;
 * the training step: ``train_on_batch`` of the reference CNN
-  (`cutout_etl.keras.build_model`) on in-memory batches.
+  (`cutout_etl.ml.keras_support.build_model`) on in-memory batches.
 
 Each rate is the median of --repeats runs. Targets (issue 4): loader >= 50%
 of the in-memory rate, and >= 10x the training step rate.
@@ -40,7 +40,7 @@ import numpy as np
 
 from cutout_etl import open_dataset
 from cutout_etl.demo import write_demo_files
-from cutout_etl.keras import CutoutPyDataset, build_model, preprocessing_from_dataset
+from cutout_etl.ml.keras_support import CutoutPyDataset, build_model, preprocessing_from_dataset
 from cutout_etl.pipeline import build
 
 

@@ -34,7 +34,7 @@ def timed(fn, *args):
 
 
 def ours(ra, dec, radius):
-    from cutout_etl import sky
+    from cutout_etl.steps import sky
 
     pairs = sky.pairs_within(ra, dec, radius)
     return pairs, sky.components(len(ra), pairs)

@@ -67,8 +67,9 @@ import h5py
 import numpy as np
 from astropy.table import Table
 
-from . import __version__, writers
+from . import __version__
 from .errors import ForeignOutputError
+from .formats import atomic
 
 __all__ = ["DEMO_FILES", "make_class_table", "write_demo_files"]
 
@@ -243,11 +244,11 @@ def write_demo_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / name for name in DEMO_FILES.values()]
     for path in paths:  # refuse before writing any of them
-        writers.check_target(path, overwrite, may_replace=_demo_file)
+        atomic.check_target(path, overwrite, may_replace=_demo_file)
     mark = json.dumps({"generator": f"cutout-etl {__version__} demo-data", "rows": rows, "seed": seed, "block": block})
     for spectype, path in zip(DEMO_FILES, paths):
         table = make_class_table(spectype, rows, seed, block=block)
-        with writers.atomic_output(path, overwrite, may_replace=_demo_file) as tmp:  # no half-written file
+        with atomic.atomic_output(path, overwrite, may_replace=_demo_file) as tmp:  # no half-written file
             table.write(tmp, format="hdf5", path="data", serialize_meta=True, overwrite=True)
             del table
             with h5py.File(tmp, "r+") as f:

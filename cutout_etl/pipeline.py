@@ -25,19 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import execution, formats, readers
-from .checksums import BlockChecker, TableChecksums, stored_checksums
+from . import formats
 from .dataset import open_dataset, row_dtype
-from .distributed import ClusterOptions
 from .errors import DatasetError, InvalidRowError, UsageError
-from .merge import DROP_REASONS, OnConflict, Plan, parse_classes, plan_rows
-from .metadata import describe, record_provenance, seal, stats_entry, store_stats
-from .records import Block, image_hashes
-from .scan import FileHasher, ProgressFn, ReadOptions, Scan, no_progress, scan_inputs
-from .schema import DEFAULT_CLASSES, DEFAULT_ROWS_PER_SHARD, MERGED_TABLE, output_dtype
-from .split import GroupBy, Layout, merged_layout, parse_fractions, split_layout
+from .execution import local as execution
+from .execution.dask_cluster import ClusterOptions
 from .formats import OutputFormat, Sink
-from .writers import atomic_output
+from .formats.atomic import atomic_output
+from .inputs import readers
+from .inputs.records import Block, image_hashes
+from .inputs.scan import FileHasher, ProgressFn, ReadOptions, Scan, no_progress, scan_inputs
+from .schema import DEFAULT_CLASSES, DEFAULT_ROWS_PER_SHARD, MERGED_TABLE, output_dtype
+from .steps.checksums import BlockChecker, TableChecksums, stored_checksums
+from .steps.merge import DROP_REASONS, OnConflict, Plan, parse_classes, plan_rows
+from .steps.metadata import describe, record_provenance, seal, stats_entry, store_stats
+from .steps.split import GroupBy, Layout, merged_layout, parse_fractions, split_layout
 
 __all__ = [
     "DROP_REASONS",
@@ -146,7 +148,7 @@ def build(
 ) -> dict:
     """`cutout-etl build`: merge, split and statistics of the train split in one run.
 
-    `cluster` runs the write pass on Dask (`distributed.py`); the output is the same.
+    `cluster` runs the write pass on Dask (`execution/dask_cluster.py`); the output is the same.
     """
     read, merge_options = read or ReadOptions(), merge_options or MergeOptions()
     split_options, output = split_options or SplitOptions(), output or OutputOptions()

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import sky
-from .checksums import TableChecksums, dataset_digest
 from .dataset import Dataset, open_dataset
-from .scan import ProgressFn, no_progress
-from .stats import BandStats
+from .inputs.scan import ProgressFn, no_progress
+from .steps import sky
+from .steps.checksums import TableChecksums, dataset_digest
+from .steps.stats import BandStats
 
 MOMENTS = ("sum", "mean", "m2", "variance", "std")
 MOMENT_RTOL = 1e-9  # moments depend on the order of float64 additions only

@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 
 from cutout_etl import __version__, open_dataset
-from cutout_etl.keras import (
+from cutout_etl.ml.keras_support import (
     MODES,
     CutoutPyDataset,
     build_model,

@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 from cutout_etl import pipeline
 from cutout_etl.cli import app
 from cutout_etl.demo import write_demo_files
-from cutout_etl.scan import ReadOptions
+from cutout_etl.inputs.scan import ReadOptions
 
 DEMO_ROWS = 120
 SCRIPT = Path(sys.executable).parent / "cutout-etl"  # the installed command, for runs in a real process

@@ -16,8 +16,8 @@ import typer
 
 from cutout_etl import pipeline
 from cutout_etl.cli import app
-from cutout_etl.distributed import ClusterOptions
-from cutout_etl.scan import ReadOptions
+from cutout_etl.execution.dask_cluster import ClusterOptions
+from cutout_etl.inputs.scan import ReadOptions
 
 from .conftest import DEMO_ROWS, invoke, make_table, write_table
 
@@ -167,7 +167,7 @@ def test_readme_mentions_every_command_and_every_option():
 
 def test_cli_defaults_are_the_library_defaults():
     """Run with no options, build uses each option dataclass's own defaults."""
-    from cutout_etl.cli_options import cluster_options, merge_options, output_options, read_options, split_options
+    from cutout_etl.cli.options import cluster_options, merge_options, output_options, read_options, split_options
 
     opts = {param.name: param.default for param in typer.main.get_command(app).commands["build"].params}  # type: ignore[attr-defined]
     assert read_options(opts) == ReadOptions()

@@ -11,9 +11,9 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from cutout_etl import demo, open_dataset, pipeline
-from cutout_etl.distributed import ClusterOptions
 from cutout_etl.errors import InputChangedError, UsageError
-from cutout_etl.scan import ReadOptions
+from cutout_etl.execution.dask_cluster import ClusterOptions
+from cutout_etl.inputs.scan import ReadOptions
 from cutout_etl.verify import MOMENTS, verify
 
 CHUNK = 16  # small blocks, and 2 blocks a task: 600 rows make ~20 tasks over three tables

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from cutout_etl import formats, open_dataset, pipeline
-from cutout_etl.checksums import CONTENT_COLUMNS, PROVENANCE_COLUMNS
 from cutout_etl.errors import UsageError
 from cutout_etl.formats.hdf5 import HDF5Format
 from cutout_etl.formats.hf_card import hf_features
 from cutout_etl.formats.parquet import arrow_schema
 from cutout_etl.schema import OUTPUT_COLUMNS, output_dtype
+from cutout_etl.steps.checksums import CONTENT_COLUMNS, PROVENANCE_COLUMNS
 
 
 def test_an_unknown_format_name_is_a_usage_error_naming_the_known_ones_and_writes_nothing(class_files, tmp_path):

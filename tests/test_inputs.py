@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from astropy.table import Table, vstack
 
-from cutout_etl import distributed, pipeline, records
+from cutout_etl import pipeline
 from cutout_etl.errors import InputChangedError, InvalidRowError, MissingClassError
-from cutout_etl.scan import FileHasher, InputFile, ReadOptions, open_inputs
+from cutout_etl.execution import dask_cluster
+from cutout_etl.inputs import records
+from cutout_etl.inputs.scan import FileHasher, InputFile, ReadOptions, open_inputs
 
 from .conftest import class_tables, make_table, run_cli, write_class_files, write_table
 
@@ -121,10 +123,10 @@ def test_pass_2_readers_and_dask_tasks_refuse_an_input_that_is_not_the_one_scann
     with contextlib.ExitStack() as stack, pytest.raises(InputChangedError, match=f"^{files[1]}: changed while"):
         records.open_row_readers(infos, stack)
     classes = ["GALAXY", "QSO", "STAR"]
-    job = distributed.WriteJob(infos, classes, np.dtype("f4"), tmp_path / "unused.h5", {}, 16, False, 4)
+    job = dask_cluster.WriteJob(infos, classes, np.dtype("f4"), tmp_path / "unused.h5", {}, 16, False, 4)
     facts = records.RowFacts(np.array([b"x"]), np.zeros(1, np.int16), np.ones(1, np.int16), np.zeros(1, np.int64))
     with pytest.raises(InputChangedError, match=f"^{files[1]}: changed while"):  # what a Dask worker runs
-        distributed.run_task(job, distributed.Task("train", facts, np.zeros(1, np.int64), False))
+        dask_cluster.run_task(job, dask_cluster.Task("train", facts, np.zeros(1, np.int64), False))
     assert not (tmp_path / "unused.h5").exists()
 
 

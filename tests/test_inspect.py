@@ -170,7 +170,7 @@ def test_inspect_fails_exactly_when_build_does(tmp_path, make: Callable[[Path, d
 
 def test_one_unreadable_file_does_not_stop_the_others(tmp_path, monkeypatch):
     """Exceptions h5py raises for odd corruption are reported under their file; the next file is still inspected."""
-    from cutout_etl import readers
+    from cutout_etl.inputs import readers
 
     files = write_class_files(tmp_path, class_tables((10, 10, 10), starts=(0, 100, 200)), lower_case_names(".hdf5"))
     real = readers.inspect_table

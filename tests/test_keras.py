@@ -23,7 +23,7 @@ keras = pytest.importorskip("keras")
 
 from cutout_etl import open_dataset
 from cutout_etl.demo import write_demo_files
-from cutout_etl.keras import (
+from cutout_etl.ml.keras_support import (
     CutoutPyDataset,
     FluxPreprocessing,
     PreprocessingError,

@@ -16,10 +16,11 @@ from pathlib import Path
 import h5py
 import pytest
 
-from cutout_etl import demo, pipeline, writers
+from cutout_etl import demo, pipeline
 from cutout_etl.dataset import open_dataset
 from cutout_etl.demo import DEMO_ATTR, DEMO_FILES, make_class_table, write_demo_files
 from cutout_etl.errors import ForeignOutputError, OutputAppearedError, OutputExistsError
+from cutout_etl.formats import atomic
 from cutout_etl.pipeline import OutputOptions
 from cutout_etl.verify import verify
 
@@ -204,7 +205,7 @@ def test_an_output_that_appears_meanwhile_is_not_replaced(make, fmt, renameat2, 
         def unsupported(*args: object) -> None:
             raise OSError(errno.ENOSYS, "no renameat2")
 
-        monkeypatch.setattr(writers, "_renameat2", unsupported)
+        monkeypatch.setattr(atomic, "_renameat2", unsupported)
     files = write_class_files(tmp_path / "in")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -228,14 +229,14 @@ def test_without_renameat2_or_hard_links_a_file_that_appeared_is_not_replaced(tm
     def no_hard_links(*args: object) -> None:
         raise OSError(errno.EPERM, "hard links not supported")
 
-    monkeypatch.setattr(writers, "_renameat2", no_renameat2)
+    monkeypatch.setattr(atomic, "_renameat2", no_renameat2)
     monkeypatch.setattr(os, "link", no_hard_links)
     target = tmp_path / "out.png"
-    with pytest.raises(OutputAppearedError), writers.atomic_output(target, overwrite=False) as tmp:
+    with pytest.raises(OutputAppearedError), atomic.atomic_output(target, overwrite=False) as tmp:
         tmp.write_bytes(b"ours")
         other_runs_file(target)
     assert target.read_bytes() == b"the other run's dataset"
-    with writers.atomic_output(tmp_path / "new.png", overwrite=False) as tmp:
+    with atomic.atomic_output(tmp_path / "new.png", overwrite=False) as tmp:
         tmp.write_bytes(b"ours")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.png", "out.png"]
 

@@ -13,9 +13,17 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from cutout_etl import execution, open_dataset, pipeline
+from cutout_etl import open_dataset, pipeline
 from cutout_etl.errors import LabelConflictError, UsageError
-from cutout_etl.schema import COLUMN_DESCRIPTIONS, COLUMN_UNITS, METADATA_ATTR, PIXEL_UNIT, column_meta_yaml, output_dtype
+from cutout_etl.execution import local as execution
+from cutout_etl.schema import (
+    COLUMN_DESCRIPTIONS,
+    COLUMN_UNITS,
+    METADATA_ATTR,
+    PIXEL_UNIT,
+    column_meta_yaml,
+    output_dtype,
+)
 
 from .conftest import DEMO_ROWS, make_table, write_table
 

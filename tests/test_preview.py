@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from cutout_etl import preview as preview_lib
-from cutout_etl.preview import make_previews
+from cutout_etl.viz import preview as preview_lib
+from cutout_etl.viz.preview import make_previews
 
 from .conftest import DEMO_ROWS, invoke, make_table, write_table
 

@@ -11,13 +11,13 @@ import h5py
 import numpy as np
 import pytest
 
-from cutout_etl import open_dataset, pipeline, readers
+from cutout_etl import open_dataset, pipeline
 from cutout_etl.errors import DatasetError, InputFileError
+from cutout_etl.inputs import readers
 from cutout_etl.schema import Columns
 
 from .conftest import make_table, run_cli, write_table
 from .test_failures import corrupt_table_name, good, write_with_binary128
-
 
 # ---------------------------------------------------------------- a column h5py cannot map
 
@@ -158,7 +158,7 @@ def test_convert_to_parquet_names_the_dataset_table_and_row_of_an_id_that_is_not
 def test_the_parquet_writer_itself_refuses_an_id_that_is_not_utf8_with_the_same_error(tmp_path):
     from cutout_etl.errors import InvalidRowError
     from cutout_etl.formats.parquet import ParquetSink
-    from cutout_etl.records import Block
+    from cutout_etl.inputs.records import Block
     from cutout_etl.schema import output_dtype
 
     records = np.zeros(3, output_dtype(8, 6, (2, 2, 1)))

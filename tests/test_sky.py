@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cutout_etl import open_dataset, pipeline, sky
+from cutout_etl import open_dataset, pipeline
 from cutout_etl.cli import app
 from cutout_etl.errors import LabelConflictError
-from cutout_etl.split import assign_splits
+from cutout_etl.steps import sky
+from cutout_etl.steps.split import assign_splits
 from cutout_etl.verify import verify
 
 from .conftest import class_tables, lower_case_names, make_table, write_class_files, write_table

@@ -15,8 +15,8 @@ import pytest
 import typer
 
 from cutout_etl.cli import app
-from cutout_etl.distributed import ClusterOptions
-from cutout_etl.scan import ReadOptions
+from cutout_etl.execution.dask_cluster import ClusterOptions
+from cutout_etl.inputs.scan import ReadOptions
 
 SLURM = Path(__file__).resolve().parents[1] / "examples" / "slurm"
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cutout_etl.errors import SplitError, UsageError
-from cutout_etl.split import assign_splits, parse_fractions, split_counts
+from cutout_etl.steps.split import assign_splits, parse_fractions, split_counts
 
 CLASSES = ["GALAXY", "QSO", "STAR"]
 FRACTIONS = st.sampled_from([(0.7, 0.15, 0.15), (0.8, 0.1, 0.1), (0.5, 0.5, 0.0), (1.0, 0.0, 0.0), (0.34, 0.33, 0.33)])

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from cutout_etl.stats import MAD_TO_SIGMA, QUANTILES, BandStats, quantile_bound
+from cutout_etl.steps.stats import MAD_TO_SIGMA, QUANTILES, BandStats, quantile_bound
 
 SATURATION = 1.5e-8
 COUNT_KEYS = (

@@ -18,14 +18,17 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from cutout_etl import distributed, execution, pipeline
+from cutout_etl import pipeline
 from cutout_etl.dataset import open_dataset
 from cutout_etl.errors import ChecksumError
-from cutout_etl.scan import ReadOptions
+from cutout_etl.execution import dask_cluster
+from cutout_etl.execution import local as execution
+from cutout_etl.inputs.scan import ReadOptions
 from cutout_etl.schema import METADATA_ATTR
 from cutout_etl.verify import verify
 
 from .conftest import BLOCK_ROWS, SCRIPT, invoke, write_table
+
 
 @pytest.fixture
 def dataset(small_dataset, tmp_path) -> Path:
@@ -198,7 +201,7 @@ def test_stats_of_val_are_stored_beside_the_training_statistics(dataset):
     assert report["ok"], report["failures"]
     assert {"statistics of train", "statistics of val"} <= set(report["checks"])
     pytest.importorskip("keras")
-    from cutout_etl.keras import preprocessing_from_dataset
+    from cutout_etl.ml.keras_support import preprocessing_from_dataset
 
     layer = preprocessing_from_dataset(dataset)
     assert layer is not None
@@ -277,17 +280,17 @@ def test_stats_dask_tasks_check_their_blocks(dataset):
         def cancel(self, futures):
             pass
 
-    from cutout_etl.checksums import stored_checksums
+    from cutout_etl.steps.checksums import stored_checksums
 
     meta = metadata_of(dataset)
     rows = meta["tables_rows"]["train"]["rows"]
     checksums = stored_checksums(dataset, meta, "train")
-    clean = distributed.table_stats(InlineClient(), dataset, "train", rows, 4, 5, 3, lambda *a: None, checksums)
-    local = distributed.stats_task(dataset, "train", 0, rows, 4, 5, None, checksums)
+    clean = dask_cluster.table_stats(InlineClient(), dataset, "train", rows, 4, 5, 3, lambda *a: None, checksums)
+    local = dask_cluster.stats_task(dataset, "train", 0, rows, 4, 5, None, checksums)
     assert clean.summary()["bands"]["b0"]["quantiles"] == local.summary()["bands"]["b0"]["quantiles"]
     flip_image_byte(dataset, "train", rows - 1)
     with pytest.raises(ChecksumError, match=f"train block {(rows - 1) // BLOCK_ROWS} "):
-        distributed.table_stats(InlineClient(), dataset, "train", rows, 4, 5, 3, lambda *a: None, checksums)
+        dask_cluster.table_stats(InlineClient(), dataset, "train", rows, 4, 5, 3, lambda *a: None, checksums)
 
 
 @pytest.mark.parametrize("target", ["out.h5", "out_parquet"])

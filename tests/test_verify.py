@@ -21,11 +21,12 @@ from typer.testing import CliRunner
 
 from cutout_etl import pipeline
 from cutout_etl.cli import app
-from cutout_etl.scan import ReadOptions
+from cutout_etl.inputs.scan import ReadOptions
 from cutout_etl.schema import METADATA_ATTR
 from cutout_etl.verify import verify
 
 from .conftest import BLOCK_ROWS, SCRIPT, invoke, make_table, write_table
+
 
 def test_fresh_build_and_merge_verify(small_dataset, demo_files, tmp_path):
     assert verify(small_dataset) == {"ok": True, "checks": [

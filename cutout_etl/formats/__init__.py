@@ -5,6 +5,8 @@ path); `detect(path)` the format of an existing dataset. Both try the formats
 in registry order; the last one (HDF5) is the default that takes any path no
 other format claims. Adding a format: one module with an `OutputFormat`
 subclass (see `base.py`), and one line in `FORMATS`.
+`atomic.py` writes any of them safely: a temporary file beside the target, the overwrite
+guards, then a rename. The formats receive blocks from `execution`; datasets are read back by `dataset`.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from ..errors import DatasetError, UsageError
 from ..schema import FORMAT_NAME, FORMAT_VERSION
 
 if TYPE_CHECKING:
-    from ..readers import FileIdentity
-    from ..records import Block
+    from ..inputs.readers import FileIdentity
+    from ..inputs.records import Block
 
 
 class Sink(Protocol):

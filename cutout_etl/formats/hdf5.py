@@ -19,12 +19,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .. import readers
 from ..errors import DatasetError
-from ..readers import IOV_MAX, FileIdentity, row_runs
-from ..records import Block, image_cut
+from ..inputs import readers
+from ..inputs.readers import IOV_MAX, FileIdentity, row_runs
+from ..inputs.records import Block, image_cut
 from ..schema import METADATA_ATTR, column_meta_yaml
-from ..writers import atomic_output
+from .atomic import atomic_output
 from .base import OutputFormat, Sink, Table, check_metadata, is_our_metadata
 
 

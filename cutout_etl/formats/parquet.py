@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import DatasetError, InvalidRowError, UsageError
-from ..records import Block
+from ..inputs.records import Block
 from ..schema import (
     DATA_DIR,
     DEFAULT_ROWS_PER_SHARD,

@@ -19,8 +19,8 @@ from dask_jobqueue import SLURMCluster
 from distributed import Client
 
 from cutout_etl import pipeline
-from cutout_etl.distributed import ClusterOptions
-from cutout_etl.scan import ReadOptions
+from cutout_etl.execution.dask_cluster import ClusterOptions
+from cutout_etl.inputs.scan import ReadOptions
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Where pass 2 runs: worker threads here, or Dask tasks (`distributed.py`). The one place that decides.
+"""Where pass 2 runs: worker threads here, or Dask tasks (`dask_cluster.py`). The one place that decides.
 
 `write_tables` writes every output table in stored order and returns the
 statistics of one table and every table's checksums; `table_stats` is the
@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import distributed, readers
-from .checksums import TableChecksums
-from .distributed import ClusterOptions
-from .records import Block, RecordFiller, RowFacts, open_row_readers
-from .scan import ProgressFn, Scan
-from .split import Layout
-from .stats import BandStats
-from .formats import Sink
-from .formats.hdf5 import HDF5Sink
+from ..formats import Sink
+from ..formats.hdf5 import HDF5Sink
+from ..inputs import readers
+from ..inputs.records import Block, RecordFiller, RowFacts, open_row_readers
+from ..inputs.scan import ProgressFn, Scan
+from ..steps.checksums import TableChecksums
+from ..steps.split import Layout
+from ..steps.stats import BandStats
+from . import dask_cluster
+from .dask_cluster import ClusterOptions
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -48,7 +49,7 @@ def cluster(options: ClusterOptions | None) -> Iterator[Cluster | None]:
     if options is None or options.is_local:
         yield None
         return
-    with distributed.connect(options) as client:
+    with dask_cluster.connect(options) as client:
         yield client, options
 
 
@@ -84,11 +85,11 @@ def write_tables(
     if cluster is not None:
         client, options = cluster
         assert isinstance(sink, HDF5Sink), "Dask tasks write HDF5 only (pipeline._check_cluster)"
-        job = distributed.WriteJob(
+        job = dask_cluster.WriteJob(
             [f.info for f in scan.files], scan.classes, dtype, sink.path, sink.offsets,
             chunk_rows, carry_provenance, scan.image_shape[-1],
         )
-        acc, checksums = distributed.write_tables(client, job, tables, stats_table, options.blocks_per_task, progress)
+        acc, checksums = dask_cluster.write_tables(client, job, tables, stats_table, options.blocks_per_task, progress)
     else:
         fill = RecordFiller(scan.classes, dtype, carry_provenance)
         acc, checksums = _write_here(scan, fill, tables, sink, chunk_rows, progress, stats_table)
@@ -163,9 +164,9 @@ def table_stats(
     with readers.open_h5(path) as f:
         rows = len(f[table])
     if cluster is None:
-        return distributed.stats_task(path, table, 0, rows, n_bands, chunk_rows, progress, checksums)
+        return dask_cluster.stats_task(path, table, 0, rows, n_bands, chunk_rows, progress, checksums)
     client, options = cluster
-    return distributed.table_stats(
+    return dask_cluster.table_stats(
         client, path, table, rows, n_bands, chunk_rows, options.blocks_per_task, progress, checksums
     )
 

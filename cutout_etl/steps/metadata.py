@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import __version__
+from .. import __version__
+from ..inputs.scan import InputFile
+from ..schema import FORMAT_NAME, FORMAT_VERSION, PIXEL_UNIT, band_names
 from .checksums import ALGORITHM, dataset_digest
 from .merge import Plan
-from .scan import InputFile
-from .schema import FORMAT_NAME, FORMAT_VERSION, PIXEL_UNIT, band_names
 from .split import Layout
 from .stats import BandStats
 

@@ -1,4 +1,8 @@
-"""The `cutout-etl` command line: parse options, call the library once, render the result."""
+"""The `cutout-etl` command line: parse options, call the library once, render the result.
+
+`options` declares the shared flags and builds the library's option dataclasses from them, `usage` is how a
+run fails (one line on stderr, an exit code), `render` shows the library's reports to people.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +16,32 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from . import interrupts, pipeline, render
-from .cli_errors import OneLineUsageErrors, fail, one_line
-from .cli_options import (
-    CHUNKS, CLASSES, CLUSTER, COLUMNS, COMMON, FSYNC, MERGE, OUTPUT, SPLIT, argument_default, class_list,
-    cluster_options, merge_options, output_options, read_options, split_options, with_options,
+from .. import interrupts, pipeline
+from ..errors import CutoutEtlError, Interrupted
+from ..inspection import inspect_files
+from ..viz.preview import preview as draw_preview
+from . import render
+from .options import (
+    CHUNKS,
+    CLASSES,
+    CLUSTER,
+    COLUMNS,
+    COMMON,
+    FSYNC,
+    MERGE,
+    OUTPUT,
+    SPLIT,
+    argument_default,
+    class_list,
+    cluster_options,
+    merge_options,
+    output_options,
+    read_options,
+    split_options,
+    with_options,
 )
-from .errors import CutoutEtlError, Interrupted
-from .inspect import inspect_files
-from .preview import preview as draw_preview
 from .render import ProgressReporter, err
+from .usage import OneLineUsageErrors, fail, one_line
 
 __all__ = ["app", "main", "one_line", "ProgressReporter"]
 
@@ -117,12 +137,12 @@ def inspect(
     """
     read = read_options(opts)
     if html is not None:
-        from .preview import check_output
+        from ..viz.preview import check_output
 
         _run(lambda p: check_output(html, files), opts)
     report = _run(lambda p: inspect_files(files, read, class_list(opts), p), opts)
     if html is not None:
-        from .report_html import write_inspect_html
+        from ..viz.report_html import write_inspect_html
 
         report["html"] = _run(lambda p: write_inspect_html(files, report, html, read, progress=p), opts)
     _show(report, opts, render.inspect_report, output=html)
@@ -222,7 +242,7 @@ def verify(
 
     Example: cutout-etl verify dataset.h5 --json
     """
-    from .verify import verify as verify_dataset
+    from ..verify import verify as verify_dataset
 
     report = _run(lambda p: verify_dataset(dataset, p), opts)
     _show(report, opts, render.verify_report)
@@ -278,7 +298,7 @@ def demo_data(
 
     Example: cutout-etl demo-data demo/ --rows 1000
     """
-    from .demo import write_demo_files
+    from ..demo import write_demo_files
 
     write = lambda p: write_demo_files(directory, rows=rows, seed=seed, overwrite=overwrite)  # noqa: E731
     paths = _run(write, opts, interrupted="no partial file written")

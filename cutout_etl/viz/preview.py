@@ -30,14 +30,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import formats, readers, writers
-from .dataset import open_dataset
-from .errors import CutoutEtlError, DatasetError, InputFileError, OutputWriteError, UsageError
-from .merge import encode_labels, normalize_labels
-from .scan import ProgressFn, ReadOptions, no_progress, open_inputs
-from .formats.hdf5 import has_metadata
-from .schema import Columns, as_bytes, band_names
-from .stats import BandStats
+from .. import formats
+from ..dataset import open_dataset
+from ..errors import CutoutEtlError, DatasetError, InputFileError, OutputWriteError, UsageError
+from ..formats import atomic
+from ..formats.hdf5 import has_metadata
+from ..inputs import readers
+from ..inputs.scan import ProgressFn, ReadOptions, no_progress, open_inputs
+from ..schema import Columns, as_bytes, band_names
+from ..steps.merge import encode_labels, normalize_labels
+from ..steps.stats import BandStats
 
 DEFAULT_PER_CLASS = 6
 MAX_PER_CLASS = 50
@@ -675,7 +677,7 @@ def make_previews(
 def write_output(target: Path, data: bytes, inputs: Sequence[Path] = ()) -> None:
     """Write `data` atomically; an existing image or page is replaced, an input or HDF5 file never."""
     check_output(target, inputs)
-    with writers.atomic_output(target, overwrite=True, may_replace=_replaceable_image, protected=inputs) as tmp:
+    with atomic.atomic_output(target, overwrite=True, may_replace=_replaceable_image, protected=inputs) as tmp:
         try:
             tmp.write_bytes(data)
         except OSError as exc:
@@ -688,7 +690,7 @@ def check_output(target: Path, inputs: Sequence[Path] = ()) -> None:
     for path in inputs:
         if Path(path) == target or readers.same_file(Path(path), target):
             raise UsageError(f"{target}: is also an input; choose another output path")
-    writers.check_target(target, overwrite=True, may_replace=_replaceable_image, protected=inputs)
+    atomic.check_target(target, overwrite=True, may_replace=_replaceable_image, protected=inputs)
 
 
 def _replaceable_image(target: Path) -> None:

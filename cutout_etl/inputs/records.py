@@ -1,6 +1,6 @@
 """Build output blocks from input rows: the one step both write paths share.
 
-The local write pass (`execution.py`) and each Dask task (`distributed.py`)
+The local write pass (`execution/local.py`) and each Dask task (`execution/dask_cluster.py`)
 call `RecordFiller` on a block of rows described by small per-row arrays
 (`RowFacts`), so a task needs no `Scan` and no images from the client: it
 opens the inputs itself (`open_row_readers`). `image_hashes` is the one read
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
+from ..schema import RowCut
 from . import readers
 from .readers import TableInfo
 from .scan import Scan
-from .schema import RowCut
 
 
 @dataclass

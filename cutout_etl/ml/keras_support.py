@@ -40,9 +40,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import readers
-from .dataset import Dataset, open_dataset
-from .errors import CutoutEtlError, InputFileError
+from ..dataset import Dataset, open_dataset
+from ..errors import CutoutEtlError, InputFileError
+from ..inputs import readers
 
 __all__ = [
     "MODES",

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
+from ..errors import DuplicateInputError, ImageShapeError, UnknownLabelError
+from ..schema import Columns, as_bytes
 from . import readers
-from .errors import DuplicateInputError, ImageShapeError, UnknownLabelError
 from .labels import UNKNOWN, encode_labels, normalize_labels
 from .readers import TableInfo
-from .schema import Columns, as_bytes
 
 if TYPE_CHECKING:
     from typing_extensions import Self

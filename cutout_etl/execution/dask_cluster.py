@@ -25,20 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import readers
-from .checksums import BlockChecker, TableChecksums, block_checksums
-from .choices import Choice
-from .errors import UsageError
-from .readers import TableInfo
-from .records import RecordFiller, RowFacts, open_row_readers
-from .stats import BandStats
-from .formats.hdf5 import RowWriter
+from ..choices import Choice
+from ..errors import UsageError
+from ..formats.hdf5 import RowWriter
+from ..inputs import readers
+from ..inputs.readers import TableInfo
+from ..inputs.records import RecordFiller, RowFacts, open_row_readers
+from ..steps.checksums import BlockChecker, TableChecksums, block_checksums
+from ..steps.stats import BandStats
 
 
 class Scheduler(Choice):
     """The named schedulers; `--scheduler` also takes a scheduler address such as tcp://host:8786."""
 
-    LOCAL = "local"  # this process: worker threads (`execution.py`)
+    LOCAL = "local"  # this process: worker threads (`local.py`)
     DASK = "dask"  # a new LocalCluster of --workers processes
 
 

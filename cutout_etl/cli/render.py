@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import interrupts
-from .schema import SPLIT_NAMES
+from .. import interrupts
+from ..schema import SPLIT_NAMES
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # every message and summary of the CLI
 

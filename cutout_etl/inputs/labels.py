@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import UsageError
-from .schema import as_bytes
+from ..errors import UsageError
+from ..schema import as_bytes
 
 UNKNOWN = -1
 

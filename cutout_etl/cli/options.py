@@ -14,14 +14,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from .cli_errors import finite_float, finite_floats
-from .distributed import ClusterOptions
-from .formats import FormatName
-from .merge import OnConflict
-from .pipeline import MergeOptions, OutputOptions, SplitOptions
-from .scan import ReadOptions
-from .schema import Columns
-from .split import GroupBy
+from ..execution.dask_cluster import ClusterOptions
+from ..formats import FormatName
+from ..inputs.scan import ReadOptions
+from ..pipeline import MergeOptions, OutputOptions, SplitOptions
+from ..schema import Columns
+from ..steps.merge import OnConflict
+from ..steps.split import GroupBy
+from .usage import finite_float, finite_floats
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 Opts = Mapping[str, Any]

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import interrupts
-from .errors import ForeignOutputError, OutputAppearedError, OutputExistsError, OutputWriteError
+from .. import interrupts
+from ..errors import ForeignOutputError, OutputAppearedError, OutputExistsError, OutputWriteError
 
 _TMP_MARK = ".tmp-"
 Guard = Callable[[Path], None]  # raises ForeignOutputError when an existing target may not be replaced
@@ -85,7 +85,7 @@ def _process_alive(pid: int) -> bool:
 
 def written_by_cutout_etl(target: Path) -> None:
     """Allow replacing only a cutout-etl output: one of the registered formats' datasets, and nothing else."""
-    from . import formats  # the formats write through atomic_output
+    from .. import formats  # the formats write through atomic_output
 
     problem = "is a symbolic link" if target.is_symlink() else formats.foreign_problem(target)
     if problem:

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xxhash
 
-from .errors import ChecksumError, DatasetError
-from .schema import CONTENT_COLUMNS, PROVENANCE_COLUMNS
+from ..errors import ChecksumError, DatasetError
+from ..schema import CONTENT_COLUMNS, PROVENANCE_COLUMNS
 
 if TYPE_CHECKING:
-    from .records import Block
+    from ..inputs.records import Block
 
 ALGORITHM = "xxh3-128"
 _SMALL_CONTENT = tuple(name for name in CONTENT_COLUMNS if name != "image")  # the image has its own stream

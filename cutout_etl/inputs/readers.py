@@ -15,15 +15,8 @@ import h5py
 import numpy as np
 from h5py import h5t, h5z
 
-from .errors import (
-    ColumnError,
-    EmptyTableError,
-    ImageShapeError,
-    InputChangedError,
-    InputFileError,
-    NoTableError,
-)
-from .schema import Columns, RowCut
+from ..errors import ColumnError, EmptyTableError, ImageShapeError, InputChangedError, InputFileError, NoTableError
+from ..schema import Columns, RowCut
 
 DEFAULT_CHUNK_ROWS = 512  # 10.6 MB of 36x36x4 cutouts; larger blocks cost memory, not speed
 _META_SUFFIX = ".__table_column_meta__"

@@ -22,12 +22,12 @@ from typing import Protocol
 
 import numpy as np
 
+from ..choices import Choice
+from ..errors import SplitError, UsageError
+from ..inputs.scan import Scan
+from ..schema import MERGED_TABLE, SPLIT_NAMES
 from . import sky
-from .choices import Choice
-from .errors import SplitError, UsageError
 from .merge import Plan
-from .scan import Scan
-from .schema import MERGED_TABLE, SPLIT_NAMES
 
 
 class GroupBy(Choice):

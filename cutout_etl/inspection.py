@@ -18,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import readers, sky
 from .errors import CutoutEtlError
-from .merge import UNKNOWN, encode_labels, normalize_labels, parse_classes, resolve_duplicates
-from .scan import ProgressFn, ReadOptions, no_progress
+from .inputs import readers
+from .inputs.scan import ProgressFn, ReadOptions, no_progress
+from .inputs.validate import empty_ids, invalid_positions
 from .schema import DEFAULT_CLASSES, as_bytes, band_names
-from .split import parse_fractions
-from .stats import BandStats
-from .validate import empty_ids, invalid_positions
+from .steps import sky
+from .steps.merge import UNKNOWN, encode_labels, normalize_labels, parse_classes, resolve_duplicates
+from .steps.split import parse_fractions
+from .steps.stats import BandStats
 
 MAX_EXAMPLES = 5
 BUILD_SPLITS = sum(f > 0 for f in parse_fractions((0.7, 0.15, 0.15)))  # build's default fractions
@@ -161,7 +162,7 @@ def _read_contents(report, info, f, read: ReadOptions, classes, progress):
 
 
 def _invalid_rows(name: str, empty: np.ndarray, bad_position: np.ndarray) -> list[dict]:
-    """Rows build refuses (validate.py's definitions); build --drop-invalid drops and counts them."""
+    """Rows build refuses (inputs/validate.py's definitions); build --drop-invalid drops and counts them."""
     problems = []
     for mask, what in ((bad_position, "an invalid sky position (RA/Dec NaN, infinite or out of range)"), (empty, "an empty ID")):
         if mask.any():

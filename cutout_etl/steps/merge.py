@@ -18,11 +18,12 @@ from typing import Protocol
 
 import numpy as np
 
-from . import sky, validate
-from .choices import Choice
-from .errors import EmptyTableError, InvalidRowError, LabelConflictError, MissingClassError
-from .labels import UNKNOWN, encode_labels, normalize_labels, parse_classes
-from .scan import Scan
+from ..choices import Choice
+from ..errors import EmptyTableError, InvalidRowError, LabelConflictError, MissingClassError
+from ..inputs import validate
+from ..inputs.labels import UNKNOWN, encode_labels, normalize_labels, parse_classes
+from ..inputs.scan import Scan
+from . import sky
 
 __all__ = [
     "DROP_REASONS",

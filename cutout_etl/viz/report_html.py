@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .errors import CutoutEtlError
+from .. import __version__
+from ..errors import CutoutEtlError
+from ..inputs.scan import ProgressFn, ReadOptions, no_progress
 from .preview import DEFAULT_PER_CLASS, PlotUnavailableError, check_output, make_previews, write_output
-from .scan import ProgressFn, ReadOptions, no_progress
 
 # Objects per class behind the distributions: enough for smooth curves, and
 # the HTML stays one quick read even on large files.
