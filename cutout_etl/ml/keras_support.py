@@ -42,7 +42,7 @@ from keras import ops
 
 from ..dataset import Dataset, open_dataset
 from ..errors import CutoutEtlError, InputFileError
-from ..inputs import readers
+from ..inputs import readers, row_reader
 
 __all__ = [
     "MODES",
@@ -416,7 +416,7 @@ def _raw_layout(table: h5py.Dataset, image_shape: Sequence[int]) -> tuple[int, i
     little-endian int64, on a little-endian machine; anything else (Parquet
     too) goes through the dataset's own reader.
     """
-    offset = readers._raw_offset(table)
+    offset = row_reader.raw_offset(table)
     dtype = table.dtype
     if offset is None or dtype.names is None or {"image", "label"} - set(dtype.names):
         return None
