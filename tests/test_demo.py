@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from cutout_etl import demo
-from cutout_etl.demo import DEMO_FILES, SKY_SIGMA, _format_ids, make_class_table, write_demo_files
+from cutout_etl import demo_sources
+from cutout_etl.demo import DEMO_FILES, SKY_SIGMA, make_class_table, write_demo_files
+from cutout_etl.demo_sources import format_ids
 
 ROWS = 300
 ID_PATTERN = re.compile(rb"^KiDSDR5 J(\d\d)(\d\d)(\d\d\.\d{3})([+-])(\d\d)(\d\d)(\d\d\.\d\d)$")
@@ -90,8 +91,8 @@ def test_ids_unique_across_files_and_match_positions(tables: dict[str, Table]) -
 def test_id_format_example() -> None:
     ra_ms = np.array([(8 * 3600 + 37 * 60 + 27) * 1000 + 19])
     dec_cell = np.array([(2 * 3600 + 51 * 60 + 47) * 100 + 11])
-    assert _format_ids(ra_ms, dec_cell).tolist() == [b"KiDSDR5 J083727.019+025147.11"]
-    assert _format_ids(ra_ms, -dec_cell - 1).tolist() == [b"KiDSDR5 J083727.019-025147.11"]
+    assert format_ids(ra_ms, dec_cell).tolist() == [b"KiDSDR5 J083727.019+025147.11"]
+    assert format_ids(ra_ms, -dec_cell - 1).tolist() == [b"KiDSDR5 J083727.019-025147.11"]
 
 
 def test_positions_in_kids_like_patches(tables: dict[str, Table]) -> None:
@@ -189,7 +190,7 @@ def test_zero_rows() -> None:
 def test_colliding_positions_still_get_unique_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     """Squeeze every position into one ID cell: later rows move north, in steps of 3 cells."""
     tiny = (100.0, 1e-9, 0.0, 1e-9)
-    monkeypatch.setattr(demo, "_PATCHES", (tiny, tiny))
+    monkeypatch.setattr(demo_sources, "_PATCHES", (tiny, tiny))
     tables = [make_class_table(cls, 12, block=2) for cls in DEMO_FILES]
     ids = np.concatenate([np.asarray(t["ID"]) for t in tables])
     assert len(np.unique(ids)) == 36

@@ -1,12 +1,12 @@
-"""Everything that opens input files: find the table, check its layout, yield row chunks."""
+"""Everything that opens input files: find the table, check its layout, yield row chunks.
+
+Which file a path names lives in `file_identity`, reading rows by index in `row_reader`; their names are
+re-exported here, where the rest of the package looks for them.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,72 +15,20 @@ import h5py
 import numpy as np
 from h5py import h5t, h5z
 
-from ..errors import ColumnError, EmptyTableError, ImageShapeError, InputChangedError, InputFileError, NoTableError
-from ..schema import Columns, RowCut
+from ..errors import ColumnError, EmptyTableError, ImageShapeError, InputFileError, NoTableError
+from ..schema import Columns
+from .file_identity import FileIdentity, same_file, sha256_file
+from .row_reader import IOV_MAX, RowReader, read_rows, row_runs
+from .row_reader import short_message as _short
+
+__all__ = [  # the row reading and file identity names are re-exported: the package looks for them here
+    "DEFAULT_CHUNK_ROWS", "IOV_MAX", "PLUGIN_FILTERS", "FileIdentity", "RowReader", "TableInfo", "find_tables",
+    "inspect_table", "iter_chunks", "open_h5", "read_rows", "resolve_table_path", "row_runs", "same_file",
+    "sha256_file",
+]
 
 DEFAULT_CHUNK_ROWS = 512  # 10.6 MB of 36x36x4 cutouts; larger blocks cost memory, not speed
 _META_SUFFIX = ".__table_column_meta__"
-_HOST = socket.gethostname()
-IOV_MAX = max(os.sysconf("SC_IOV_MAX"), 16) if hasattr(os, "sysconf") else 16  # buffers per readv/writev call
-
-
-@dataclass(frozen=True)
-class FileIdentity:
-    """Which file a path named when it was opened: the one place that says whether it is still that file.
-
-    Pass 1 records the identity of the file it actually read; every later open
-    (pass 2, Dask tasks, the SHA-256 hasher, the duplicate-ID image re-read) and
-    the last check before the output is sealed compare against it, so a file
-    renamed over an input (another inode) or rewritten in place (another size
-    or mtime) stops the run instead of mixing two files' rows. Device numbers
-    are compared only on the same host: a shared file system may number its
-    device differently on each node of a cluster.
-    """
-
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    host: str = ""
-
-    @classmethod
-    def of_stat(cls, st: os.stat_result) -> FileIdentity:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, _HOST)
-
-    @classmethod
-    def of_fd(cls, fd: int) -> FileIdentity:
-        return cls.of_stat(os.fstat(fd))
-
-    @classmethod
-    def of_path(cls, path: Path) -> FileIdentity:
-        return cls.of_stat(os.stat(path))
-
-    @classmethod
-    def of_h5(cls, f: h5py.File) -> FileIdentity:
-        """The file h5py holds open (the default sec2 driver's descriptor)."""
-        return cls.of_fd(f.id.get_vfd_handle())
-
-    def same_file(self, other: FileIdentity | None) -> bool:
-        if other is None:
-            return False
-        same_dev = self.dev == other.dev or self.host != other.host
-        return same_dev and (self.ino, self.size, self.mtime_ns) == (other.ino, other.size, other.mtime_ns)
-
-    def check(self, path: Path, now: FileIdentity | None) -> None:
-        """Raise InputChangedError unless `now` is the file this identity was taken from."""
-        if not self.same_file(now):
-            raise InputChangedError(f"{path}: changed while it was being read (replaced or rewritten); nothing written")
-
-    def check_fd(self, path: Path, fd: int) -> None:
-        self.check(path, FileIdentity.of_fd(fd))
-
-    def check_path(self, path: Path) -> None:
-        """The file the path names now (a missing file counts as changed)."""
-        try:
-            now = FileIdentity.of_path(path)
-        except OSError:
-            now = None
-        self.check(path, now)
 
 
 @dataclass
@@ -116,7 +64,7 @@ class TableInfo:
     def column_list(self) -> list[dict]:
         return [
             {"name": n, "dtype": str(self.dtype[n].base), "shape": list(self.dtype[n].shape)}
-            for n in self.dtype.names
+            for n in self.dtype.names or ()
         ]
 
 
@@ -146,9 +94,6 @@ def open_h5(path: Path) -> h5py.File:
             ) from exc
         raise InputFileError(f"{path}: cannot open HDF5 file, truncated or corrupt ({_short(exc)})") from exc
 
-
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def find_tables(f: h5py.File) -> list[str]:
@@ -204,11 +149,12 @@ def inspect_table(path: Path, f: h5py.File, table_path: str | None, columns: Col
     ds = _open_table(path, f, name)
     _check_filters(path, ds, name)
     dtype, skipped = _readable_dtype(path, ds, name, columns)
-    missing = [c for c in columns.required() if c not in dtype.names]
+    names = dtype.names or ()
+    missing = [c for c in columns.required() if c not in names]
     if missing:
         raise ColumnError(
             f"{path}: table '{name}' has no column {', '.join(repr(m) for m in missing)} "
-            f"(columns: {', '.join(dtype.names)})"
+            f"(columns: {', '.join(names)})"
         )
     label_dt = dtype[columns.label]
     if label_dt.kind not in "SUO":
@@ -382,13 +328,6 @@ def _load_hdf5plugin() -> bool:
     return True
 
 
-def read_rows(path: Path, ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
-    """Read rows [start, stop) of a table, turning HDF5 errors into one line."""
-    try:
-        return ds[start:stop]
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise InputFileError(f"{path}: cannot read rows {start}-{stop}: corrupt or truncated ({_short(exc)})") from exc
-
 
 def iter_chunks(
     info: TableInfo, f: h5py.File, chunk_rows: int = DEFAULT_CHUNK_ROWS
@@ -401,139 +340,3 @@ def iter_chunks(
     finally:
         reader.close()
 
-
-def sha256_file(path: Path, block: int = 1 << 22, stop: threading.Event | None = None) -> tuple[str, FileIdentity]:
-    """SHA-256 of a file and the identity of the file hashed; gives up (returns "") as soon as `stop` is set.
-
-    The identity is taken from the descriptor hashed, so the caller can check
-    that the digest is of the file the run read; a file rewritten while it is
-    hashed raises InputChangedError. Reads into one reused buffer: a fresh
-    4 MiB object per read costs page faults.
-    """
-    digest = hashlib.sha256()
-    buffer = bytearray(block)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as fh:
-        identity = FileIdentity.of_fd(fh.fileno())
-        while size := fh.readinto(buffer):
-            if stop is not None and stop.is_set():
-                return "", identity
-            digest.update(view[:size])
-        identity.check_fd(path, fh.fileno())
-    return digest.hexdigest(), identity
-
-
-def same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-class RowReader:
-    """Rows of one table by index, in any order.
-
-    A contiguous, unfiltered table (what astropy writes) is read with pread
-    straight from its byte offset: no HDF5 selection machinery, no copy.
-    Chunked or compressed tables, or ones holding variable-length fields, go
-    through h5py.
-    """
-
-    def __init__(self, info: TableInfo, f: h5py.File) -> None:
-        self.info = info
-        self._ds = f[info.table_path]
-        self.dtype = info.dtype
-        self._offset = _raw_offset(self._ds, info.dtype)
-        self._fd = os.open(info.path, os.O_RDONLY) if self._offset is not None else None
-        try:
-            self._check_identity(f)
-        except InputChangedError:
-            self.close()
-            raise
-        image = info.columns.image
-        raw_float32 = self._fd is not None and self.dtype[image].base == np.float32
-        self._cut = RowCut.of(self.dtype, image) if raw_float32 else None
-
-    def _check_identity(self, f: h5py.File) -> None:
-        """Both files this reader reads (h5py's and the raw descriptor) are the one pass 1 read."""
-        identity = self.info.identity
-        if identity is None:
-            return
-        identity.check(self.info.path, FileIdentity.of_h5(f))
-        if self._fd is not None:
-            identity.check_fd(self.info.path, self._fd)
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """Rows at the given (ascending, unique) indices as a structured array."""
-        if self._fd is None:
-            try:
-                return self._read_h5(rows)
-            except (OSError, RuntimeError, ValueError) as exc:
-                raise InputFileError(f"{self.info.path}: cannot read rows: corrupt or truncated ({_short(exc)})") from exc
-        out = np.empty(len(rows), self.dtype)
-        raw = memoryview(out.view(np.uint8))
-        size = self.dtype.itemsize
-        for a, b in row_runs(rows):
-            self._preadv([raw[a * size : b * size]], rows, a, b)
-        return out
-
-    def _read_h5(self, rows: np.ndarray) -> np.ndarray:
-        selection = rows
-        if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
-            selection = slice(int(rows[0]), int(rows[-1]) + 1)
-        if not self.info.skipped_columns:
-            return self._ds[selection] if len(rows) else self._ds[0:0]
-        out = np.empty(len(rows), self.dtype)  # read with this memory type: `self._ds.dtype` cannot be made
-        if len(rows):
-            self._ds.read_direct(out, selection)
-        return out
-
-    def read_into(self, rows: np.ndarray, images: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """Rows at ascending, unique indices: row i's image into images[slots[i]]; the other fields returned.
-
-        From a raw float32 table the images are read straight into `images`
-        (no intermediate copy); otherwise they are read and cast.
-        """
-        cut = self._cut
-        if cut is None or images.dtype != np.float32 or not images.flags.c_contiguous:
-            data = self.read(rows)
-            images[slots] = data[self.info.columns.image]
-            return data
-        rest = np.empty(len(rows), cut.rest)
-        buffers, per_row = cut.buffers(rest, images, slots.tolist()), cut.buffers_per_row
-        for a, b in row_runs(rows, IOV_MAX // per_row):
-            self._preadv(buffers[a * per_row : b * per_row], rows, a, b)
-        return rest
-
-    def _preadv(self, buffers: list[memoryview], rows: np.ndarray, a: int, b: int) -> None:
-        """Read rows[a:b], consecutive in the file, into `buffers`."""
-        want = (b - a) * self.dtype.itemsize
-        got = os.preadv(self._fd, buffers, self._offset + int(rows[a]) * self.dtype.itemsize)
-        if got != want:
-            raise InputFileError(f"{self.info.path}: truncated: rows {rows[a]}-{rows[b - 1]} lie past the end of the file")
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def row_runs(rows: np.ndarray, longest: int | None = None) -> Iterator[tuple[int, int]]:
-    """(a, b) index ranges of `rows` that are consecutive numbers, at most `longest` long."""
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    for a, b in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(rows)].tolist()):
-        step = longest or b - a
-        for start in range(a, b, max(step, 1)):
-            yield start, min(start + step, b)
-
-
-def _raw_offset(ds: h5py.Dataset, dtype: np.dtype | None = None) -> int | None:
-    """The byte offset of a table whose rows can be read as raw bytes (as `dtype`), else None."""
-    dtype = ds.dtype if dtype is None else dtype
-    if ds.chunks is not None or ds.compression is not None or ds.external:
-        return None
-    if any(dtype[name].kind == "O" for name in dtype.names or ()):
-        return None
-    if ds.id.get_type().get_size() != dtype.itemsize:
-        return None
-    return ds.id.get_offset()
