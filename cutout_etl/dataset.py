@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from . import formats
 from .schema import row_dtype
+
+if TYPE_CHECKING:
+    from typing import Self
 
 __all__ = ["Dataset", "Split", "open_dataset", "row_dtype"]
 
@@ -95,14 +100,14 @@ class Dataset:
         while self._closers:
             self._closers.pop()()
 
-    def __enter__(self) -> Dataset:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def open_dataset(path: str | Path) -> Dataset:
+def open_dataset(path: str | os.PathLike[str]) -> Dataset:
     """Open a dataset written by `cutout-etl build`, `split`, `merge` or `convert`: HDF5 or Parquet.
 
     >>> ds = open_dataset("dataset.h5")          # doctest: +SKIP

@@ -124,12 +124,15 @@ class RowCut:
     @classmethod
     def of(cls, dtype: np.dtype, name: str) -> RowCut | None:
         """The cut of field `name` out of `dtype`; None if other fields overlap it."""
-        cut_at, cut_size = dtype.fields[name][1], dtype[name].itemsize
+        fields, field_names = dtype.fields, dtype.names
+        if fields is None or field_names is None:
+            raise TypeError(f"not a structured dtype: {dtype}")
+        cut_at, cut_size = fields[name][1], dtype[name].itemsize
         names, formats, offsets = [], [], []
-        for other in dtype.names:
+        for other in field_names:
             if other == name:
                 continue
-            field_dtype, offset = dtype.fields[other][:2]
+            field_dtype, offset = fields[other][:2]
             if offset < cut_at + cut_size and offset + field_dtype.itemsize > cut_at:
                 return None
             names.append(other)
@@ -153,8 +156,8 @@ class RowCut:
         `field_size` bytes; both are written through these views (readv) or
         read (writev).
         """
-        rest_bytes = memoryview(rest.view(np.uint8)) if len(rest) else memoryview(b"")
-        field_bytes = memoryview(field.reshape(-1).view(np.uint8)) if field.size else memoryview(b"")
+        rest_bytes = rest.view(np.uint8).data if len(rest) else memoryview(b"")
+        field_bytes = field.reshape(-1).view(np.uint8).data if field.size else memoryview(b"")
         width, cut, size = self.rest.itemsize, self.offset, self.field_size
         out: list[memoryview] = []
         for i, slot in enumerate(slots):
@@ -181,7 +184,7 @@ def column_meta_yaml(dtype: np.dtype, table_meta: Mapping) -> np.ndarray:
     astropy.table costs half a second.
     """
     lines = ["datatype:"]
-    for name in dtype.names:
+    for name in dtype.names or ():
         column = dtype[name]
         entry = {"name": name}
         if name in COLUMN_UNITS:

@@ -66,7 +66,8 @@ def _stats_entries(meta: dict, splits: list[str]) -> tuple[list[tuple[str, str, 
     A dataset (not a merged file) must hold the train split's statistics in
     `stats`: models take their preprocessing constants from there.
     """
-    entries, failures = [], []
+    entries: list[tuple[str, str | None, dict]] = []
+    failures: list[str] = []
     stats = meta.get("stats")
     if isinstance(stats, dict):
         entries.append(("statistics", stats.get("split"), stats))
@@ -82,7 +83,7 @@ def _stats_entries(meta: dict, splits: list[str]) -> tuple[list[tuple[str, str, 
             failures.append(f"split_stats {name}: not the statistics of split {name}")
     missing = [e for e in entries if e[1] not in splits]
     failures += [f"{label}: of split {table!r}, which the dataset does not have" for label, table, _ in missing]
-    return [e for e in entries if e[1] in splits], failures
+    return [(label, table, entry) for label, table, entry in entries if table in splits], failures
 
 
 def _result(failures: list[str], checks: list[str]) -> dict:

@@ -64,3 +64,7 @@ def test_a_registered_format_is_chosen_detected_and_named_by_the_one_registry(mo
     assert formats.detect(tmp_path / "x.npz").name == "npz" and formats.detect(tmp_path).name == "parquet"
     with pytest.raises(UsageError, match=r"is not one of 'hdf5', 'npz', 'parquet'$"):
         formats.choose("out.h5", "csv")
+
+
+def test_the_cli_format_choices_are_the_registered_formats():
+    assert [choice.value for choice in formats.FormatName] == sorted(formats.FORMATS)

@@ -162,7 +162,7 @@ def test_cli_input_changed_exit_1_one_line(tmp_path):
     args = ["build", *map(str, files), "-o", str(out), "--quiet"]
     root = str(Path(__file__).parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", hook, *args], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-c", hook, *args], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert (result.returncode, result.stdout) == (1, ""), result.stderr
     assert result.stderr == f"error: {changed_message(files[0])}\n"
     assert_nothing_written(out)

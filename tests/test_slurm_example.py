@@ -10,6 +10,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 import typer
@@ -17,6 +18,9 @@ import typer
 from cutout_etl.cli import app
 from cutout_etl.execution.dask_cluster import ClusterOptions
 from cutout_etl.inputs.scan import ReadOptions
+
+if TYPE_CHECKING:
+    from typing import Self
 
 SLURM = Path(__file__).resolve().parents[1] / "examples" / "slurm"
 
@@ -65,7 +69,7 @@ def test_sbatch_script_runs_scheduler_workers_build_and_verify(venv, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SCRATCH" and not k.startswith("SLURM_")}
     env.update(VENV=str(venv), DATA=str(data), OUT=str(out), STUB_LOG=str(log), SLURM_JOB_ID="42",
                SLURM_NTASKS="8", TMPDIR=str(tmp_path))
-    done = subprocess.run(["bash", str(SLURM / "build.sbatch")], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["bash", str(SLURM / "build.sbatch")], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     scheduler_file = out.parent / "dask-scheduler-42.json"
     lines = log.read_text().splitlines()
@@ -84,7 +88,7 @@ def test_sbatch_script_runs_scheduler_workers_build_and_verify(venv, tmp_path):
 class FakeSLURMCluster:
     """Records what the example asks dask-jobqueue for."""
 
-    made: list[FakeSLURMCluster] = []
+    made: ClassVar[list[FakeSLURMCluster]] = []
 
     def __init__(self, **kwargs) -> None:
         self.kwargs, self.jobs, self.closed = kwargs, None, False
@@ -97,7 +101,7 @@ class FakeSLURMCluster:
     def scale(self, jobs: int) -> None:
         self.jobs = jobs
 
-    def __enter__(self) -> FakeSLURMCluster:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -171,12 +172,12 @@ def test_counts_on_planted_data():
     images = planted()
     bands = accumulate(images, border=2).summary(bands=["g", "r", "i"])["bands"]
     expected = {
-        "g": dict(nan_pixels=1 + 16, inf_pixels=2, zero_pixels=0, cutouts_with_invalid=3,
-                  cutouts_no_finite=0, saturated_pixels=0, sky_cutouts=10, sky_cutouts_skipped=0),
-        "r": dict(nan_pixels=64, inf_pixels=48, zero_pixels=0, cutouts_with_invalid=2,
-                  cutouts_no_finite=1, saturated_pixels=0, sky_cutouts=8, sky_cutouts_skipped=2),
-        "i": dict(nan_pixels=0, inf_pixels=1, zero_pixels=64, cutouts_with_invalid=1,
-                  cutouts_no_finite=0, saturated_pixels=2, sky_cutouts=10, sky_cutouts_skipped=0),
+        "g": {"nan_pixels": 1 + 16, "inf_pixels": 2, "zero_pixels": 0, "cutouts_with_invalid": 3,
+                  "cutouts_no_finite": 0, "saturated_pixels": 0, "sky_cutouts": 10, "sky_cutouts_skipped": 0},
+        "r": {"nan_pixels": 64, "inf_pixels": 48, "zero_pixels": 0, "cutouts_with_invalid": 2,
+                  "cutouts_no_finite": 1, "saturated_pixels": 0, "sky_cutouts": 8, "sky_cutouts_skipped": 2},
+        "i": {"nan_pixels": 0, "inf_pixels": 1, "zero_pixels": 64, "cutouts_with_invalid": 1,
+                  "cutouts_no_finite": 0, "saturated_pixels": 2, "sky_cutouts": 10, "sky_cutouts_skipped": 0},
     }
     for band, counts in expected.items():
         stats = bands[band]
@@ -265,7 +266,7 @@ def assert_same(a: BandStats, b: BandStats, rel: float = 1e-12) -> None:
         if n == 0:
             assert all(x[k] is None and y[k] is None for k in MOMENT_KEYS)
             continue
-        rms = ((x["variance"] + x["mean"] ** 2)) ** 0.5  # root mean square of the data
+        rms = (x["variance"] + x["mean"] ** 2) ** 0.5  # root mean square of the data
         scales = {"sum": n * rms, "mean": rms, "m2": n * rms**2, "variance": rms**2, "std": rms}
         for key, scale in scales.items():
             assert abs(y[key] - x[key]) <= rel * scale, key
@@ -275,7 +276,7 @@ def assert_same(a: BandStats, b: BandStats, rel: float = 1e-12) -> None:
 
 def chunks_of(images: np.ndarray, cuts: list[int]) -> list[np.ndarray]:
     edges = [0, *sorted(cuts), len(images)]
-    return [images[lo:hi] for lo, hi in zip(edges, edges[1:])]
+    return [images[lo:hi] for lo, hi in itertools.pairwise(edges)]
 
 
 def test_merge_in_any_chunking_equals_one_pass():

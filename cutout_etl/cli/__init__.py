@@ -43,7 +43,7 @@ from .options import (
 from .render import ProgressReporter, err
 from .usage import OneLineUsageErrors, fail, one_line
 
-__all__ = ["app", "main", "one_line", "ProgressReporter"]
+__all__ = ["ProgressReporter", "app", "main", "one_line"]
 
 app = typer.Typer(
     cls=OneLineUsageErrors,
@@ -300,7 +300,7 @@ def demo_data(
     """
     from ..demo import write_demo_files
 
-    write = lambda p: write_demo_files(directory, rows=rows, seed=seed, overwrite=overwrite)  # noqa: E731
+    write = lambda p: write_demo_files(directory, rows=rows, seed=seed, overwrite=overwrite)
     paths = _run(write, opts, interrupted="no partial file written")
     result = {"files": [str(p) for p in paths], "rows_per_class": rows, "seed": seed}
     _show(result, opts, render.demo_summary, output=directory)

@@ -32,7 +32,9 @@ def default(options: type, name: str) -> Any:
     field = next(f for f in dataclasses.fields(options) if f.name == name)
     if field.default is not dataclasses.MISSING:
         return field.default
-    return field.default_factory()  # type: ignore[misc]
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    raise TypeError(f"{options.__name__}.{name} has no default")
 
 
 def argument_default(function: Callable[..., Any], name: str) -> Any:

@@ -48,10 +48,10 @@ def print_failure_json(line: str, exit_code: int) -> None:
 class OneLineUsageErrors(TyperGroup):
     """Click's usage errors (bad choice, bad number, missing argument) as one line, exit 2, like every other error."""
 
-    _args: list[str] = []
+    _args: tuple[str, ...] = ()
 
     def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
-        self._args = list(sys.argv[1:] if args is None else args)
+        self._args = tuple(sys.argv[1:] if args is None else args)
         return super().main(args, *rest, **kwargs)
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:

@@ -49,7 +49,8 @@ def remove_stale_temps(target: Path) -> list[Path]:
     A temporary of another host is never touched (its PID means nothing
     here), nor one whose process is still alive.
     """
-    prefix, host, removed = f".{target.name}{_TMP_MARK}", _host(), []
+    prefix, host = f".{target.name}{_TMP_MARK}", _host()
+    removed: list[Path] = []
     try:
         with os.scandir(target.parent) as listing:
             names = [entry.name for entry in listing if entry.name.startswith(prefix)]

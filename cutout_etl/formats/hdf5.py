@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -26,6 +27,9 @@ from ..inputs.records import Block, image_cut
 from ..schema import METADATA_ATTR, column_meta_yaml
 from .atomic import atomic_output
 from .base import OutputFormat, Sink, Table, check_metadata, is_our_metadata
+
+if TYPE_CHECKING:
+    from typing import Self
 
 
 class HDF5Format(OutputFormat):
@@ -247,13 +251,15 @@ class RowWriter:
     """
 
     def __init__(self, path: Path, offsets: Mapping[str, int | None], dtype: np.dtype) -> None:
-        self._fd = os.open(path, os.O_WRONLY)
+        self._fd: int | None = os.open(path, os.O_WRONLY)
         self._offsets = dict(offsets)
         self._cut = image_cut(dtype)
         self.rows_written = 0
 
     def write(self, table: str, positions: np.ndarray, block: Block) -> None:
-        base = self._offsets[table]
+        fd, base = self._fd, self._offsets[table]
+        if fd is None:
+            raise ValueError("write to a closed RowWriter")
         assert base is not None, f"table {table} has no storage"
         if np.any(np.diff(positions) < 0):
             order = np.argsort(positions, kind="stable")
@@ -263,7 +269,7 @@ class RowWriter:
         buffers = cut.buffers(columns, block.images, range(len(block)))
         per_row = cut.buffers_per_row
         for a, b in row_runs(positions, IOV_MAX // per_row):
-            written = os.pwritev(self._fd, buffers[a * per_row : b * per_row], base + int(positions[a]) * size)
+            written = os.pwritev(fd, buffers[a * per_row : b * per_row], base + int(positions[a]) * size)
             if written != (b - a) * size:
                 raise OSError(errno.ENOSPC, "short write")
         self.rows_written += len(block)
@@ -273,7 +279,7 @@ class RowWriter:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> RowWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -77,8 +77,11 @@ class ParquetFormat(OutputFormat):
         if foreign:
             return f"holds {foreign[0]}, which cutout-etl did not write"
         sidecar = entries.get(SIDECAR)
-        sidecar_ok = sidecar is not None and sidecar.is_file(follow_symlinks=False)
-        if not (sidecar_ok and is_our_metadata(Path(sidecar.path).read_bytes())):
+        if (
+            sidecar is None
+            or not sidecar.is_file(follow_symlinks=False)
+            or not is_our_metadata(Path(sidecar.path).read_bytes())
+        ):
             return f"not a cutout-etl Parquet dataset (no cutout-etl {SIDECAR})"
         data = entries.get(DATA_DIR)
         if data is not None:
@@ -87,7 +90,7 @@ class ParquetFormat(OutputFormat):
             with os.scandir(data.path) as shards:
                 foreign = [s.name for s in shards if not _is_shard(s)]
             if foreign:
-                return f"holds {DATA_DIR}/{sorted(foreign)[0]}, which cutout-etl did not write"
+                return f"holds {DATA_DIR}/{min(foreign)}, which cutout-etl did not write"
         return None
 
     def open_sink(
@@ -102,8 +105,8 @@ class ParquetFormat(OutputFormat):
         dtype = row_dtype(metadata)
         tables: dict[str, Table] = {}
         for name in metadata["tables"]:
-            table = tables[name] = ParquetTable(path, name, dtype)
-            closers.append(table.close)
+            opened = tables[name] = ParquetTable(path, name, dtype)
+            closers.append(opened.close)
         for name, table in tables.items():
             expected = metadata["tables_rows"][name]["rows"]
             if len(table) != expected:
@@ -284,8 +287,11 @@ class ParquetSink:
         try:
             table = records_to_table(records, self.schema)
         except UnicodeDecodeError as exc:
-            row = first_non_utf8(records["ID"])
-            raise InvalidRowError(f"{name}: row {start + row}: {not_utf8_message(records['ID'][row])}") from exc
+            ids = records["ID"]
+            row = first_non_utf8(ids)
+            if row is None:  # not an ID that failed
+                raise
+            raise InvalidRowError(f"{name}: row {start + row}: {not_utf8_message(ids[row])}") from exc
         offset = 0
         while offset < len(records):
             shard, within = divmod(start + offset, self.rows_per_shard)

@@ -14,6 +14,7 @@ import contextlib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import xxhash
@@ -88,6 +89,10 @@ class Block:
     def __len__(self) -> int:
         return len(self.columns)
 
+    @overload
+    def __getitem__(self, key: str) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, key: slice | np.ndarray) -> Block: ...
     def __getitem__(self, key: str | slice | np.ndarray) -> np.ndarray | Block:
         if isinstance(key, str):
             return self.images if key == "image" else self.columns[key]

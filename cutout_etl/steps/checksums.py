@@ -38,16 +38,16 @@ DIGESTED_METADATA = ("format_version", "classes", "bands", "image_shape", "pixel
 DIGESTED_SPLIT = ("fractions", "seed", "group_radius_arcsec", "group_by", "cell_deg")
 
 
-def _columns_digest(records: np.ndarray, columns: tuple[str, ...]) -> str:
+def _columns_digest(records: np.ndarray | Block, columns: tuple[str, ...]) -> str:
     hasher = xxhash.xxh3_128()
     for name in columns:
-        hasher.update(np.ascontiguousarray(records[name]))
+        hasher.update(np.ascontiguousarray(records[name]).data)
     return hasher.hexdigest()
 
 
 def block_checksums(records: np.ndarray | Block) -> dict:
     """Everything one block (structured records or a `Block`) contributes to its table's checksums: small, picklable."""
-    columns = {name: xxhash.xxh3_128_digest(np.ascontiguousarray(records[name])) for name in CONTENT_COLUMNS}
+    columns = {name: xxhash.xxh3_128_digest(np.ascontiguousarray(records[name]).data) for name in CONTENT_COLUMNS}
     return {
         "image": columns["image"].hex(),
         "columns": _columns_digest(records, _SMALL_CONTENT),
