@@ -176,3 +176,10 @@ def test_json_names_the_output_written(demo_files, tmp_path):
         result = invoke(*args, "--json")
         assert result.exit_code == 0, result.stderr
         assert strict_json(result.stdout)["output"] == str(output)
+
+
+@pytest.mark.parametrize("classes", ["", " , "])
+def test_an_empty_class_list_is_a_usage_error_not_the_default(class_files, tmp_path, classes):
+    result = invoke("build", *class_files, "-o", tmp_path / "out.h5", "--classes", classes)
+    assert (result.exit_code, result.stderr) == (2, "error: --classes: no class names given\n")
+    assert not (tmp_path / "out.h5").exists()

@@ -145,6 +145,14 @@ def test_build_does_not_depend_on_file_or_row_order(demo_files, tmp_path):
     assert sa == sb
 
 
+def test_every_stored_sha256_is_a_real_one(built):
+    """The run report names each input without a SHA-256 of its own: it is written before hashing ends."""
+    with h5py.File(built[0]) as f:
+        text = f.attrs[METADATA_ATTR]
+    hashes = re.findall(r'"sha256": "([^"]*)"', text)
+    assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes)
+
+
 def test_the_same_inputs_give_the_same_bytes(demo_files, tmp_path):
     """No creation or modification times in the file: a rebuild can be compared byte for byte."""
     first, second = tmp_path / "a" / "dataset.h5", tmp_path / "b" / "dataset.h5"

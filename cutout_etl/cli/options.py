@@ -144,7 +144,7 @@ def with_options(*groups: tuple[inspect.Parameter, ...]) -> Callable[[Command], 
 
 
 def class_list(opts: Opts) -> list[str] | None:
-    return opts["classes"].split(",") if opts["classes"] else None
+    return opts["classes"].split(",") if opts["classes"] is not None else None  # "" is no class: a usage error
 
 
 def read_options(opts: Opts) -> ReadOptions:

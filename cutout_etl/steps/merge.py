@@ -182,7 +182,7 @@ class Plan:
             in_file = self.scan.file_index == index
             per_file.append(
                 {
-                    **entry.describe(),
+                    **{k: v for k, v in entry.describe().items() if k != "sha256"},  # `inputs` has it, once hashed
                     "labels": dict(sorted(entry.label_counts.items())),
                     "rows_kept": int(np.count_nonzero(self.keep & in_file)),
                     "dropped": {r: int(np.count_nonzero(m & in_file)) for r, m in self.dropped.items()},
