@@ -109,9 +109,11 @@ def count_rows(dataset: Path) -> int:
 def require_free_disk(where: Path, needed: float) -> None:
     free = shutil.disk_usage(where).free
     if free < needed:
-        raise BenchError(f"--scaling needs {needed / 1e9:.0f} GB free in {where} "
-                         f"(100,000 rows per class is 6.2 GB of input plus 6.2 GB of output); "
-                         f"found {free / 1e9:.1f} GB")
+        raise BenchError(
+            f"--scaling needs {needed / 1e9:.0f} GB free in {where} "
+            f"(100,000 rows per class is 6.2 GB of input plus 6.2 GB of output); "
+            f"found {free / 1e9:.1f} GB"
+        )
 
 
 def measure_main(workdir: Path, rows: int, repeat: int) -> dict:
@@ -128,10 +130,18 @@ def measure_main(workdir: Path, rows: int, repeat: int) -> dict:
         print(f"round {number} of {repeat} ...", file=sys.stderr, flush=True)
         rounds.append(measure_round(workdir, files, check=number == 1))
     total = rounds[0].pop("rows_found")
-    print(f"correctness: {total} rows accounted for (kept or dropped with a reason), expected {3 * rows}: "
-          f"{'OK' if total == 3 * rows else 'MISMATCH'}")
-    return {"rows_per_class": rows, "input_mb": input_bytes / MB, "generation_s": gen_s,
-            "rows_found": total, "rows_ok": total == 3 * rows, "rounds": rounds}
+    print(
+        f"correctness: {total} rows accounted for (kept or dropped with a reason), expected {3 * rows}: "
+        f"{'OK' if total == 3 * rows else 'MISMATCH'}"
+    )
+    return {
+        "rows_per_class": rows,
+        "input_mb": input_bytes / MB,
+        "generation_s": gen_s,
+        "rows_found": total,
+        "rows_ok": total == 3 * rows,
+        "rounds": rounds,
+    }
 
 
 def measure_round(workdir: Path, files: list[Path], check: bool) -> dict:
@@ -222,8 +232,12 @@ def measure_scaling(base: Path) -> dict:
             total = count_rows(workdir / "dataset.h5")
         finally:
             shutil.rmtree(workdir)
-        points[rows] = {"wall_s": built.wall_s, "peak_rss_mb": built.peak_rss_mb,
-                        "rows_found": total, "rows_ok": total == 3 * rows}
+        points[rows] = {
+            "wall_s": built.wall_s,
+            "peak_rss_mb": built.peak_rss_mb,
+            "rows_found": total,
+            "rows_ok": total == 3 * rows,
+        }
     small, big = (points[r]["peak_rss_mb"] for r in SCALING_ROWS)
     ratio = Ratio(f"RSS({SCALING_ROWS[1] // 1000}k) / RSS({SCALING_ROWS[0] // 1000}k)", big / small, "<=", 1.25)
     print(f"\n{'rows/class':<12}{'wall s':>10}{'peak RSS MB':>14}{'rows ok':>9}")
@@ -236,10 +250,12 @@ def measure_scaling(base: Path) -> dict:
 
 def print_notes() -> None:
     launcher_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
-    print("\nnotes: MB = 10^6 bytes; MB/s is input size / wall time. The page cache was not dropped"
-          " (needs root): the inputs are warm in it for cp, build and by-hand alike. os.sync() ran"
-          " untimed before each step. Wall time includes interpreter start-up. Linux counts the"
-          f" launcher's own peak ({launcher_mb:.0f} MB) in every child's peak RSS, so cp's figure is a floor.")
+    print(
+        "\nnotes: MB = 10^6 bytes; MB/s is input size / wall time. The page cache was not dropped"
+        " (needs root): the inputs are warm in it for cp, build and by-hand alike. os.sync() ran"
+        " untimed before each step. Wall time includes interpreter start-up. Linux counts the"
+        f" launcher's own peak ({launcher_mb:.0f} MB) in every child's peak RSS, so cp's figure is a floor."
+    )
 
 
 def benchmark(args: argparse.Namespace) -> int:
@@ -257,9 +273,14 @@ def benchmark(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir)
     ratios, ranges = median_ratios(result["rounds"])
     print_main(result, ratios, ranges)
-    report = {**result, "rounds": [{k: {"wall_s": r.wall_s, "peak_rss_mb": r.peak_rss_mb} for k, r in runs.items()}
-                                   for runs in result["rounds"]],
-              "ratios": {r.name: {**r.as_dict(), "range": ranges[r.name]} for r in ratios}}
+    report = {
+        **result,
+        "rounds": [
+            {k: {"wall_s": r.wall_s, "peak_rss_mb": r.peak_rss_mb} for k, r in runs.items()}
+            for runs in result["rounds"]
+        ],
+        "ratios": {r.name: {**r.as_dict(), "range": ranges[r.name]} for r in ratios},
+    }
     if args.scaling:
         report["scaling"] = measure_scaling(base)
     print_notes()
@@ -270,6 +291,7 @@ def benchmark(args: argparse.Namespace) -> int:
 
 
 # --- children: each runs in its own process --------------------------------------------------
+
 
 def write_inputs(directory: Path, rows: int) -> None:
     from cutout_etl.demo import write_demo_files
@@ -325,12 +347,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, help="rows per class (e.g. 30000)")
     parser.add_argument("--workdir", help="where to put the temporary files (default: the system temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files and outputs")
-    parser.add_argument("--scaling", action="store_true",
-                        help=f"also build {SCALING_ROWS[0]} and {SCALING_ROWS[1]} rows per class and compare peak RSS")
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help=f"also build {SCALING_ROWS[0]} and {SCALING_ROWS[1]} rows per class and compare peak RSS",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write all numbers as JSON to PATH")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of every step; medians are reported (default 3)")
-    parser.add_argument("--by-hand", nargs="+", type=Path, metavar="FILE",
-                        help="run only the by-hand script on FILEs (needs --out)")
+    parser.add_argument(
+        "--by-hand", nargs="+", type=Path, metavar="FILE", help="run only the by-hand script on FILEs (needs --out)"
+    )
     parser.add_argument("--out", type=Path, help="output directory of --by-hand")
     parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--check", type=Path, help=argparse.SUPPRESS)

@@ -96,10 +96,16 @@ def main() -> None:
         rows = sum(t["rows"] for t in local["tables_rows"].values())
         row_bytes = 4 * int(__import__("numpy").prod(local["image_shape"])) + 100
         block_mb = args.chunk_rows * row_bytes / MB
-        print(f"{rows} rows, {rows * row_bytes / MB:.0f} MB; blocks of {args.chunk_rows} rows = {block_mb:.1f} MB; "
-              f"{args.blocks_per_task} blocks a task")
-        print(f"{'run':<12} {'build s':>8} {'write s':>8} {'rows/s':>8} {'MB/s':>6}  worker RSS MB (before -> peak, growth)")
-        print(f"{'local':<12} {wall:8.2f} {write:8.2f} {rows / write:8.0f} {rows * row_bytes / MB / write:6.0f}  (client process)")
+        print(
+            f"{rows} rows, {rows * row_bytes / MB:.0f} MB; blocks of {args.chunk_rows} rows = {block_mb:.1f} MB; "
+            f"{args.blocks_per_task} blocks a task"
+        )
+        print(
+            f"{'run':<12} {'build s':>8} {'write s':>8} {'rows/s':>8} {'MB/s':>6}  worker RSS MB (before -> peak, growth)"
+        )
+        print(
+            f"{'local':<12} {wall:8.2f} {write:8.2f} {rows / write:8.0f} {rows * row_bytes / MB / write:6.0f}  (client process)"
+        )
         for n in args.workers:
             with (
                 LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
@@ -111,11 +117,16 @@ def main() -> None:
                 after = client.run(peak_rss_mb)
             if metadata["digest"] != local["digest"]:
                 sys.exit(f"dask with {n} workers: digest {metadata['digest']} differs from the local {local['digest']}")
-            memory = ", ".join(f"{before[w]:.0f} -> {after[w]:.0f} (+{after[w] - before[w]:.0f} = {(after[w] - before[w]) / block_mb:.1f} blocks)" for w in sorted(after))
+            memory = ", ".join(
+                f"{before[w]:.0f} -> {after[w]:.0f} (+{after[w] - before[w]:.0f} = {(after[w] - before[w]) / block_mb:.1f} blocks)"
+                for w in sorted(after)
+            )
             worst = max(after[w] - before[w] for w in after) / block_mb
             if worst > BOUND_BLOCKS:
                 sys.exit(f"dask with {n} workers: a worker grew by {worst:.1f} blocks (bound {BOUND_BLOCKS})")
-            print(f"{f'dask x{n}':<12} {wall:8.2f} {write:8.2f} {rows / write:8.0f} {rows * row_bytes / MB / write:6.0f}  {memory}")
+            print(
+                f"{f'dask x{n}':<12} {wall:8.2f} {write:8.2f} {rows / write:8.0f} {rows * row_bytes / MB / write:6.0f}  {memory}"
+            )
         print(f"digests: equal to the local path's; worker growth within {BOUND_BLOCKS} blocks")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -135,8 +135,13 @@ def measure(path: Path, batch_size: int, repeats: int, train_steps: int) -> dict
 
     results["train_step"] = median_rate(train_steps * batch_size, train_run, repeats)
     results.update(
-        rows=n, batch_size=batch_size, repeats=repeats, split_mb=round(images.nbytes / 1e6, 1),
-        raw_reads=loader._layout is not None, keras=keras.__version__, backend=keras.backend.backend(),
+        rows=n,
+        batch_size=batch_size,
+        repeats=repeats,
+        split_mb=round(images.nbytes / 1e6, 1),
+        raw_reads=loader._layout is not None,
+        keras=keras.__version__,
+        backend=keras.backend.backend(),
         cpus=os.cpu_count(),
     )
     return results

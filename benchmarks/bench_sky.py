@@ -60,7 +60,9 @@ def main() -> None:
     t_astropy, reference = timed(astropy_search, ra, dec, args.radius)
     same = {tuple(p) for p in pairs.tolist()} == {tuple(sorted(p)) for p in reference.tolist()}
     sizes = np.bincount(groups)
-    print(f"{args.n} positions, radius {args.radius} arcsec: {len(pairs)} pairs, {(sizes > 1).sum()} groups, largest {sizes.max()}")
+    print(
+        f"{args.n} positions, radius {args.radius} arcsec: {len(pairs)} pairs, {(sizes > 1).sum()} groups, largest {sizes.max()}"
+    )
     print(f"cutout-etl pairs + friends-of-friends  {t_ours:8.2f} s")
     print(f"astropy search_around_sky (pairs only) {t_astropy:8.2f} s")
     print(f"astropy / cutout-etl                   {t_astropy / t_ours:8.2f}x   same pairs: {same}")

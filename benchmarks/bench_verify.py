@@ -73,8 +73,11 @@ def benchmark(args: argparse.Namespace) -> int:
     ratio = points["large"]["peak_rss_mb"] / points["small"]["peak_rss_mb"]
     checks = {
         "RSS(large) / RSS(small)": {"value": ratio, "target": f"<= {RATIO_LIMIT:g}", "pass": ratio <= RATIO_LIMIT},
-        "RSS(large) MB": {"value": points["large"]["peak_rss_mb"], "target": f"<= {LARGE_RSS_LIMIT_MB:g}",
-                          "pass": points["large"]["peak_rss_mb"] <= LARGE_RSS_LIMIT_MB},
+        "RSS(large) MB": {
+            "value": points["large"]["peak_rss_mb"],
+            "target": f"<= {LARGE_RSS_LIMIT_MB:g}",
+            "pass": points["large"]["peak_rss_mb"] <= LARGE_RSS_LIMIT_MB,
+        },
     }
     print(f"{'size':<8}{'rows':>10}{'verify s':>10}{'peak RSS MB':>14}{'ok':>5}")
     for name, p in points.items():
@@ -92,6 +95,7 @@ def benchmark(args: argparse.Namespace) -> int:
 
 
 # --- children: each runs in its own process --------------------------------------------------
+
 
 def generate(workdir: Path, rows: int) -> None:
     """Demo class files of `rows` rows in total, built into workdir/dataset.h5; the inputs are then removed."""
@@ -116,13 +120,19 @@ def measure_verify(dataset: Path) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
     with open_dataset(dataset) as ds:
         rows = sum(len(ds[s]) for s in ds.splits)
-    print(json.dumps({"rows": rows, "wall_s": wall, "peak_rss_mb": peak, "ok": result["ok"], "failures": result["failures"][:5]}))
+    print(
+        json.dumps(
+            {"rows": rows, "wall_s": wall, "peak_rss_mb": peak, "ok": result["ok"], "failures": result["failures"][:5]}
+        )
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=int, default=10_000, help="rows in total of the small dataset (default 10000)")
-    parser.add_argument("--large", type=int, default=100_000, help="rows in total of the large dataset (default 100000)")
+    parser.add_argument(
+        "--large", type=int, default=100_000, help="rows in total of the large dataset (default 100000)"
+    )
     parser.add_argument("--workdir", help="where to put the temporary files (default: the system temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the generated datasets")
     parser.add_argument("--json", metavar="PATH", help="also write all numbers as JSON to PATH")

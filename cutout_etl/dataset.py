@@ -42,7 +42,9 @@ class Split:
         """The HDF5 table itself, for raw reads of one column or of whole rows; None for other formats."""
         return getattr(self._table, "hdf5_table", None)
 
-    def batches(self, batch_size: int = 256, start: int = 0, stop: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(
+        self, batch_size: int = 256, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (images float32 (N, H, W, bands), labels int64 (N,)) in stored order."""
         stop = len(self) if stop is None else min(stop, len(self))
         for first in range(start, stop, batch_size):

@@ -85,8 +85,16 @@ from .errors import ForeignOutputError
 from .formats import atomic
 
 __all__ = [  # the source models live in demo_sources, the rendering in demo_render; this module writes the files
-    "BANDS", "DEFAULT_BLOCK", "DEMO_ATTR", "DEMO_FILES", "IMAGE_SIZE", "NEIGHBOUR_FRACTION", "PIXEL_SCALE", "SKY_SIGMA",
-    "make_class_table", "write_demo_files",
+    "BANDS",
+    "DEFAULT_BLOCK",
+    "DEMO_ATTR",
+    "DEMO_FILES",
+    "IMAGE_SIZE",
+    "NEIGHBOUR_FRACTION",
+    "PIXEL_SCALE",
+    "SKY_SIGMA",
+    "make_class_table",
+    "write_demo_files",
 ]
 
 DEMO_FILES: dict[str, str] = {
@@ -208,4 +216,3 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise TypeError(f"{name} must be an integer (got {value!r})")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum} (got {value})")
-

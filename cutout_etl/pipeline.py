@@ -311,10 +311,14 @@ def _check_cluster(options: ClusterOptions | None, out: str | Path, output: Outp
     options.check()
     fmt = formats.choose(out, output.format)
     if not options.is_local and not fmt.distributed_writes:
-        raise UsageError(f"{out}: --scheduler {options.scheduler}: {fmt.title} output is written by the local path only; write HDF5, then `cutout-etl convert`")
+        raise UsageError(
+            f"{out}: --scheduler {options.scheduler}: {fmt.title} output is written by the local path only; write HDF5, then `cutout-etl convert`"
+        )
 
 
-def open_sink(tmp: Path, fmt: OutputFormat, rows: dict[str, int], dtype: np.dtype, classes: Sequence[str], output: OutputOptions) -> Sink:
+def open_sink(
+    tmp: Path, fmt: OutputFormat, rows: dict[str, int], dtype: np.dtype, classes: Sequence[str], output: OutputOptions
+) -> Sink:
     return fmt.open_sink(tmp, rows, dtype, classes, output.rows_per_shard)
 
 
@@ -357,6 +361,8 @@ def convert(
             digest = metadata.get("digest")
             seal(metadata, {name: c.to_dict() for name, c in checksums.items()})
             if digest is not None and metadata["digest"] != digest:
-                raise DatasetError(f"{path}: converted content differs from the source (digest {metadata['digest']} != {digest})")
+                raise DatasetError(
+                    f"{path}: converted content differs from the source (digest {metadata['digest']} != {digest})"
+                )
             sink.finish(metadata)
     return metadata

@@ -73,15 +73,36 @@ OUTPUT_COLUMNS = (
     OutputColumn("ID", "id", "S{id_bytes}", "string", "content", "survey object name"),
     OutputColumn("RAJ2000", "ra", "<f8", "float64", "content", "right ascension (J2000)", "deg"),
     OutputColumn("DECJ2000", "dec", "<f8", "float64", "content", "declination (J2000)", "deg"),
-    OutputColumn("SPECTYPE", "spectype", "S{class_bytes}", "string", "content",
-                 "spectroscopic class, normalised (stripped, upper case)"),
-    OutputColumn("label", "label", "<i8", "int64", "content", "integer class code: index into the metadata's classes",
-                 hf="ClassLabel"),
+    OutputColumn(
+        "SPECTYPE",
+        "spectype",
+        "S{class_bytes}",
+        "string",
+        "content",
+        "spectroscopic class, normalised (stripped, upper case)",
+    ),
+    OutputColumn(
+        "label",
+        "label",
+        "<i8",
+        "int64",
+        "content",
+        "integer class code: index into the metadata's classes",
+        hf="ClassLabel",
+    ),
     OutputColumn("source_file", "source_file", "<i2", "int16", "provenance", "index into the metadata's inputs list"),
     OutputColumn("source_row", "source_row", "<i8", "int64", "provenance", "row of this object in its source file"),
-    OutputColumn("image", "image", "<f4", "float32", "content",
-                 "cutout, channels last (H, W, bands), raw flux copied bit-exact",
-                 PIXEL_UNIT_ASTROPY, hf="Sequence", shaped=True),
+    OutputColumn(
+        "image",
+        "image",
+        "<f4",
+        "float32",
+        "content",
+        "cutout, channels last (H, W, bands), raw flux copied bit-exact",
+        PIXEL_UNIT_ASTROPY,
+        hf="Sequence",
+        shaped=True,
+    ),
 )
 
 
@@ -163,10 +184,10 @@ class RowCut:
         for i, slot in enumerate(slots):
             start = i * width
             if cut:
-                out.append(rest_bytes[start:start + cut])
-            out.append(field_bytes[slot * size:(slot + 1) * size])
+                out.append(rest_bytes[start : start + cut])
+            out.append(field_bytes[slot * size : (slot + 1) * size])
             if cut < width:
-                out.append(rest_bytes[start + cut:start + width])
+                out.append(rest_bytes[start + cut : start + width])
         return out
 
 

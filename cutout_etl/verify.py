@@ -37,13 +37,22 @@ def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
         for name in ds.splits:
             block_rows = stored[name]["block_rows"]
             table_acc = BandStats(n_bands=len(ds.bands)) if name in stats_tables else None
-            recomputed[name], table_ids, table_positions = _scan_table(ds, name, block_rows, table_acc, failures, progress)
+            recomputed[name], table_ids, table_positions = _scan_table(
+                ds, name, block_rows, table_acc, failures, progress
+            )
             ids.append(table_ids)
             positions.append(table_positions)
             if table_acc is not None:
                 accs[name] = table_acc
             failures += _compare_blocks(name, stored[name], recomputed[name], block_rows)
-    checks = ["block checksums", "row and class counts", "labels", "IDs unique across splits", "content digest", "provenance"]
+    checks = [
+        "block checksums",
+        "row and class counts",
+        "labels",
+        "IDs unique across splits",
+        "content digest",
+        "provenance",
+    ]
     failures += _unique_ids(ds.splits, ids)
     failures += _neighbours(meta, positions)
     checks.append("no neighbours or duplicate positions across splits")
@@ -96,7 +105,9 @@ def _blocks(ds: Dataset, name: str, block_rows: int) -> Iterator[np.ndarray]:
         yield split.read(start, start + block_rows)
 
 
-def _scan_table(ds: Dataset, name: str, block_rows: int, acc: BandStats | None, failures: list[str], progress: ProgressFn):
+def _scan_table(
+    ds: Dataset, name: str, block_rows: int, acc: BandStats | None, failures: list[str], progress: ProgressFn
+):
     """One pass over a table: checksums, counts, label checks, IDs, statistics."""
     checksums = TableChecksums(block_rows)
     n_classes = len(ds.classes)
@@ -159,7 +170,9 @@ def _unique_ids(splits: list[str], ids: list[np.ndarray]) -> list[str]:
         return []
     across = np.minimum.reduceat(split_of, starts) != np.maximum.reduceat(split_of, starts)
     names = ", ".join(v.decode(errors="replace") for v in every[starts[repeated]][:5])
-    return [f"{int(repeated.sum())} IDs appear more than once ({int(across.sum())} of them in two splits), e.g. {names}"]
+    return [
+        f"{int(repeated.sum())} IDs appear more than once ({int(across.sum())} of them in two splits), e.g. {names}"
+    ]
 
 
 def _neighbours(meta: dict, positions: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:

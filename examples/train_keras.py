@@ -44,11 +44,15 @@ from cutout_etl.ml.keras_support import (
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", type=Path, help="a dataset written by `cutout-etl build`")
-    parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (early stopping may end sooner; default 20)")
+    parser.add_argument(
+        "--epochs", type=int, default=20, help="maximum epochs (early stopping may end sooner; default 20)"
+    )
     parser.add_argument("--batch-size", type=int, default=128, help="default 128")
     parser.add_argument("--out", type=Path, default=Path("keras_run"), help="output directory (default keras_run)")
     parser.add_argument("--seed", type=int, default=0, help="weights, dropout and batch order (default 0)")
-    parser.add_argument("--patience", type=int, default=4, help="epochs without val-loss improvement before stopping (default 4)")
+    parser.add_argument(
+        "--patience", type=int, default=4, help="epochs without val-loss improvement before stopping (default 4)"
+    )
     parser.add_argument("--preprocessing", choices=MODES, default="asinh", help="flux transform (default asinh)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     return parser.parse_args(argv)
@@ -63,7 +67,9 @@ def run(argv: list[str] | None = None) -> tuple[keras.Model, dict]:
     """As `main`, also returning the trained model as it was before saving."""
     args = parse_args(argv)
     if importlib.util.find_spec("matplotlib") is None:  # fail now, not after training
-        raise SystemExit("train_keras.py draws history.png and confusion.png with matplotlib: pip install 'cutout-etl[plot]'")
+        raise SystemExit(
+            "train_keras.py draws history.png and confusion.png with matplotlib: pip install 'cutout-etl[plot]'"
+        )
     keras.utils.set_random_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     ds = open_dataset(args.dataset)
@@ -82,8 +88,13 @@ def run(argv: list[str] | None = None) -> tuple[keras.Model, dict]:
     started = time.perf_counter()
     # shuffle=False: the loader shuffles its row blocks from --seed itself.
     history = model.fit(
-        train, validation_data=val, epochs=args.epochs, class_weight=weights,
-        callbacks=[stop], shuffle=False, verbose=2,
+        train,
+        validation_data=val,
+        epochs=args.epochs,
+        class_weight=weights,
+        callbacks=[stop],
+        shuffle=False,
+        verbose=2,
     )
     train_seconds = time.perf_counter() - started
 

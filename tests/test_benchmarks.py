@@ -14,7 +14,10 @@ def test_bench_build_reports_every_step_and_ratio(tmp_path):
     report = tmp_path / "report.json"
     done = subprocess.run(
         [sys.executable, BENCHMARK, "--rows", "40", "--repeat", "2", "--workdir", tmp_path, "--json", report],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "correctness: 120 rows accounted for" in done.stdout and "OK" in done.stdout
@@ -35,7 +38,10 @@ def test_bench_verify_reports_both_peaks_and_their_ratio(tmp_path):
     report = tmp_path / "report.json"
     done = subprocess.run(
         [sys.executable, VERIFY_BENCHMARK, "--small", "30", "--large", "90", "--workdir", tmp_path, "--json", report],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert done.returncode in (0, 1), done.stderr  # 1: a target missed; at these sizes that says nothing
     figures = json.loads(report.read_text())

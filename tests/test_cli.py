@@ -36,7 +36,12 @@ def test_build_json_summary_is_the_only_stdout(demo_files, tmp_path):
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["kind"] == "dataset"
-    assert summary["tables_rows"]["train"]["rows"] + summary["tables_rows"]["val"]["rows"] + summary["tables_rows"]["test"]["rows"] == 3 * DEMO_ROWS
+    assert (
+        summary["tables_rows"]["train"]["rows"]
+        + summary["tables_rows"]["val"]["rows"]
+        + summary["tables_rows"]["test"]["rows"]
+        == 3 * DEMO_ROWS
+    )
     assert "stats" in summary
 
 
@@ -84,7 +89,14 @@ def test_inspect_clean_files_exit_0_json(demo_files):
     assert report["ok"] and report["errors"] == 0
     first = report["files"][0]
     assert first["rows"] == DEMO_ROWS and first["labels"] == {"GALAXY": DEMO_ROWS}
-    assert first["image"] == {"column": "image", "height": 36, "width": 36, "bands": 4, "band_names": ["u", "g", "r", "i"], "dtype": "float32"}
+    assert first["image"] == {
+        "column": "image",
+        "height": 36,
+        "width": 36,
+        "bands": 4,
+        "band_names": ["u", "g", "r", "i"],
+        "dtype": "float32",
+    }
     assert [c["name"] for c in first["columns"]] == ["ID", "RAJ2000", "DECJ2000", "SPECTYPE", "image"]
     assert set(first["pixels"]) == {"u", "g", "r", "i"}
     assert first["pixels"]["r"]["min"] < 0 < first["pixels"]["r"]["max"]
@@ -100,18 +112,30 @@ def test_inspect_reports_problems(tmp_path):
     qso = make_table(5, b"QSO", 0)  # IDs 0..4: same label as stars' 0..2
     broken = tmp_path / "broken.hdf5"
     broken.write_text("nope")
-    files = [write_table(stars, tmp_path / "stars.hdf5"), write_table(gal, tmp_path / "gal.hdf5"), write_table(qso, tmp_path / "qso.hdf5"), broken]
+    files = [
+        write_table(stars, tmp_path / "stars.hdf5"),
+        write_table(gal, tmp_path / "gal.hdf5"),
+        write_table(qso, tmp_path / "qso.hdf5"),
+        broken,
+    ]
     result = invoke("inspect", *files, "--json")
     assert result.exit_code == 1
     report = json.loads(result.stdout)
-    messages = {(p["level"], p["file"], p["message"].split(" e.g.")[0].split(";")[0], p["count"]) for p in report["problems"]}
+    messages = {
+        (p["level"], p["file"], p["message"].split(" e.g.")[0].split(";")[0], p["count"]) for p in report["problems"]
+    }
     assert ("error", "broken.hdf5", f"{broken}: not an HDF5 file", None) in messages
     assert ("warning", "stars.hdf5", "3 rows are not labelled STAR, the file's majority class", 3) in messages
     assert ("warning", "stars.hdf5", "rows whose image has no finite pixel (merge drops them)", 1) in messages
     assert ("warning", "stars.hdf5", "rows with some NaN/inf pixels (kept)", 1) in messages
     assert ("warning", "stars.hdf5", "IDs appear more than once in the file,", 1) in messages
     shared = {m for m in messages if m[1] is None}
-    assert ("error", None, "IDs carry conflicting labels (within a file or across files),", 9) in shared  # ID 7 is gone from stars
+    assert (
+        "error",
+        None,
+        "IDs carry conflicting labels (within a file or across files),",
+        9,
+    ) in shared  # ID 7 is gone from stars
     stars_report = report["files"][0]
     assert stars_report["pixels"]["u"]["nan_pixels"] == 36 * 36 and stars_report["pixels"]["u"]["inf_pixels"] == 1
     assert stars_report["rows_no_finite_pixel"] == 1
@@ -122,7 +146,9 @@ def test_inspect_shape_mismatch_is_an_error(tmp_path):
         write_table(make_table(5, b"STAR", 0), tmp_path / "a.hdf5"),
         write_table(make_table(5, b"QSO", 10, shape=(32, 32, 4)), tmp_path / "b.hdf5"),
     ]
-    result = invoke("inspect", *files, "--json", "--classes", "QSO,STAR")  # the classes present: the shapes are the one error
+    result = invoke(
+        "inspect", *files, "--json", "--classes", "QSO,STAR"
+    )  # the classes present: the shapes are the one error
     assert result.exit_code == 1
     problems = json.loads(result.stdout)["problems"]
     assert problems[-1]["message"] == "image shapes differ across files: a.hdf5 (36, 36, 4); b.hdf5 (32, 32, 4)"
@@ -132,7 +158,11 @@ def test_demo_data_command(tmp_path):
     result = invoke("demo-data", tmp_path / "d", "--rows", "10", "--json")
     assert result.exit_code == 0
     files = json.loads(result.stdout)["files"]
-    assert [Path(f).name for f in files] == ["image_table_galaxies.hdf5", "image_table_qso.hdf5", "image_table_stars.hdf5"]
+    assert [Path(f).name for f in files] == [
+        "image_table_galaxies.hdf5",
+        "image_table_qso.hdf5",
+        "image_table_stars.hdf5",
+    ]
     with h5py.File(files[0]) as f:
         assert f["data"].shape == (10,)
 
@@ -140,10 +170,14 @@ def test_demo_data_command(tmp_path):
 def test_installed_console_script(demo_files, tmp_path):
     script = Path(sys.executable).parent / "cutout-etl"
     out = tmp_path / "ds.h5"
-    done = subprocess.run([script, "build", *map(str, demo_files), "-o", str(out), "--json"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [script, "build", *map(str, demo_files), "-o", str(out), "--json"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["tables_rows"]["test"]["rows"] == 54
-    again = subprocess.run([script, "build", *map(str, demo_files), "-o", str(out)], capture_output=True, text=True, check=False)
+    again = subprocess.run(
+        [script, "build", *map(str, demo_files), "-o", str(out)], capture_output=True, text=True, check=False
+    )
     assert again.returncode == 2
     assert again.stderr == f"error: {out}: output exists; use --overwrite to replace it\n"
 

@@ -91,7 +91,9 @@ def test_an_error_in_a_task_comes_back_as_the_library_error(files, cluster, tmp_
             os.truncate(copies[0], copies[0].stat().st_size // 2)
 
     with pytest.raises(InputChangedError) as caught:
-        pipeline.build(copies, tmp_path / "out.h5", ReadOptions(chunk_rows=CHUNK), progress=truncate_after_scan, cluster=cluster)
+        pipeline.build(
+            copies, tmp_path / "out.h5", ReadOptions(chunk_rows=CHUNK), progress=truncate_after_scan, cluster=cluster
+        )
     assert copies[0].name in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "out.h5").exists()
 
@@ -110,12 +112,17 @@ def test_cli_build_with_a_local_cluster(files, tmp_path):
     from cutout_etl.cli import app
 
     common = ["build", *map(str, files), "--chunk-rows", str(CHUNK), "-q"]
-    result = CliRunner().invoke(app, [*common, "-o", str(tmp_path / "d.h5"), "--scheduler", "dask", "--workers", "2", "--json"])
+    result = CliRunner().invoke(
+        app, [*common, "-o", str(tmp_path / "d.h5"), "--scheduler", "dask", "--workers", "2", "--json"]
+    )
     assert result.exit_code == 0, result.stderr
     assert verify(tmp_path / "d.h5")["ok"]
     result = CliRunner().invoke(app, [*common, "-o", str(tmp_path / "x.h5"), "--scheduler", "nowhere"])
     assert result.exit_code == 2
-    assert result.stderr == "error: --scheduler: 'nowhere' is not local, dask or a scheduler address such as tcp://host:8786\n"
+    assert (
+        result.stderr
+        == "error: --scheduler: 'nowhere' is not local, dask or a scheduler address such as tcp://host:8786\n"
+    )
 
 
 def test_stats_on_dask_equal_local(built, cluster):

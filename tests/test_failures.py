@@ -83,7 +83,10 @@ def missing_image(tmp_path):
     t = make_table(5, b"STAR", 200)
     t.rename_column("image", "cutout")
     bad = write_table(t, tmp_path / "stars.hdf5")
-    return [*good(tmp_path), bad], f"{bad}: table 'data' has no column 'image' (columns: ID, RAJ2000, DECJ2000, SPECTYPE, cutout)"
+    return [
+        *good(tmp_path),
+        bad,
+    ], f"{bad}: table 'data' has no column 'image' (columns: ID, RAJ2000, DECJ2000, SPECTYPE, cutout)"
 
 
 def missing_label(tmp_path):
@@ -91,7 +94,10 @@ def missing_label(tmp_path):
     t = make_table(5, b"STAR", 200)
     t.remove_column("SPECTYPE")
     bad = write_table(t, tmp_path / "stars.hdf5")
-    return [*good(tmp_path), bad], f"{bad}: table 'data' has no column 'SPECTYPE' (columns: ID, RAJ2000, DECJ2000, image)"
+    return [
+        *good(tmp_path),
+        bad,
+    ], f"{bad}: table 'data' has no column 'SPECTYPE' (columns: ID, RAJ2000, DECJ2000, image)"
 
 
 def numeric_label(tmp_path):
@@ -111,7 +117,10 @@ def wrong_shape(tmp_path):
 def channels_first(tmp_path):
     """Images stored (bands, H, W)."""
     bad = write_table(make_table(5, b"STAR", 200, shape=(4, 36, 36)), tmp_path / "stars.hdf5")
-    return [*good(tmp_path), bad], f"{bad}: image column 'image' looks channels-first (4, 36, 36); expected channels last (H, W, bands)"
+    return [
+        *good(tmp_path),
+        bad,
+    ], f"{bad}: image column 'image' looks channels-first (4, 36, 36); expected channels last (H, W, bands)"
 
 
 def shapes_differ(tmp_path):
@@ -215,7 +224,14 @@ def write_with_binary128(table: Table, path: Path, column: str, after: str, chun
         offsets[name], size = size, size + rows.dtype[name].itemsize
         if name == after:
             extra, size = size, size + 16
-    memory = np.dtype({"names": list(offsets), "formats": [rows.dtype[n] for n in offsets], "offsets": list(offsets.values()), "itemsize": size})
+    memory = np.dtype(
+        {
+            "names": list(offsets),
+            "formats": [rows.dtype[n] for n in offsets],
+            "offsets": list(offsets.values()),
+            "itemsize": size,
+        }
+    )
     data = np.zeros(len(rows), memory)
     file_type = h5t.create(h5t.COMPOUND, size)
     for name, offset in offsets.items():
@@ -246,7 +262,9 @@ def filter_not_installed(tmp_path):
     rows = make_table(5, b"STAR", 200).as_array()
     bad = tmp_path / "stars.hdf5"
     with h5py.File(bad, "w") as f:
-        ds = f.create_dataset("data", shape=rows.shape, dtype=rows.dtype, chunks=rows.shape, compression=32001, allow_unknown_filter=True)
+        ds = f.create_dataset(
+            "data", shape=rows.shape, dtype=rows.dtype, chunks=rows.shape, compression=32001, allow_unknown_filter=True
+        )
         ds.id.write_direct_chunk((0,), rows.tobytes())  # stored as is: only the filter's absence matters
     return [*good(tmp_path), bad], (
         f"{bad}: table 'data' is compressed with the Blosc filter (HDF5 filter id 32001), "
@@ -255,10 +273,29 @@ def filter_not_installed(tmp_path):
 
 
 BROKEN = [
-    not_hdf5, truncated, directory, missing_file, no_table, several_tables, zero_rows,
-    missing_image, missing_label, numeric_label, wrong_shape, channels_first, shapes_differ,
-    unknown_labels, conflicting_ids, same_file_twice, copy_of_a_file,
-    ra_as_text, dec_as_pairs, corrupt_table_name, corrupt_meta_name, unreadable_position, filter_not_installed,
+    not_hdf5,
+    truncated,
+    directory,
+    missing_file,
+    no_table,
+    several_tables,
+    zero_rows,
+    missing_image,
+    missing_label,
+    numeric_label,
+    wrong_shape,
+    channels_first,
+    shapes_differ,
+    unknown_labels,
+    conflicting_ids,
+    same_file_twice,
+    copy_of_a_file,
+    ra_as_text,
+    dec_as_pairs,
+    corrupt_table_name,
+    corrupt_meta_name,
+    unreadable_position,
+    filter_not_installed,
 ]
 
 
@@ -324,7 +361,9 @@ def test_existing_output_refused_without_overwrite(tmp_path):
 def test_failed_build_leaves_existing_output_untouched(tmp_path):
     inputs, _ = unknown_labels(tmp_path)
     out = tmp_path / "dataset.h5"
-    assert run_cli("build", *inputs, "-o", out, "--drop-unknown", "--quiet")[0] == 0  # --overwrite replaces only our outputs
+    assert (
+        run_cli("build", *inputs, "-o", out, "--drop-unknown", "--quiet")[0] == 0
+    )  # --overwrite replaces only our outputs
     before = out.read_bytes()
     code, _, _ = run_cli("build", *inputs, "-o", out, "--overwrite")
     assert code == 1 and out.read_bytes() == before
@@ -389,7 +428,8 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
     script = Path(sys.executable).parent / "cutout-etl"
     child = subprocess.Popen(
         [script, "build", *map(str, files), "-o", str(out_dir / "dataset.h5"), "--chunk-rows", "4"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 30
     while not list(out_dir.iterdir()) and time.monotonic() < deadline and child.poll() is None:

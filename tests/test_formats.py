@@ -23,8 +23,14 @@ def test_an_unknown_format_name_is_a_usage_error_naming_the_known_ones_and_write
 
 @pytest.mark.parametrize(
     ("target", "name", "expected"),
-    [("out.h5", None, "hdf5"), ("out/", None, "parquet"), ("out.parquet", None, "parquet"),
-     ("out", None, "hdf5"), ("out.h5", "parquet", "parquet"), ("out/", "hdf5", "hdf5")],
+    [
+        ("out.h5", None, "hdf5"),
+        ("out/", None, "parquet"),
+        ("out.parquet", None, "parquet"),
+        ("out", None, "hdf5"),
+        ("out.h5", "parquet", "parquet"),
+        ("out/", "hdf5", "hdf5"),
+    ],
 )
 def test_the_format_follows_the_option_else_the_path_as_typed(target, name, expected):
     assert formats.choose(target, name).name == expected

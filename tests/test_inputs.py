@@ -162,7 +162,9 @@ def test_cli_input_changed_exit_1_one_line(tmp_path):
     args = ["build", *map(str, files), "-o", str(out), "--quiet"]
     root = str(Path(__file__).parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", hook, *args], capture_output=True, text=True, env=env, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", hook, *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert (result.returncode, result.stdout) == (1, ""), result.stderr
     assert result.stderr == f"error: {changed_message(files[0])}\n"
     assert_nothing_written(out)
@@ -210,8 +212,14 @@ def test_empty_ids_are_dropped_as_such_never_as_duplicates(tmp_path):
 
 
 INVALID_POSITIONS = [
-    ("RAJ2000", np.nan), ("RAJ2000", np.inf), ("RAJ2000", 360.0), ("RAJ2000", -0.5),
-    ("DECJ2000", np.nan), ("DECJ2000", -np.inf), ("DECJ2000", -95.0), ("DECJ2000", 90.5),
+    ("RAJ2000", np.nan),
+    ("RAJ2000", np.inf),
+    ("RAJ2000", 360.0),
+    ("RAJ2000", -0.5),
+    ("DECJ2000", np.nan),
+    ("DECJ2000", -np.inf),
+    ("DECJ2000", -95.0),
+    ("DECJ2000", 90.5),
 ]
 
 

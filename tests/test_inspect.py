@@ -20,7 +20,10 @@ from .conftest import class_tables, invoke, lower_case_names, make_table, write_
 ARCSEC = 1 / 3600
 # --drop-invalid, and build refusing invalid rows and classes without rows, come with MergeOptions.drop_invalid
 BUILD_REFUSES_INVALID = "drop_invalid" in {f.name for f in dataclasses.fields(pipeline.MergeOptions)}
-needs_drop_invalid = pytest.mark.skipif(not BUILD_REFUSES_INVALID, reason="build refuses invalid rows and missing classes only with --drop-invalid (merged from another branch)")
+needs_drop_invalid = pytest.mark.skipif(
+    not BUILD_REFUSES_INVALID,
+    reason="build refuses invalid rows and missing classes only with --drop-invalid (merged from another branch)",
+)
 
 
 def errors(report: dict) -> list[str]:
@@ -50,8 +53,10 @@ def test_inspect_names_every_problem_and_the_option_that_resolves_it(tmp_path, w
         ("*: objects within 1 arcsec of another with a different label", "--on-conflict drop"),
     ]
     if with_invalid_rows:
-        expected += [("qso.hdf5: 1 rows with an empty ID, e.g. row 1", "--drop-invalid"),
-                     ("star.hdf5: 1 rows with an invalid sky position", "--drop-invalid")]
+        expected += [
+            ("qso.hdf5: 1 rows with an empty ID, e.g. row 1", "--drop-invalid"),
+            ("star.hdf5: 1 rows with an invalid sky position", "--drop-invalid"),
+        ]
     for start, option in expected:
         assert [e for e in found if e.startswith(start) and option in e], (start, found)
     assert len(found) == len(expected), found
@@ -151,10 +156,21 @@ def clean(tmp_path: Path, t: dict) -> list[Path]:
     return write_class_files(tmp_path, t, lower_case_names(".hdf5"))
 
 
-FAILING = [unknown_label, conflicting_id_across_files, conflicting_id_in_one_file, conflicting_position,
-           pytest.param(empty_id, marks=needs_drop_invalid), pytest.param(invalid_position, marks=needs_drop_invalid),
-           pytest.param(missing_class, marks=needs_drop_invalid), too_few_rows_for_the_splits, all_rows_dropped,
-           same_file_twice, identical_content, shapes_differ, unreadable_file]
+FAILING = [
+    unknown_label,
+    conflicting_id_across_files,
+    conflicting_id_in_one_file,
+    conflicting_position,
+    pytest.param(empty_id, marks=needs_drop_invalid),
+    pytest.param(invalid_position, marks=needs_drop_invalid),
+    pytest.param(missing_class, marks=needs_drop_invalid),
+    too_few_rows_for_the_splits,
+    all_rows_dropped,
+    same_file_twice,
+    identical_content,
+    shapes_differ,
+    unreadable_file,
+]
 PASSING = [clean, same_id_same_label, no_finite_pixel, float64_images]
 
 
@@ -185,8 +201,10 @@ def test_one_unreadable_file_does_not_stop_the_others(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     report = json.loads(result.stdout)
     assert [f["usable"] for f in report["files"]] == [False, True, True]
-    assert errors(report)[0] == (f"galaxy.hdf5: {files[0]}: cannot read, corrupt or truncated "
-                                 "(UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte)")
+    assert errors(report)[0] == (
+        f"galaxy.hdf5: {files[0]}: cannot read, corrupt or truncated "
+        "(UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte)"
+    )
 
 
 # ---------------------------------------------------------------- fuzz

@@ -64,7 +64,9 @@ def example():
 def trained(example, dataset_path, tmp_path_factory):
     """(model before saving, metrics, output dir) of one short example run."""
     out = tmp_path_factory.mktemp("run")
-    model, metrics = example.run([str(dataset_path), "--epochs", str(EPOCHS), "--batch-size", "64", "--out", str(out), "--seed", "1"])
+    model, metrics = example.run(
+        [str(dataset_path), "--epochs", str(EPOCHS), "--batch-size", "64", "--out", str(out), "--seed", "1"]
+    )
     return model, metrics, out
 
 
@@ -183,7 +185,9 @@ def test_loader_epoch_covers_every_row_once_in_contiguous_blocks(dataset_path):
         seen.append(which)
     np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(len(rows)))
     # Each block holds the classes in proportion (stored interleaved).
-    assert all(np.bincount(loader[i][1], minlength=3).min() >= 30 for i in range(len(loader)) if len(loader.rows_of(i)) == 100)
+    assert all(
+        np.bincount(loader[i][1], minlength=3).min() >= 30 for i in range(len(loader)) if len(loader.rows_of(i)) == 100
+    )
 
 
 def test_loader_shuffle_is_per_epoch_and_seeded(dataset_path):
@@ -199,7 +203,9 @@ def test_loader_shuffle_is_per_epoch_and_seeded(dataset_path):
     assert loader.epoch == 1 and [int(loader.rows_of(i)[0]) for i in range(len(loader))] == order(1, 1)
     stored = CutoutPyDataset(dataset_path, "val", batch_size=64)
     assert not stored.shuffle
-    np.testing.assert_array_equal(np.concatenate([stored.rows_of(i) for i in range(len(stored))]), np.arange(stored.rows))
+    np.testing.assert_array_equal(
+        np.concatenate([stored.rows_of(i) for i in range(len(stored))]), np.arange(stored.rows)
+    )
 
 
 def test_loader_pickles_and_matches_h5py_fallback(dataset_path):
@@ -314,7 +320,9 @@ def test_missing_or_zero_scale_is_an_error_not_an_epsilon(dataset_path):
     ds = open_dataset(dataset_path)
     try:
         ds.metadata["stats"]["bands"]["g"]["transform"]["scale"] = None
-        with pytest.raises(PreprocessingError, match=r"band 'g': cannot build the asinh transform.*not replaced by an epsilon"):
+        with pytest.raises(
+            PreprocessingError, match=r"band 'g': cannot build the asinh transform.*not replaced by an epsilon"
+        ):
             preprocessing_from_dataset(ds)
         ds.metadata["stats"]["bands"]["r"]["mad_sigma"] = 0.0
         with pytest.raises(PreprocessingError, match=r"band 'r': cannot build the robust transform: mad_sigma = 0.0"):
@@ -342,10 +350,14 @@ def test_classification_report_matches_scikit_learn():
     y_true = rng.integers(0, 4, 500)
     y_pred = np.where(rng.random(500) < 0.7, y_true, rng.integers(0, 3, 500))  # class 3 never predicted
     report = classification_report(y_true, y_pred, ["A", "B", "C", "D"])
-    precision, recall, f1, support = metrics.precision_recall_fscore_support(y_true, y_pred, labels=[0, 1, 2, 3], zero_division=0)
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=[0, 1, 2, 3], zero_division=0
+    )
     assert report["accuracy"] == pytest.approx(metrics.accuracy_score(y_true, y_pred))
     assert report["macro_f1"] == pytest.approx(metrics.f1_score(y_true, y_pred, average="macro", zero_division=0))
     for i, name in enumerate("ABCD"):
         row = report["per_class"][name]
-        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx((precision[i], recall[i], f1[i], support[i]))
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (precision[i], recall[i], f1[i], support[i])
+        )
     assert report["confusion_matrix"]["counts"] == metrics.confusion_matrix(y_true, y_pred).tolist()

@@ -14,8 +14,25 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 50
 # Top-level names of what the package imports: a module of ours named like one would shadow it in a reader's mind.
-DEPENDENCIES = {"h5py", "numpy", "astropy", "typer", "rich", "pyarrow", "xxhash", "scipy", "yaml", "keras",
-                "tensorflow", "dask", "distributed", "dask_jobqueue", "matplotlib", "hdf5plugin", "click"}
+DEPENDENCIES = {
+    "h5py",
+    "numpy",
+    "astropy",
+    "typer",
+    "rich",
+    "pyarrow",
+    "xxhash",
+    "scipy",
+    "yaml",
+    "keras",
+    "tensorflow",
+    "dask",
+    "distributed",
+    "dask_jobqueue",
+    "matplotlib",
+    "hdf5plugin",
+    "click",
+}
 
 
 def _name(path: Path) -> str:
@@ -45,5 +62,7 @@ def test_no_module_shadows_the_standard_library_or_a_dependency():
         for path in MODULES
         if path.stem != "__init__" and (path.stem in sys.stdlib_module_names or path.stem in DEPENDENCIES)
     ]
-    shadowing += [_name(p) for p in PACKAGE.rglob("*") if p.is_dir() and p.name in sys.stdlib_module_names | DEPENDENCIES]
+    shadowing += [
+        _name(p) for p in PACKAGE.rglob("*") if p.is_dir() and p.name in sys.stdlib_module_names | DEPENDENCIES
+    ]
     assert shadowing == []

@@ -202,6 +202,7 @@ APPEARING = [
 @pytest.mark.parametrize("make, fmt, renameat2", APPEARING, ids=lambda v: getattr(v, "__name__", str(v)))
 def test_an_output_that_appears_meanwhile_is_not_replaced(make, fmt, renameat2, tmp_path, monkeypatch):
     if not renameat2:
+
         def unsupported(*args: object) -> None:
             raise OSError(errno.ENOSYS, "no renameat2")
 
@@ -311,7 +312,7 @@ def test_temporaries_are_named_for_host_and_process_and_only_dead_local_ones_are
     ours = seen - {p.name for p in (stale, other_host, other_host_prefix, alive)}
     assert len(ours) == 1
     prefix = f".ds.h5.tmp-node-a-7-{os.getpid()}-"
-    assert next(iter(ours)).startswith(prefix) and int(next(iter(ours))[len(prefix):], 16) >= 0
+    assert next(iter(ours)).startswith(prefix) and int(next(iter(ours))[len(prefix) :], 16) >= 0
     kept = ["ds.h5", other_host.name, other_host_prefix.name, alive.name]
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(kept)
 

@@ -63,7 +63,9 @@ def test_layout_shards_and_metadata_in_every_shard(both):
         assert pq.ParquetFile(shard).schema_arrow.field("image").type == pa.list_(pa.float32(), 5184)
     import json
 
-    assert json.loads(pq.ParquetFile(directory / "data" / names[0]).metadata.metadata[b"cutout_etl"]) == json.loads(sidecar)
+    assert json.loads(pq.ParquetFile(directory / "data" / names[0]).metadata.metadata[b"cutout_etl"]) == json.loads(
+        sidecar
+    )
     card = (directory / "README.md").read_text()
     assert card.startswith("---\nconfigs:") and "path: data/validation-*" in card and "'1': \"QSO\"" in card
 
@@ -107,7 +109,21 @@ def test_cli_format_option_and_overwrite(demo_files, tmp_path):
     result = runner.invoke(app, ["build", *map(str, demo_files), "-o", str(target), "--format", "parquet", "--quiet"])
     assert result.exit_code == 0, result.stderr
     assert (target / SIDECAR).is_file()
-    again = runner.invoke(app, ["build", *map(str, demo_files), "-o", str(target), "--format", "parquet", "--quiet", "--seed", "3", "--overwrite"])
+    again = runner.invoke(
+        app,
+        [
+            "build",
+            *map(str, demo_files),
+            "-o",
+            str(target),
+            "--format",
+            "parquet",
+            "--quiet",
+            "--seed",
+            "3",
+            "--overwrite",
+        ],
+    )
     assert again.exit_code == 0 and open_dataset(target).metadata["split"]["seed"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the old directory is gone, no temporaries
     refused = runner.invoke(app, ["build", *map(str, demo_files), "-o", str(target), "--format", "hdf5", "--overwrite"])
@@ -148,7 +164,9 @@ def test_duckdb_reads_images_bit_exact(both):
     import duckdb
 
     ids, images = expected_train(both)
-    table = duckdb.sql(f"select id, image from read_parquet('{both[1]}/data/train-*.parquet') order by filename, file_row_number").arrow()
+    table = duckdb.sql(
+        f"select id, image from read_parquet('{both[1]}/data/train-*.parquet') order by filename, file_row_number"
+    ).arrow()
     if hasattr(table, "read_all"):
         table = table.read_all()
     assert table.column("id").to_pylist() == list(ids)
@@ -193,8 +211,15 @@ def test_ids_that_are_not_utf8_give_one_line_for_parquet(tmp_path):
 
     odd = make_table(5, b"GALAXY", 0)
     odd["ID"][0] = b"\xe9obj"
-    files = [write_table(odd, tmp_path / "g.h5"), write_table(make_table(5, b"QSO", 100), tmp_path / "q.h5"), write_table(make_table(5, b"STAR", 200), tmp_path / "s.h5")]
+    files = [
+        write_table(odd, tmp_path / "g.h5"),
+        write_table(make_table(5, b"QSO", 100), tmp_path / "q.h5"),
+        write_table(make_table(5, b"STAR", 200), tmp_path / "s.h5"),
+    ]
     result = CliRunner().invoke(app, ["build", *map(str, files), "-o", str(tmp_path / "out") + "/", "--quiet"])
     assert result.exit_code == 1  # bad data, named by file and row
-    assert result.stderr == f"error: {files[0]}: row 0: ID b'\\xe9obj' is not UTF-8 text, which Parquet's string columns need; write HDF5 instead\n"
+    assert (
+        result.stderr
+        == f"error: {files[0]}: row 0: ID b'\\xe9obj' is not UTF-8 text, which Parquet's string columns need; write HDF5 instead\n"
+    )
     assert not (tmp_path / "out").exists()

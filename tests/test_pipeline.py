@@ -112,7 +112,9 @@ def test_open_dataset_interface(built):
         labels = np.concatenate([b[1] for b in batches])
         assert images.shape == (len(ds["val"]), 36, 36, 4) and images.dtype == np.float32
         assert labels.dtype == np.int64
-        assert np.array_equal(np.bincount(labels, minlength=3), [metadata["tables_rows"]["val"]["class_counts"][c] for c in ds.classes])
+        assert np.array_equal(
+            np.bincount(labels, minlength=3), [metadata["tables_rows"]["val"]["class_counts"][c] for c in ds.classes]
+        )
 
 
 def test_merge_then_split_equals_build(built, demo_files, tmp_path):
@@ -213,7 +215,9 @@ def test_unknown_labels_dropped_on_request(class_files, tmp_path):
 
 
 def test_classes_option_sets_code_order(class_files, tmp_path):
-    metadata = pipeline.build(class_files, tmp_path / "out.h5", merge_options=pipeline.MergeOptions(classes=["STAR", "QSO", "GALAXY"]))
+    metadata = pipeline.build(
+        class_files, tmp_path / "out.h5", merge_options=pipeline.MergeOptions(classes=["STAR", "QSO", "GALAXY"])
+    )
     assert metadata["classes"] == ["STAR", "QSO", "GALAXY"]
     t = Table.read(tmp_path / "out.h5", path="train")
     assert set(t["label"][t["SPECTYPE"] == "STAR"]) == {0}

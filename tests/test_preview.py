@@ -167,8 +167,18 @@ def test_histogram_pass_reports_progress(dataset):
 
 
 def test_progress_lines_when_not_a_terminal(dataset, tmp_path):
-    result = invoke("preview", dataset, "-o", tmp_path / "p.png", "--hist", tmp_path / "h.png",
-                    "--per-class", "2", "--hist-per-class", "10")
+    result = invoke(
+        "preview",
+        dataset,
+        "-o",
+        tmp_path / "p.png",
+        "--hist",
+        tmp_path / "h.png",
+        "--per-class",
+        "2",
+        "--hist-per-class",
+        "10",
+    )
     assert result.exit_code == 0, result.stderr
     lines = result.stderr.splitlines()
     assert lines[:2] == ["preview: 6 rows", "histogram: 30 rows"]
@@ -180,8 +190,10 @@ def test_merged_file_and_small_classes(demo_files, tmp_path):
     assert invoke("merge", *demo_files, "-o", merged, "--quiet").exit_code == 0
     result = make_previews([merged], per_class=2)
     assert result.summary["split"] == "data"
-    small = [write_table(make_table(3, b"QSO", 0), tmp_path / "qso.hdf5"),
-             write_table(make_table(9, b"star", 100), tmp_path / "star.hdf5")]
+    small = [
+        write_table(make_table(3, b"QSO", 0), tmp_path / "qso.hdf5"),
+        write_table(make_table(9, b"star", 100), tmp_path / "star.hdf5"),
+    ]
     result = make_previews(small, per_class=5)
     assert result.summary["shown_per_class"] == {"QSO": 3, "STAR": 5}
     assert len(result.layout.cells) == 8
@@ -200,10 +212,21 @@ def test_nan_pixels_are_drawn_in_their_own_colour(tmp_path):
     [
         (["{ds}", "-o", "{ds}"], 2, "error: {ds}: is also an input; choose another output path\n"),
         (["{ds}", "-o", "{tmp}/no/p.png"], 1, "error: {tmp}/no/p.png: output directory {tmp}/no does not exist\n"),
-        (["{ds}", "--split", "holdout", "-o", "{tmp}/p.png"], 1, "error: {ds}: no split 'holdout' (splits: train, val, test)\n"),
-        (["{ds}", "{g}", "-o", "{tmp}/p.png"], 2,
-         "error: {ds}: is a cutout-etl dataset; preview takes one dataset, or class files, not both\n"),
-        (["{g}", "--split", "val", "-o", "{tmp}/p.png"], 2, "error: {g}: --split applies to a dataset; this is a class file\n"),
+        (
+            ["{ds}", "--split", "holdout", "-o", "{tmp}/p.png"],
+            1,
+            "error: {ds}: no split 'holdout' (splits: train, val, test)\n",
+        ),
+        (
+            ["{ds}", "{g}", "-o", "{tmp}/p.png"],
+            2,
+            "error: {ds}: is a cutout-etl dataset; preview takes one dataset, or class files, not both\n",
+        ),
+        (
+            ["{g}", "--split", "val", "-o", "{tmp}/p.png"],
+            2,
+            "error: {g}: --split applies to a dataset; this is a class file\n",
+        ),
         (["{tmp}/missing.h5", "-o", "{tmp}/p.png"], 1, "error: {tmp}/missing.h5: no such file\n"),
     ],
 )

@@ -26,7 +26,9 @@ from .test_failures import corrupt_table_name, good, write_with_binary128
 def with_binary128(request, tmp_path):
     """Three class files; the stars carry an extra 128-bit float column between DECJ2000 and SPECTYPE."""
     stars = make_table(9, b"STAR", 200, seed=3)
-    path = write_with_binary128(stars, tmp_path / "stars.hdf5", "FLUX_R16", after="DECJ2000", chunked=request.param == "chunked")
+    path = write_with_binary128(
+        stars, tmp_path / "stars.hdf5", "FLUX_R16", after="DECJ2000", chunked=request.param == "chunked"
+    )
     return [*good(tmp_path), path], stars
 
 
@@ -43,7 +45,9 @@ def test_unused_column_that_cannot_be_mapped_is_skipped_and_the_rest_read_bit_ex
         reader.close()
     assert raw == (not chunked(files[-1]))
     assert rows["image"].tobytes() == np.asarray(stars["image"]).tobytes()
-    assert rows["RAJ2000"].tolist() == stars["RAJ2000"].tolist() and rows["ID"].tolist() == stars.as_array()["ID"].tolist()
+    assert (
+        rows["RAJ2000"].tolist() == stars["RAJ2000"].tolist() and rows["ID"].tolist() == stars.as_array()["ID"].tolist()
+    )
     assert some["image"].tobytes() == np.asarray(stars["image"])[[1, 5, 6]].tobytes()
 
 
@@ -69,7 +73,12 @@ def test_inspect_lists_the_skipped_column_as_a_warning(with_binary128):
     assert code == 0, stderr
     report = json.loads(stdout)
     assert report["ok"] and report["files"][0]["usable"]
-    assert {"level": "warning", "file": "stars.hdf5", "message": "column 'FLUX_R16' (128-bit float) cannot be read; skipped", "count": None} in report["problems"]
+    assert {
+        "level": "warning",
+        "file": "stars.hdf5",
+        "message": "column 'FLUX_R16' (128-bit float) cannot be read; skipped",
+        "count": None,
+    } in report["problems"]
 
 
 def test_inspect_names_a_file_with_a_corrupt_name(tmp_path):
@@ -132,7 +141,9 @@ def test_a_shard_corrupt_in_its_row_data_is_a_dataset_error(parquet_dataset, tmp
     with open_dataset(parquet_dataset) as ds, pytest.raises(DatasetError, match=f"{path}: not a readable Parquet file"):
         ds["train"].read()
     code, _, stderr = run_cli("verify", parquet_dataset, "--quiet")
-    assert code == 1 and stderr.startswith(f"error: {path}: not a readable Parquet file (truncated or corrupt: row group 0")
+    assert code == 1 and stderr.startswith(
+        f"error: {path}: not a readable Parquet file (truncated or corrupt: row group 0"
+    )
 
 
 # ---------------------------------------------------------------- IDs Parquet cannot store
@@ -141,11 +152,19 @@ def test_a_shard_corrupt_in_its_row_data_is_a_dataset_error(parquet_dataset, tmp
 def test_convert_to_parquet_names_the_dataset_table_and_row_of_an_id_that_is_not_utf8(tmp_path):
     odd = make_table(6, b"GALAXY", 0)
     odd["ID"][4] = b"\xe9obj"
-    files = [write_table(odd, tmp_path / "g.h5"), *good(tmp_path)[1:], write_table(make_table(6, b"STAR", 200), tmp_path / "s.h5")]
+    files = [
+        write_table(odd, tmp_path / "g.h5"),
+        *good(tmp_path)[1:],
+        write_table(make_table(6, b"STAR", 200), tmp_path / "s.h5"),
+    ]
     h5 = tmp_path / "dataset.h5"
     assert run_cli("build", *files, "-o", h5, "--quiet")[0] == 0
     with open_dataset(h5) as ds:
-        table, row = next((s, int(np.flatnonzero(ds[s].read()["ID"] == b"\xe9obj")[0])) for s in ds.splits if b"\xe9obj" in ds[s].read()["ID"])
+        table, row = next(
+            (s, int(np.flatnonzero(ds[s].read()["ID"] == b"\xe9obj")[0]))
+            for s in ds.splits
+            if b"\xe9obj" in ds[s].read()["ID"]
+        )
     code, _, stderr = run_cli("convert", h5, f"{tmp_path / 'out'}/", "--quiet")
     assert code == 1
     assert stderr == (

@@ -52,7 +52,10 @@ def test_one_position_two_labels_is_refused_or_dropped(tmp_path):
         place(tables["STAR"], 0, tables["GALAXY"]["RAJ2000"][3] + 0.3 * ARCSEC)
 
     files = sky_files(tmp_path, clash)
-    with pytest.raises(LabelConflictError, match=r"^1 objects within 1 arcsec of another carry conflicting labels: 'OBJ J00000003' \(GALAXY in 'OBJ J00000003' \(galaxy.h5 row 3\), STAR in 'OBJ J00000200' \(star.h5 row 0\)\)"):
+    with pytest.raises(
+        LabelConflictError,
+        match=r"^1 objects within 1 arcsec of another carry conflicting labels: 'OBJ J00000003' \(GALAXY in 'OBJ J00000003' \(galaxy.h5 row 3\), STAR in 'OBJ J00000200' \(star.h5 row 0\)\)",
+    ):
         pipeline.build(files, tmp_path / "out.h5")
     dropped = pipeline.build(files, tmp_path / "out.h5", merge_options=pipeline.MergeOptions(on_conflict="drop"))
     assert dropped["report"]["dropped"]["conflicting_position"] == 2
@@ -85,7 +88,11 @@ def test_sky_cells_never_straddle_splits_and_keep_class_fractions(tmp_path):
 
     files = []
     for k in range(20):  # many small files: 400 objects per class
-        tables = {"GALAXY": make_table(20, b"GALAXY", 1000 * k), "QSO": make_table(20, b"QSO", 1000 * k + 300), "STAR": make_table(20, b"STAR", 1000 * k + 600)}
+        tables = {
+            "GALAXY": make_table(20, b"GALAXY", 1000 * k),
+            "QSO": make_table(20, b"QSO", 1000 * k + 300),
+            "STAR": make_table(20, b"STAR", 1000 * k + 600),
+        }
         spread(tables)
         files += [write_table(t, tmp_path / f"{name}{k}.h5") for name, t in tables.items()]
     options = pipeline.SplitOptions(group_by="sky", cell_deg=0.5)

@@ -67,9 +67,18 @@ def test_sbatch_script_runs_scheduler_workers_build_and_verify(venv, tmp_path):
         path.touch()
     log = tmp_path / "stub.log"
     env = {k: v for k, v in os.environ.items() if k != "SCRATCH" and not k.startswith("SLURM_")}
-    env.update(VENV=str(venv), DATA=str(data), OUT=str(out), STUB_LOG=str(log), SLURM_JOB_ID="42",
-               SLURM_NTASKS="8", TMPDIR=str(tmp_path))
-    done = subprocess.run(["bash", str(SLURM / "build.sbatch")], env=env, capture_output=True, text=True, timeout=60, check=False)
+    env.update(
+        VENV=str(venv),
+        DATA=str(data),
+        OUT=str(out),
+        STUB_LOG=str(log),
+        SLURM_JOB_ID="42",
+        SLURM_NTASKS="8",
+        TMPDIR=str(tmp_path),
+    )
+    done = subprocess.run(
+        ["bash", str(SLURM / "build.sbatch")], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     scheduler_file = out.parent / "dask-scheduler-42.json"
     lines = log.read_text().splitlines()
@@ -78,8 +87,22 @@ def test_sbatch_script_runs_scheduler_workers_build_and_verify(venv, tmp_path):
     assert workers.startswith(f"srun --ntasks=8 --cpus-per-task=1 dask worker --scheduler-file {scheduler_file}")
     assert "--nthreads 1 --nworkers 1" in workers
     build = [shlex.split(line) for line in lines if line.startswith("cutout-etl build")]
-    assert build == [["cutout-etl", "build", *map(str, inputs), "-o", str(out), "--overwrite",
-                      "--scheduler-file", str(scheduler_file), "--workers", "8", "--chunk-rows", "512"]]
+    assert build == [
+        [
+            "cutout-etl",
+            "build",
+            *map(str, inputs),
+            "-o",
+            str(out),
+            "--overwrite",
+            "--scheduler-file",
+            str(scheduler_file),
+            "--workers",
+            "8",
+            "--chunk-rows",
+            "512",
+        ]
+    ]
     assert {a for a in build[0] if a.startswith("--")} <= long_options("build")
     assert lines[-1] == f"cutout-etl verify {out}"
     assert not scheduler_file.exists()  # removed on exit
@@ -123,13 +146,21 @@ def test_slurmcluster_script_builds_with_the_cluster_it_asked_for(monkeypatch, c
     monkeypatch.setattr(module, "pipeline", types.SimpleNamespace(build=fake_build))
     inputs = [str(tmp_path / "a.hdf5"), str(tmp_path / "b.hdf5")]
     out = str(tmp_path / "dataset.h5")
-    monkeypatch.setattr(sys, "argv", ["build_slurmcluster.py", *inputs, "-o", out, "--jobs", "3", "--chunk-rows", "256"])
+    monkeypatch.setattr(
+        sys, "argv", ["build_slurmcluster.py", *inputs, "-o", out, "--jobs", "3", "--chunk-rows", "256"]
+    )
     module.main()
     cluster = FakeSLURMCluster.made[-1]
     assert cluster.jobs == 3 and cluster.closed
     assert (cluster.kwargs["cores"], cluster.kwargs["processes"]) == (4, 4)
-    assert calls == [([Path(p) for p in inputs], out, ReadOptions(chunk_rows=256),
-                      ClusterOptions(scheduler="tcp://login:8786", workers=12))]
+    assert calls == [
+        (
+            [Path(p) for p in inputs],
+            out,
+            ReadOptions(chunk_rows=256),
+            ClusterOptions(scheduler="tcp://login:8786", workers=12),
+        )
+    ]
     printed = capsys.readouterr().out
     assert printed.startswith(cluster.job_script())
     assert printed.endswith(f"{out}: 9 rows, digest abc\n")

@@ -15,9 +15,16 @@ from cutout_etl.steps.stats import MAD_TO_SIGMA, QUANTILES, BandStats, quantile_
 
 SATURATION = 1.5e-8
 COUNT_KEYS = (
-    "cutouts", "finite_pixels", "nan_pixels", "inf_pixels", "zero_pixels",
-    "cutouts_with_invalid", "cutouts_no_finite", "saturated_pixels",
-    "sky_cutouts", "sky_cutouts_skipped",
+    "cutouts",
+    "finite_pixels",
+    "nan_pixels",
+    "inf_pixels",
+    "zero_pixels",
+    "cutouts_with_invalid",
+    "cutouts_no_finite",
+    "saturated_pixels",
+    "sky_cutouts",
+    "sky_cutouts_skipped",
 )
 MOMENT_KEYS = ("sum", "mean", "m2", "variance", "std", "min", "max")
 
@@ -72,11 +79,13 @@ def datasets() -> dict[str, np.ndarray]:
         "all_negative": (-magnitudes).astype(np.float32),
         "mixed_sign": (magnitudes * rng.choice([-1.0, 1.0], magnitudes.shape)).astype(np.float32),
         "offset_tight": (-1e-9 + rng.normal(0, 1e-12, (60, 12, 12, 2))).astype(np.float32),
-        "bin_edges_zeros_subnormals": np.concatenate([
-            np.arange(1, 301, dtype=np.float32).reshape(3, 10, 10, 1) * np.float32(2.0**-40),
-            np.zeros((1, 10, 10, 1), np.float32),
-            np.full((1, 10, 10, 1), 3e-42, np.float32),
-        ]),
+        "bin_edges_zeros_subnormals": np.concatenate(
+            [
+                np.arange(1, 301, dtype=np.float32).reshape(3, 10, 10, 1) * np.float32(2.0**-40),
+                np.zeros((1, 10, 10, 1), np.float32),
+                np.full((1, 10, 10, 1), 3e-42, np.float32),
+            ]
+        ),
     }
 
 
@@ -130,8 +139,11 @@ def test_moments_match_numpy_float64(name):
         values = finite_band(images, band).astype(np.float64)
         mean = values.mean()
         expected = {
-            "sum": values.sum(), "mean": mean, "m2": ((values - mean) ** 2).sum(),
-            "variance": values.var(), "std": values.std(),
+            "sum": values.sum(),
+            "mean": mean,
+            "m2": ((values - mean) ** 2).sum(),
+            "variance": values.var(),
+            "std": values.std(),
         }
         for key, value in expected.items():
             assert stats[key] == pytest.approx(value, rel=1e-12, abs=0), (name, band, key)
@@ -152,19 +164,19 @@ def test_moments_beat_float32_reduction():
 def planted() -> np.ndarray:
     """10 cutouts of 8x8x3 with NaN, +-inf, zeros and saturated pixels at known places."""
     images = np.random.default_rng(0).normal(1e-12, 2e-12, (10, 8, 8, 3)).astype(np.float32)
-    images[0, 4, 4, 0] = np.nan                    # centre pixel: frame stays clean
-    images[1, 0, 0, 0] = np.inf                    # frame pixel
+    images[0, 4, 4, 0] = np.nan  # centre pixel: frame stays clean
+    images[1, 0, 0, 0] = np.inf  # frame pixel
     images[1, 5, 5, 0] = -np.inf
-    images[2, :, :, 1] = np.nan                    # no finite pixel in band 1
-    images[3, :, :, 2] = 0.0                       # 64 zeros, with a -0.0 among them
+    images[2, :, :, 1] = np.nan  # no finite pixel in band 1
+    images[3, :, :, 2] = 0.0  # 64 zeros, with a -0.0 among them
     images[3, 0, 0, 2] = -0.0
-    images[4, 2:6, 2:6, 0] = np.nan                # border 2: frame finite, centre NaN
+    images[4, 2:6, 2:6, 0] = np.nan  # border 2: frame finite, centre NaN
     images[5, :, :, 1] = np.inf
-    images[5, 2:6, 2:6, 1] = 5e-11                 # frame all inf: sky skipped, finite centre
-    images[6, 3, 3, 2] = SATURATION                # exactly at saturation counts
+    images[5, 2:6, 2:6, 1] = 5e-11  # frame all inf: sky skipped, finite centre
+    images[6, 3, 3, 2] = SATURATION  # exactly at saturation counts
     images[6, 3, 4, 2] = 2 * SATURATION
     images[6, 3, 5, 2] = np.nextafter(np.float32(SATURATION), np.float32(0))
-    images[7, 3, 3, 2] = np.inf                    # inf is not saturated
+    images[7, 3, 3, 2] = np.inf  # inf is not saturated
     return images
 
 
@@ -172,12 +184,36 @@ def test_counts_on_planted_data():
     images = planted()
     bands = accumulate(images, border=2).summary(bands=["g", "r", "i"])["bands"]
     expected = {
-        "g": {"nan_pixels": 1 + 16, "inf_pixels": 2, "zero_pixels": 0, "cutouts_with_invalid": 3,
-                  "cutouts_no_finite": 0, "saturated_pixels": 0, "sky_cutouts": 10, "sky_cutouts_skipped": 0},
-        "r": {"nan_pixels": 64, "inf_pixels": 48, "zero_pixels": 0, "cutouts_with_invalid": 2,
-                  "cutouts_no_finite": 1, "saturated_pixels": 0, "sky_cutouts": 8, "sky_cutouts_skipped": 2},
-        "i": {"nan_pixels": 0, "inf_pixels": 1, "zero_pixels": 64, "cutouts_with_invalid": 1,
-                  "cutouts_no_finite": 0, "saturated_pixels": 2, "sky_cutouts": 10, "sky_cutouts_skipped": 0},
+        "g": {
+            "nan_pixels": 1 + 16,
+            "inf_pixels": 2,
+            "zero_pixels": 0,
+            "cutouts_with_invalid": 3,
+            "cutouts_no_finite": 0,
+            "saturated_pixels": 0,
+            "sky_cutouts": 10,
+            "sky_cutouts_skipped": 0,
+        },
+        "r": {
+            "nan_pixels": 64,
+            "inf_pixels": 48,
+            "zero_pixels": 0,
+            "cutouts_with_invalid": 2,
+            "cutouts_no_finite": 1,
+            "saturated_pixels": 0,
+            "sky_cutouts": 8,
+            "sky_cutouts_skipped": 2,
+        },
+        "i": {
+            "nan_pixels": 0,
+            "inf_pixels": 1,
+            "zero_pixels": 64,
+            "cutouts_with_invalid": 1,
+            "cutouts_no_finite": 0,
+            "saturated_pixels": 2,
+            "sky_cutouts": 10,
+            "sky_cutouts_skipped": 0,
+        },
     }
     for band, counts in expected.items():
         stats = bands[band]
@@ -209,7 +245,7 @@ def frame_reference(images: np.ndarray, border: int, band: int) -> tuple[np.ndar
     """
     h, w = images.shape[1:3]
     mask = np.ones((h, w), bool)
-    mask[border:h - border, border:w - border] = False
+    mask[border : h - border, border : w - border] = False
     frame = images[:, mask, band].astype(np.float64)  # (N, K)
     frame[~np.isfinite(frame)] = np.nan
     frame = frame[~np.isnan(frame).all(axis=1)]
@@ -237,7 +273,10 @@ def test_sky_recovers_known_noise():
         scale = 3.0 * stats["sky_sigma"]["p50"]
         assert stats["asinh_softening"] == scale
         assert stats["transform"] == {
-            "kind": "asinh", "offset": stats["sky_median"]["p50"], "scale": scale, "k": 3.0,
+            "kind": "asinh",
+            "offset": stats["sky_median"]["p50"],
+            "scale": scale,
+            "k": 3.0,
         }
 
 
@@ -289,7 +328,7 @@ def test_merge_in_any_chunking_equals_one_pass():
     pieces = [accumulate(c) for c in chunks_of(images, cuts)]
     while len(pieces) > 1:  # a pairwise tree: ((a+b)+(c+d))+...
         merged = [first.merge(second) for first, second in zip(pieces[::2], pieces[1::2])]
-        pieces = merged + pieces[2 * len(merged):]
+        pieces = merged + pieces[2 * len(merged) :]
     streamed = BandStats(4)
     for chunk in chunks_of(images, [17, 40]):
         streamed.update(chunk)

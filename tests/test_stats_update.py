@@ -125,14 +125,20 @@ def test_ctrl_c_during_the_update_removes_the_copy(dataset):
 
 def test_stats_succeeds_while_another_process_reads_the_dataset(dataset):
     reader = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import sys, h5py\n"
-            f"f = h5py.File({str(dataset)!r}, 'r')\n"
-            "print('open', flush=True)\n"
-            "sys.stdin.readline()\n"
-            "print(len(f['train'][:]['image']), flush=True)\n"
-        )],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, h5py\n"
+                f"f = h5py.File({str(dataset)!r}, 'r')\n"
+                "print('open', flush=True)\n"
+                "sys.stdin.readline()\n"
+                "print(len(f['train'][:]['image']), flush=True)\n"
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert reader.stdout.readline() == "open\n"
@@ -163,7 +169,9 @@ def test_a_file_changed_while_stats_runs_is_not_replaced(dataset, monkeypatch):
     before = sha256(dataset)
     result = invoke("stats", dataset, "--quiet")
     assert result.exit_code == 1
-    assert result.stderr == f"error: {dataset}: changed while it was being read (replaced or rewritten); nothing written\n"
+    assert (
+        result.stderr == f"error: {dataset}: changed while it was being read (replaced or rewritten); nothing written\n"
+    )
     assert sha256(dataset) != before and temps_beside(dataset) == []
 
 

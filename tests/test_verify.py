@@ -29,10 +29,20 @@ from .conftest import BLOCK_ROWS, SCRIPT, invoke, make_table, write_table
 
 
 def test_fresh_build_and_merge_verify(small_dataset, demo_files, tmp_path):
-    assert verify(small_dataset) == {"ok": True, "checks": [
-        "block checksums", "row and class counts", "labels", "IDs unique across splits",
-        "content digest", "provenance", "no neighbours or duplicate positions across splits", "statistics of train",
-    ], "failures": []}
+    assert verify(small_dataset) == {
+        "ok": True,
+        "checks": [
+            "block checksums",
+            "row and class counts",
+            "labels",
+            "IDs unique across splits",
+            "content digest",
+            "provenance",
+            "no neighbours or duplicate positions across splits",
+            "statistics of train",
+        ],
+        "failures": [],
+    }
     merged = tmp_path / "merged.h5"
     pipeline.merge(demo_files, merged)
     assert verify(merged)["ok"]
@@ -95,7 +105,11 @@ def test_verify_catches_metadata_lies(small_dataset, tmp_path):
 
 
 def test_digest_is_the_same_for_every_file_order_and_row_order(tmp_path):
-    tables = [make_table(12, b"GALAXY", 0, seed=1), make_table(9, b"QSO", 100, seed=2), make_table(10, b"STAR", 200, seed=3)]
+    tables = [
+        make_table(12, b"GALAXY", 0, seed=1),
+        make_table(9, b"QSO", 100, seed=2),
+        make_table(10, b"STAR", 200, seed=3),
+    ]
     originals = [write_table(t, tmp_path / f"class{i}.h5") for i, t in enumerate(tables)]
     rng = np.random.default_rng(5)
     shuffled = [write_table(t[rng.permutation(len(t))], tmp_path / f"shuffled{i}.h5") for i, t in enumerate(tables)]
@@ -151,7 +165,10 @@ def test_file_size_limit_gives_one_line_and_no_output(demo_files, tmp_path):
 
     done = subprocess.run(
         [str(SCRIPT), "build", *map(str, demo_files), "-o", str(target), "--quiet"],
-        preexec_fn=limit, capture_output=True, text=True, check=False,
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 1
     assert done.stderr == f"error: {target}: cannot write output (file size limit exceeded)\n"
@@ -184,7 +201,9 @@ def mutate_structure(path: Path, data) -> None:
         elif choice == "extra_table":
             f["other"] = np.zeros(3, dtype=[("a", "f4")])
         else:
-            f.attrs[METADATA_ATTR] = data.draw(st.text(st.characters(blacklist_characters="\x00"), max_size=50))  # h5py refuses NUL
+            f.attrs[METADATA_ATTR] = data.draw(
+                st.text(st.characters(blacklist_characters="\x00"), max_size=50)
+            )  # h5py refuses NUL
     if data.draw(st.booleans()):
         size = path.stat().st_size
         with open(path, "r+b") as fh:
@@ -205,7 +224,10 @@ def test_fuzzed_inputs_give_success_or_one_line_error(tmp_path_factory, data):
         mutate_bytes(victim, data)
     else:
         mutate_structure(victim, data)
-    for args in (["inspect", *map(str, files), "--quiet"], ["build", *map(str, files), "-o", str(work / "out.h5"), "--quiet"]):
+    for args in (
+        ["inspect", *map(str, files), "--quiet"],
+        ["build", *map(str, files), "-o", str(work / "out.h5"), "--quiet"],
+    ):
         result = invoke(*args, timeout=20)  # a hang fails the test instead of stalling CI
         code, stderr = result.exit_code, result.stderr
         assert code in (0, 1, 2), stderr
@@ -254,12 +276,15 @@ def test_verify_checks_every_parquet_shard_footer(demo_files, tmp_path, key):
     assert report["failures"] == [f"{shard.name}: footer metadata '{key}' differs from the dataset's (cutout_etl.json)"]
 
 
-@pytest.mark.parametrize("edit", [
-    ("report", "duplicate_positions", "match_radius_arcsec"),
-    ("split", "group_radius_arcsec"),
-    ("split", "group_by"),
-    ("split", "cell_deg"),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("report", "duplicate_positions", "match_radius_arcsec"),
+        ("split", "group_radius_arcsec"),
+        ("split", "group_by"),
+        ("split", "cell_deg"),
+    ],
+)
 def test_zeroing_a_radius_the_leak_checks_use_fails_the_digest(small_dataset, tmp_path, edit):
     """A radius of 0 would switch verify's neighbour checks off: the parameters are inside the content digest."""
     copy = tmp_path / "copy.h5"

@@ -63,64 +63,150 @@ COLUMNS = (
     _option("image_column", str, _COLUMNS.image, help="Image column (H, W, bands)."),
     _option("label_column", str, _COLUMNS.label, help="Class-name column."),
     _option("id_column", str, _COLUMNS.id, help="Object ID column."),
-    _option("table_path", str | None, default(ReadOptions, "table_path"),
-            help="Table inside each file, when a file holds several."),
+    _option(
+        "table_path",
+        str | None,
+        default(ReadOptions, "table_path"),
+        help="Table inside each file, when a file holds several.",
+    ),
 )
 CLASSES = (_option("classes", str | None, default(MergeOptions, "classes"), help=_CLASSES_HELP, show_default=False),)
 MERGE = (
     *CLASSES,
-    _flag("drop_unknown", "Drop rows whose label is not a class (counted) instead of failing.",
-          default=default(MergeOptions, "drop_unknown")),
-    _flag("drop_invalid", "Drop rows with an empty ID or an invalid RA/Dec (NaN, infinite, out of range; counted) "
-          "instead of failing.", default=default(MergeOptions, "drop_invalid")),
-    _option("on_conflict", OnConflict, OnConflict(default(MergeOptions, "on_conflict")),
-            help="One ID with different labels: 'error' or 'drop' (all copies, counted)."),
-    _finite("match_radius", float, default(MergeOptions, "match_radius"),
-            "Objects closer than this (arcsec) are one object (0: off).", 0),
+    _flag(
+        "drop_unknown",
+        "Drop rows whose label is not a class (counted) instead of failing.",
+        default=default(MergeOptions, "drop_unknown"),
+    ),
+    _flag(
+        "drop_invalid",
+        "Drop rows with an empty ID or an invalid RA/Dec (NaN, infinite, out of range; counted) instead of failing.",
+        default=default(MergeOptions, "drop_invalid"),
+    ),
+    _option(
+        "on_conflict",
+        OnConflict,
+        OnConflict(default(MergeOptions, "on_conflict")),
+        help="One ID with different labels: 'error' or 'drop' (all copies, counted).",
+    ),
+    _finite(
+        "match_radius",
+        float,
+        default(MergeOptions, "match_radius"),
+        "Objects closer than this (arcsec) are one object (0: off).",
+        0,
+    ),
 )
 SPLIT = (
-    _option("fractions", str, ",".join(f"{f:g}" for f in default(SplitOptions, "fractions")),
-            help="Train,val,test fractions."),
-    _option("seed", int, default(SplitOptions, "seed"), help="Seed of the keyed hash that assigns splits.",
-            min=0, max=2**63 - 1),
-    _finite("group_radius", float | None, default(SplitOptions, "group_radius"),
-            "Objects closer than this (arcsec) share a split [default: the cutout's half-diagonal] (0: off).", 0,
-            show_default=False),
-    _finite("pixel_scale", float, default(SplitOptions, "pixel_scale"),
-            "Arcsec per pixel, for the default group radius (KiDS: 0.2).", 0),
-    _option("group_by", GroupBy, GroupBy(default(SplitOptions, "group_by")),
-            help="'sky': whole sky cells go to one split; 'none'."),
-    _finite("cell_deg", float, default(SplitOptions, "cell_deg"), "Sky cell size in degrees, with --group-by sky.",
-            0.001),
-    _finite("tolerance", float, default(SplitOptions, "tolerance"),
-            "Allowed gap between a class's achieved and target split fraction (reported).", 0),
+    _option(
+        "fractions",
+        str,
+        ",".join(f"{f:g}" for f in default(SplitOptions, "fractions")),
+        help="Train,val,test fractions.",
+    ),
+    _option(
+        "seed",
+        int,
+        default(SplitOptions, "seed"),
+        help="Seed of the keyed hash that assigns splits.",
+        min=0,
+        max=2**63 - 1,
+    ),
+    _finite(
+        "group_radius",
+        float | None,
+        default(SplitOptions, "group_radius"),
+        "Objects closer than this (arcsec) share a split [default: the cutout's half-diagonal] (0: off).",
+        0,
+        show_default=False,
+    ),
+    _finite(
+        "pixel_scale",
+        float,
+        default(SplitOptions, "pixel_scale"),
+        "Arcsec per pixel, for the default group radius (KiDS: 0.2).",
+        0,
+    ),
+    _option(
+        "group_by",
+        GroupBy,
+        GroupBy(default(SplitOptions, "group_by")),
+        help="'sky': whole sky cells go to one split; 'none'.",
+    ),
+    _finite(
+        "cell_deg", float, default(SplitOptions, "cell_deg"), "Sky cell size in degrees, with --group-by sky.", 0.001
+    ),
+    _finite(
+        "tolerance",
+        float,
+        default(SplitOptions, "tolerance"),
+        "Allowed gap between a class's achieved and target split fraction (reported).",
+        0,
+    ),
 )
 CHUNKS = (
-    _option("chunk_rows", int, default(ReadOptions, "chunk_rows"), min=1,
-            help="Rows read per chunk (bounds memory: ~21 KB a row); also the checksum block, so the digest depends "
-            "on it."),
+    _option(
+        "chunk_rows",
+        int,
+        default(ReadOptions, "chunk_rows"),
+        min=1,
+        help="Rows read per chunk (bounds memory: ~21 KB a row); also the checksum block, so the digest depends on it.",
+    ),
 )
 CLUSTER = (
-    _option("scheduler", str, default(ClusterOptions, "scheduler"),
-            help="Where rows are written: local (this process), dask (a LocalCluster of --workers processes) or a "
-            "Dask scheduler address, e.g. tcp://host:8786."),
-    _option("workers", int | None, default(ClusterOptions, "workers"), min=1, show_default=False,
-            help="With --scheduler dask: worker processes [default: cores]; with an address: wait for this many "
-            "workers."),
-    _option("scheduler_file", str | None, default(ClusterOptions, "scheduler_file"), show_default=False,
-            help="A Dask scheduler file (as dask-jobqueue or dask-mpi write it) instead of --scheduler."),
+    _option(
+        "scheduler",
+        str,
+        default(ClusterOptions, "scheduler"),
+        help="Where rows are written: local (this process), dask (a LocalCluster of --workers processes) or a "
+        "Dask scheduler address, e.g. tcp://host:8786.",
+    ),
+    _option(
+        "workers",
+        int | None,
+        default(ClusterOptions, "workers"),
+        min=1,
+        show_default=False,
+        help="With --scheduler dask: worker processes [default: cores]; with an address: wait for this many workers.",
+    ),
+    _option(
+        "scheduler_file",
+        str | None,
+        default(ClusterOptions, "scheduler_file"),
+        show_default=False,
+        help="A Dask scheduler file (as dask-jobqueue or dask-mpi write it) instead of --scheduler.",
+    ),
 )
 FSYNC = (
-    _flag("fsync", "Flush the output to disk before renaming it into place, and the directory entry after "
-          "(survives a power cut; costs a full writeback).", default=default(OutputOptions, "fsync")),
+    _flag(
+        "fsync",
+        "Flush the output to disk before renaming it into place, and the directory entry after "
+        "(survives a power cut; costs a full writeback).",
+        default=default(OutputOptions, "fsync"),
+    ),
 )
 OUTPUT = (
-    _option("output_format", FormatName | None, default(OutputOptions, "format"), "--format", show_default=False,
-            help="hdf5 or parquet [default: from the output path]."),
-    _option("rows_per_shard", int, default(OutputOptions, "rows_per_shard"), min=1,
-            help="Parquet: rows per shard file (16384 = ~340 MB)."),
-    _flag("overwrite", "Replace an output cutout-etl wrote earlier (never another file, nor a directory holding "
-          "other files or an input).", default=default(OutputOptions, "overwrite")),
+    _option(
+        "output_format",
+        FormatName | None,
+        default(OutputOptions, "format"),
+        "--format",
+        show_default=False,
+        help="hdf5 or parquet [default: from the output path].",
+    ),
+    _option(
+        "rows_per_shard",
+        int,
+        default(OutputOptions, "rows_per_shard"),
+        min=1,
+        help="Parquet: rows per shard file (16384 = ~340 MB).",
+    ),
+    _flag(
+        "overwrite",
+        "Replace an output cutout-etl wrote earlier (never another file, nor a directory holding "
+        "other files or an input).",
+        default=default(OutputOptions, "overwrite"),
+    ),
     *FSYNC,
 )
 COMMON = (
@@ -159,8 +245,15 @@ def merge_options(opts: Opts) -> MergeOptions:
 
 def split_options(opts: Opts) -> SplitOptions:
     fractions = finite_floats(opts["fractions"], "--fractions")
-    return SplitOptions(fractions, opts["seed"], opts["group_radius"], opts["pixel_scale"],
-                        GroupBy(opts["group_by"]).value, opts["cell_deg"], opts["tolerance"])
+    return SplitOptions(
+        fractions,
+        opts["seed"],
+        opts["group_radius"],
+        opts["pixel_scale"],
+        GroupBy(opts["group_by"]).value,
+        opts["cell_deg"],
+        opts["tolerance"],
+    )
 
 
 def output_options(opts: Opts) -> OutputOptions:

@@ -96,7 +96,8 @@ def run_summary(console: Console, metadata: dict) -> None:
         style = None if split["within_tolerance"] else "yellow"
         console.print(
             f"class fractions within {split['max_fraction_deviation']:.4f} of the targets (tolerance {split['tolerance']:g})",
-            style=style, highlight=False,
+            style=style,
+            highlight=False,
         )
 
 
@@ -147,13 +148,25 @@ def inspect_report(console: Console, report: dict) -> None:
             f"image '{image['column']}' {image['height']}x{image['width']}x{image['bands']} {image['dtype']}",
             highlight=False,
         )
-        console.print("columns: " + ", ".join(f"{c['name']} {c['dtype']}{tuple(c['shape']) if c['shape'] else ''}" for c in file["columns"]), highlight=False)
+        console.print(
+            "columns: "
+            + ", ".join(f"{c['name']} {c['dtype']}{tuple(c['shape']) if c['shape'] else ''}" for c in file["columns"]),
+            highlight=False,
+        )
         console.print("labels: " + ", ".join(f"{k} {v}" for k, v in file["labels"].items()), highlight=False)
         grid = Table(show_edge=False)
         for col in ("band", "min", "median", "max", "NaN", "inf", "no finite"):
             grid.add_column(col, justify="right")
         for band, s in file["pixels"].items():
-            grid.add_row(band, _fmt(s["min"]), _fmt(s["median"]), _fmt(s["max"]), str(s["nan_pixels"]), str(s["inf_pixels"]), str(s["cutouts_no_finite"]))
+            grid.add_row(
+                band,
+                _fmt(s["min"]),
+                _fmt(s["median"]),
+                _fmt(s["max"]),
+                str(s["nan_pixels"]),
+                str(s["inf_pixels"]),
+                str(s["cutouts_no_finite"]),
+            )
         console.print(grid)
     positions = report.get("positions") or {}
     if positions:

@@ -64,7 +64,9 @@ class ClusterOptions:
         """A usage error before any work."""
         known = self.scheduler in (LOCAL, LOCAL_CLUSTER) or "://" in self.scheduler
         if not known:
-            raise UsageError(f"--scheduler: '{self.scheduler}' is not local, dask or a scheduler address such as tcp://host:8786")
+            raise UsageError(
+                f"--scheduler: '{self.scheduler}' is not local, dask or a scheduler address such as tcp://host:8786"
+            )
         if self.is_local and self.workers is not None:
             raise UsageError("--workers: needs --scheduler dask, a scheduler address or --scheduler-file")
         if self.workers is not None and self.workers < 1:

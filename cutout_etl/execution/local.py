@@ -86,8 +86,14 @@ def write_tables(
         client, options = cluster
         assert isinstance(sink, HDF5Sink), "Dask tasks write HDF5 only (pipeline._check_cluster)"
         job = dask_cluster.WriteJob(
-            [f.info for f in scan.files], scan.classes, dtype, sink.path, sink.offsets,
-            chunk_rows, carry_provenance, scan.image_shape[-1],
+            [f.info for f in scan.files],
+            scan.classes,
+            dtype,
+            sink.path,
+            sink.offsets,
+            chunk_rows,
+            carry_provenance,
+            scan.image_shape[-1],
         )
         acc, checksums = dask_cluster.write_tables(client, job, tables, stats_table, options.blocks_per_task, progress)
     else:

@@ -37,7 +37,7 @@ def temp_path_for(target: Path) -> Path:
 
 def _temp_owner(name: str, prefix: str) -> tuple[str, int] | None:
     """(host, pid) of a temporary name, parsed from the right (host names may hold '-'); None if not ours."""
-    parts = name[len(prefix):].rsplit("-", 2)
+    parts = name[len(prefix) :].rsplit("-", 2)
     if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not re.fullmatch(r"[0-9a-f]+", parts[2]):
         return None
     return parts[0], int(parts[1])

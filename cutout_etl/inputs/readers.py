@@ -22,8 +22,20 @@ from .row_reader import IOV_MAX, RowReader, read_rows, row_runs
 from .row_reader import short_message as _short
 
 __all__ = [  # the row reading and file identity names are re-exported: the package looks for them here
-    "DEFAULT_CHUNK_ROWS", "IOV_MAX", "PLUGIN_FILTERS", "FileIdentity", "RowReader", "TableInfo", "find_tables",
-    "inspect_table", "iter_chunks", "open_h5", "read_rows", "resolve_table_path", "row_runs", "same_file",
+    "DEFAULT_CHUNK_ROWS",
+    "IOV_MAX",
+    "PLUGIN_FILTERS",
+    "FileIdentity",
+    "RowReader",
+    "TableInfo",
+    "find_tables",
+    "inspect_table",
+    "iter_chunks",
+    "open_h5",
+    "read_rows",
+    "resolve_table_path",
+    "row_runs",
+    "same_file",
     "sha256_file",
 ]
 
@@ -95,7 +107,6 @@ def open_h5(path: Path) -> h5py.File:
         raise InputFileError(f"{path}: cannot open HDF5 file, truncated or corrupt ({_short(exc)})") from exc
 
 
-
 def find_tables(f: h5py.File) -> list[str]:
     """Paths of the compound (table) datasets in a file, astropy meta excluded."""
     found: list[str] = []
@@ -137,9 +148,7 @@ def resolve_table_path(path: Path, f: h5py.File, table_path: str | None) -> str:
     if not tables:
         raise NoTableError(f"{path}: no table (compound dataset) found in the file")
     if len(tables) > 1:
-        raise NoTableError(
-            f"{path}: {len(tables)} tables ({', '.join(tables)}); choose one with --table-path"
-        )
+        raise NoTableError(f"{path}: {len(tables)} tables ({', '.join(tables)}); choose one with --table-path")
     return tables[0]
 
 
@@ -153,8 +162,7 @@ def inspect_table(path: Path, f: h5py.File, table_path: str | None, columns: Col
     missing = [c for c in columns.required() if c not in names]
     if missing:
         raise ColumnError(
-            f"{path}: table '{name}' has no column {', '.join(repr(m) for m in missing)} "
-            f"(columns: {', '.join(names)})"
+            f"{path}: table '{name}' has no column {', '.join(repr(m) for m in missing)} (columns: {', '.join(names)})"
         )
     label_dt = dtype[columns.label]
     if label_dt.kind not in "SUO":
@@ -193,7 +201,9 @@ def _open_table(path: Path, f: h5py.File, name: str) -> h5py.Dataset:
         raise InputFileError(f"{path}: cannot open table '{name}', corrupt ({_short(exc)})") from exc
 
 
-def _readable_dtype(path: Path, ds: h5py.Dataset, name: str, columns: Columns) -> tuple[np.dtype, list[tuple[str, str]]]:
+def _readable_dtype(
+    path: Path, ds: h5py.Dataset, name: str, columns: Columns
+) -> tuple[np.dtype, list[tuple[str, str]]]:
     """The table's row dtype, and the (column, kind) of members h5py cannot map (a 128-bit float).
 
     Such a member is left out of the dtype, the others keep their offsets in
@@ -255,9 +265,7 @@ def _check_image(path: Path, dt: np.dtype, column: str) -> tuple[tuple[int, int,
     if dt.base.kind != "f" or dt.base.itemsize not in (4, 8):
         raise ImageShapeError(f"{path}: image column '{column}' has dtype {dt.base}; expected float32 or float64")
     if len(shape) != 3:
-        raise ImageShapeError(
-            f"{path}: image column '{column}' has shape {shape}; expected (height, width, bands)"
-        )
+        raise ImageShapeError(f"{path}: image column '{column}' has shape {shape}; expected (height, width, bands)")
     h, w, b = shape
     if shape[0] < shape[1] and shape[1] == shape[2]:
         raise ImageShapeError(
@@ -277,9 +285,7 @@ def _check_storage(path: Path, ds: h5py.Dataset, name: str) -> None:
         end = offset + ds.shape[0] * ds.id.get_type().get_size()
         size = path.stat().st_size
         if end > size:
-            raise InputFileError(
-                f"{path}: truncated: table '{name}' needs {end} bytes, the file has {size}"
-            )
+            raise InputFileError(f"{path}: truncated: table '{name}' needs {end} bytes, the file has {size}")
 
 
 # Filters that plugins provide (registered ids: https://github.com/HDFGroup/hdf5_plugins/blob/master/docs/RegisteredFilterPlugins.md)
@@ -328,7 +334,6 @@ def _load_hdf5plugin() -> bool:
     return True
 
 
-
 def iter_chunks(
     info: TableInfo, f: h5py.File, chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -339,4 +344,3 @@ def iter_chunks(
             yield start, reader.read(np.arange(start, min(start + chunk_rows, info.rows)))
     finally:
         reader.close()
-

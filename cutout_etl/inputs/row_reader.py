@@ -30,7 +30,9 @@ def read_rows(path: Path, ds: h5py.Dataset, start: int, stop: int) -> np.ndarray
     try:
         return ds[start:stop]
     except (OSError, RuntimeError, ValueError) as exc:
-        raise InputFileError(f"{path}: cannot read rows {start}-{stop}: corrupt or truncated ({short_message(exc)})") from exc
+        raise InputFileError(
+            f"{path}: cannot read rows {start}-{stop}: corrupt or truncated ({short_message(exc)})"
+        ) from exc
 
 
 class RowReader:
@@ -72,7 +74,9 @@ class RowReader:
             try:
                 return self._read_h5(rows)
             except (OSError, RuntimeError, ValueError) as exc:
-                raise InputFileError(f"{self.info.path}: cannot read rows: corrupt or truncated ({short_message(exc)})") from exc
+                raise InputFileError(
+                    f"{self.info.path}: cannot read rows: corrupt or truncated ({short_message(exc)})"
+                ) from exc
         out = np.empty(len(rows), self.dtype)
         raw = out.view(np.uint8).data
         size = self.dtype.itemsize
@@ -114,7 +118,9 @@ class RowReader:
         want = (b - a) * self.dtype.itemsize
         got = os.preadv(self._fd, buffers, self._offset + int(rows[a]) * self.dtype.itemsize)
         if got != want:
-            raise InputFileError(f"{self.info.path}: truncated: rows {rows[a]}-{rows[b - 1]} lie past the end of the file")
+            raise InputFileError(
+                f"{self.info.path}: truncated: rows {rows[a]}-{rows[b - 1]} lie past the end of the file"
+            )
 
     def close(self) -> None:
         if self._fd is not None:

@@ -223,4 +223,3 @@ def _raw_layout(table: h5py.Dataset, image_shape: Sequence[int]) -> tuple[int, i
     if not label_at + 8 <= image_at:
         return None
     return int(offset), int(dtype.itemsize), int(image_at), int(label_at)
-

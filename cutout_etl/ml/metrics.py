@@ -54,4 +54,3 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: Seque
             "counts": confusion.tolist(),
         },
     }
-

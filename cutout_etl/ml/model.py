@@ -34,7 +34,6 @@ def build_model(
     return keras.Model(inputs, outputs, name="cutout_cnn")
 
 
-
 def load_model(path: str | os.PathLike[str], **kwargs: Any) -> keras.Model:
     """`keras.saving.load_model` in safe mode, with `FluxPreprocessing` registered."""
     kwargs.setdefault("safe_mode", True)

@@ -23,7 +23,6 @@ class PreprocessingError(CutoutEtlError, ValueError):
     """The stored statistics cannot give the requested transform."""
 
 
-
 @keras.saving.register_keras_serializable(package="cutout_etl")
 class FluxPreprocessing(keras.layers.Layer):
     """Per-band flux transform with fixed constants, always computed in float32.
@@ -92,9 +91,7 @@ class FluxPreprocessing(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(
-            mode=self.mode, offset=self.offset, scale=self.scale, clip=self.clip, bands=self.bands
-        )
+        config.update(mode=self.mode, offset=self.offset, scale=self.scale, clip=self.clip, bands=self.bands)
         return config
 
 
@@ -161,14 +158,18 @@ def _preprocessing(ds: Dataset, mode: str, clip: float, name: str) -> FluxPrepro
         if mode == "asinh":
             transform = entry.get("transform") or {}
             if transform.get("kind") != "asinh":
-                raise PreprocessingError(f"{ds.path}: band {band!r}: stored transform is {transform!r}, expected kind 'asinh'")
+                raise PreprocessingError(
+                    f"{ds.path}: band {band!r}: stored transform is {transform!r}, expected kind 'asinh'"
+                )
             offset, scale = transform.get("offset"), transform.get("scale")
             what = f"scale k*sigma_sky = {scale} (sky noise {entry.get('sky_sigma', {}).get('p50')})"
         else:
             offset, scale = (entry.get("quantiles") or {}).get("p50"), entry.get("mad_sigma")
             what = f"mad_sigma = {scale}"
         if offset is None or not math.isfinite(offset):
-            raise PreprocessingError(f"{ds.path}: band {band!r}: no finite offset stored for the {mode} transform (got {offset})")
+            raise PreprocessingError(
+                f"{ds.path}: band {band!r}: no finite offset stored for the {mode} transform (got {offset})"
+            )
         if scale is None or not (math.isfinite(scale) and scale > 0):
             raise PreprocessingError(
                 f"{ds.path}: band {band!r}: cannot build the {mode} transform: {what}; "
@@ -179,4 +180,3 @@ def _preprocessing(ds: Dataset, mode: str, clip: float, name: str) -> FluxPrepro
     return FluxPreprocessing(
         mode, offset=offsets, scale=scales, clip=clip if mode == "robust" else None, bands=ds.bands, name=name
     )
-

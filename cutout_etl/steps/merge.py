@@ -157,8 +157,7 @@ def _conflict_message(groups, shown, codes, classes, describe_row, what: str) ->
         parts.append(f"'{shown[members[0]].decode(errors='replace')}' ({copies})")
     more = f" and {len(groups) - MAX_LISTED} more" if len(groups) > MAX_LISTED else ""
     return (
-        f"{len(groups)} {what} carry conflicting labels: {'; '.join(parts)}{more}; "
-        "use --on-conflict drop to drop them"
+        f"{len(groups)} {what} carry conflicting labels: {'; '.join(parts)}{more}; use --on-conflict drop to drop them"
     )
 
 

@@ -42,6 +42,8 @@ _ASCENDING = np.concatenate([np.arange(0xFFFF, 0x7FFF, -1), np.arange(0x8000)])
 _FINITE_ASCENDING = _ASCENDING[_EXPONENT[_ASCENDING] != 0xFF]
 # High 16-bit half of a native float32 when viewed as two uint16.
 _HIGH_HALF = 1 if sys.byteorder == "little" else 0
+
+
 def _bin_midpoints() -> np.ndarray:
     with np.errstate(invalid="ignore"):
         low = np.abs((_KEYS << 16).view(np.float32).astype(np.float64))

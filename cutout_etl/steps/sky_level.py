@@ -20,15 +20,17 @@ def _border_frame(images: np.ndarray, border: int) -> np.ndarray:
     inner_end_row, inner_end_col = max(border, h - border), max(border, w - border)
     middle = images[:, border:inner_end_row]
     parts = [
-        images[:, :border], images[:, inner_end_row:],
-        middle[:, :, :border], middle[:, :, inner_end_col:],
+        images[:, :border],
+        images[:, inner_end_row:],
+        middle[:, :, :border],
+        middle[:, :, inner_end_col:],
     ]
     parts = [p.reshape(n, -1, n_bands).transpose(0, 2, 1) for p in parts]
     # Filled in place: one fresh array instead of two (page faults dominate).
     frame = np.empty((n, n_bands, sum(p.shape[2] for p in parts)), np.float32)
     start = 0
     for part in parts:
-        frame[:, :, start:start + part.shape[2]] = part
+        frame[:, :, start : start + part.shape[2]] = part
         start += part.shape[2]
     return frame.reshape(n * n_bands, -1)
 

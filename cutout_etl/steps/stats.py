@@ -43,7 +43,17 @@ from .sky_level import MAD_TO_SIGMA, chunk_sky
 __all__ = ["MAD_TO_SIGMA", "QUANTILES", "QUANTILE_METHOD", "SKY_QUANTILES", "BandStats", "quantile_bound"]
 
 QUANTILES: tuple[float, ...] = (
-    0.001, 0.01, 0.05, 0.16, 0.25, 0.5, 0.75, 0.84, 0.95, 0.99, 0.999,
+    0.001,
+    0.01,
+    0.05,
+    0.16,
+    0.25,
+    0.5,
+    0.75,
+    0.84,
+    0.95,
+    0.99,
+    0.999,
 )
 SKY_QUANTILES: tuple[float, ...] = (0.16, 0.5, 0.84)
 
@@ -62,9 +72,15 @@ QUANTILE_METHOD = (
 _BLOCK_BYTES = 1 << 21
 
 _COUNTS = (
-    "finite_pixels", "nan_pixels", "inf_pixels", "zero_pixels",
-    "cutouts_with_invalid", "cutouts_no_finite", "saturated_pixels",
-    "sky_cutouts", "sky_cutouts_skipped",
+    "finite_pixels",
+    "nan_pixels",
+    "inf_pixels",
+    "zero_pixels",
+    "cutouts_with_invalid",
+    "cutouts_no_finite",
+    "saturated_pixels",
+    "sky_cutouts",
+    "sky_cutouts_skipped",
 )
 
 
@@ -76,8 +92,12 @@ def _band_total(mask: np.ndarray, n_bands: int) -> np.ndarray:
 
 
 def _combine(
-    n_a: np.ndarray, mean_a: np.ndarray, m2_a: np.ndarray,
-    n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray,
+    n_a: np.ndarray,
+    mean_a: np.ndarray,
+    m2_a: np.ndarray,
+    n_b: np.ndarray,
+    mean_b: np.ndarray,
+    m2_b: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Chan, Golub & LeVeque: mean and M2 of the union of two samples."""
     delta = mean_b - mean_a
@@ -98,8 +118,8 @@ def _shifted_sums(flat: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.n
     s1 = np.zeros(flat.shape[1])
     s2 = np.zeros(flat.shape[1])
     for start in range(0, len(flat), rows):
-        block = scratch[: len(flat[start:start + rows])]
-        np.subtract(flat[start:start + rows], shift_row, out=block)
+        block = scratch[: len(flat[start : start + rows])]
+        np.subtract(flat[start : start + rows], shift_row, out=block)
         s1 += block.sum(axis=0)
         s2 += np.einsum("ij,ij->j", block, block)
     return s1.reshape(-1, n_bands).sum(axis=0), s2.reshape(-1, n_bands).sum(axis=0)
@@ -166,9 +186,7 @@ class BandStats:
     def _as_chunk(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != self.n_bands:
-            raise ValueError(
-                f"expected images of shape (N, H, W, {self.n_bands}) (got {images.shape})"
-            )
+            raise ValueError(f"expected images of shape (N, H, W, {self.n_bands}) (got {images.shape})")
         if images.dtype.kind != "f" or images.dtype.itemsize != 4:
             raise ValueError(f"expected float32 images (got {images.dtype})")
         if 0 in images.shape[1:3]:
@@ -212,9 +230,7 @@ class BandStats:
         safe_n = np.maximum(n, 1)
         chunk_mean = shift + s1 / safe_n
         chunk_m2 = np.maximum(s2 - s1 * s1 / safe_n, 0.0)
-        self._mean, self._m2 = _combine(
-            self._counts["finite_pixels"], self._mean, self._m2, n, chunk_mean, chunk_m2
-        )
+        self._mean, self._m2 = _combine(self._counts["finite_pixels"], self._mean, self._m2, n, chunk_mean, chunk_m2)
         self._sum += shift * n + s1
         low, high = _extremes(flat, n_bands)
         if bad is not None and ((low == shift) | (high == shift)).any():
@@ -224,7 +240,10 @@ class BandStats:
         self._max = np.fmax(self._max, np.where(n > 0, high, np.nan))
 
     def _update_counts(
-        self, images: np.ndarray, hist: list[np.ndarray], n_finite: np.ndarray,
+        self,
+        images: np.ndarray,
+        hist: list[np.ndarray],
+        n_finite: np.ndarray,
         bad: np.ndarray | None,
     ) -> None:
         n, h, w, n_bands = images.shape
@@ -237,9 +256,9 @@ class BandStats:
             posinf = np.bincount(band[value == np.inf], minlength=n_bands)
             counts["nan_pixels"] += nan
             counts["inf_pixels"] += n * h * w - n_finite - nan
-            per_cutout = np.bincount(
-                bad // (h * w * n_bands) * n_bands + band, minlength=n * n_bands
-            ).reshape(n, n_bands)
+            per_cutout = np.bincount(bad // (h * w * n_bands) * n_bands + band, minlength=n * n_bands).reshape(
+                n, n_bands
+            )
             counts["cutouts_with_invalid"] += (per_cutout > 0).sum(axis=0)
             counts["cutouts_no_finite"] += (per_cutout == h * w).sum(axis=0)
         # Bins 0x0000 and 0x8000 hold +-0 and the tiniest subnormals.
@@ -251,7 +270,7 @@ class BandStats:
         if any(c[key] for c in hist):
             saturated = _band_total(images >= self._saturation32, n_bands) - posinf
         else:
-            saturated = np.array([c[key + 1:POSITIVE_INF_KEY].sum() for c in hist])
+            saturated = np.array([c[key + 1 : POSITIVE_INF_KEY].sum() for c in hist])
         counts["saturated_pixels"] += saturated
 
     def _add_sky(self, median: np.ndarray, sigma: np.ndarray) -> None:
@@ -272,13 +291,16 @@ class BandStats:
         theirs = (other.n_bands, other.border, other.saturation)
         if mine != theirs:
             raise ValueError(
-                "cannot merge BandStats with different (n_bands, border, saturation)"
-                f" (got {theirs} and {mine})"
+                f"cannot merge BandStats with different (n_bands, border, saturation) (got {theirs} and {mine})"
             )
         n_self = self._counts["finite_pixels"].copy()
         self._mean, self._m2 = _combine(
-            n_self, self._mean, self._m2,
-            other._counts["finite_pixels"], other._mean, other._m2,
+            n_self,
+            self._mean,
+            self._m2,
+            other._counts["finite_pixels"],
+            other._mean,
+            other._m2,
         )
         for name in _COUNTS:
             self._counts[name] += other._counts[name]
@@ -305,9 +327,7 @@ class BandStats:
         return {
             "n_cutouts": self.n_cutouts,
             "quantile_method": QUANTILE_METHOD,
-            "bands": {
-                name: self._band_summary(i, softening_k) for i, name in enumerate(names)
-            },
+            "bands": {name: self._band_summary(i, softening_k) for i, name in enumerate(names)},
         }
 
     def _band_summary(self, band: int, softening_k: float) -> dict:
@@ -318,19 +338,20 @@ class BandStats:
         quantiles = sketch_quantiles(self._hist[band], QUANTILES)
         out["quantiles"] = _quantile_dict(quantiles, QUANTILES)
         median = quantiles[QUANTILES.index(0.5)]
-        out["mad_sigma"] = (
-            None if median is None
-            else MAD_TO_SIGMA * sketch_mad(self._hist[band], median)
-        )
+        out["mad_sigma"] = None if median is None else MAD_TO_SIGMA * sketch_mad(self._hist[band], median)
         out.update(self._band_sky(band, counts, softening_k))
         return out
 
     def _band_moments(self, band: int, n: int) -> dict:
         variance = self._m2[band] / max(n, 1)
         values = {
-            "sum": self._sum[band], "mean": self._mean[band], "m2": self._m2[band],
-            "variance": variance, "std": math.sqrt(variance),
-            "min": self._min[band], "max": self._max[band],
+            "sum": self._sum[band],
+            "mean": self._mean[band],
+            "m2": self._m2[band],
+            "variance": variance,
+            "std": math.sqrt(variance),
+            "min": self._min[band],
+            "max": self._max[band],
         }
         return {key: _none_if_empty(n, value) for key, value in values.items()}
 
@@ -348,6 +369,9 @@ class BandStats:
             "sky_sigma": _quantile_dict(sigmas, SKY_QUANTILES),
             "asinh_softening": scale,
             "transform": {
-                "kind": "asinh", "offset": offset, "scale": scale, "k": float(softening_k),
+                "kind": "asinh",
+                "offset": offset,
+                "scale": scale,
+                "k": float(softening_k),
             },
         }

@@ -78,10 +78,14 @@ def colour_cells(images: np.ndarray, soft: Softening, rgb: tuple[int, int, int])
     stretch = lupton_stretch(soft, rgb)
     sky = np.nan_to_num(images - soft.offset.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where the intensity is 0; astropy then uses 0
-        return np.stack([
-            make_lupton_rgb(im[..., rgb[0]], im[..., rgb[1]], im[..., rgb[2]], minimum=0.0, stretch=stretch, Q=LUPTON_Q)
-            for im in sky
-        ])
+        return np.stack(
+            [
+                make_lupton_rgb(
+                    im[..., rgb[0]], im[..., rgb[1]], im[..., rgb[2]], minimum=0.0, stretch=stretch, Q=LUPTON_Q
+                )
+                for im in sky
+            ]
+        )
 
 
 @dataclass
@@ -105,7 +109,9 @@ def _grid_layout(n_rows: int, codes: np.ndarray, n_cols: int, size: int) -> tupl
         y += cell + GAP
     height = y - GAP + bottom
     width = left + n_cols * (cell + GAP) - GAP + right
-    cells = [[(left + j * (cell + GAP), y0, left + j * (cell + GAP) + cell, y0 + cell) for j in range(n_cols)] for y0 in ys]
+    cells = [
+        [(left + j * (cell + GAP), y0, left + j * (cell + GAP) + cell, y0 + cell) for j in range(n_cols)] for y0 in ys
+    ]
     return GridLayout(width, height, cells), left, top
 
 
@@ -134,20 +140,18 @@ def render_grid(source: Source, grid: Grid, soft: Softening, title: str) -> tupl
     for i in range(n):
         _, y0, _, y1 = layout.cells[i][0]
         x, mid = left - 8, (y0 + y1) / 2
-        fig.text(*at(x, mid - 13), source.classes[grid.codes[i]], fontsize=8.5, fontweight="bold",
-                 color=f"C{grid.codes[i] % 10}", ha="right", va="center")
+        fig.text(
+            *at(x, mid - 13),
+            source.classes[grid.codes[i]],
+            fontsize=8.5,
+            fontweight="bold",
+            color=f"C{grid.codes[i] % 10}",
+            ha="right",
+            va="center",
+        )
         fig.text(*at(x, mid), grid.ids[i], fontsize=7, family="monospace", ha="right", va="center")
         fig.text(*at(x, mid + 12), _short(grid.where[i], 40), fontsize=6, color="0.4", ha="right", va="center")
-    footer = [
-        f"Each band: asinh((x - sky) / s), s = 3 sky sigma, shown from {DISPLAY_LOW:g} to the band's p99.9;"
-        + " the same for every object.",
-        f"Softening: {soft.source}.",
-    ]
-    if rgb is not None:
-        footer.append(f"Colour: make_lupton_rgb({', '.join(source.bands[i] for i in rgb)}), Q={LUPTON_Q:g}, "
-                      f"stretch={lupton_stretch(soft, rgb):.2g} maggies, same for every object.")
-    if not np.isfinite(grid.images).all():
-        footer.append("NaN/inf pixels in magenta.")
+    footer = _footer(source, soft, rgb, grid.images)
     fig.text(*at(8, layout.height - 6), "\n".join(footer), fontsize=6.5, color="0.25", va="bottom", wrap=True)
     canvas = figure_rgb(fig)  # the text; the cells go in pixel for pixel (no resampling)
     for i in range(n):
@@ -157,4 +161,21 @@ def render_grid(source: Source, grid: Grid, soft: Softening, title: str) -> tupl
 
 
 def _short(text: str, n: int) -> str:
-    return text if len(text) <= n else "..." + text[-(n - 3):]
+    return text if len(text) <= n else "..." + text[-(n - 3) :]
+
+
+def _footer(source: Source, soft: Softening, rgb: tuple[int, int, int] | None, images: np.ndarray) -> list[str]:
+    """How to read the grid: the stretch, where the softening comes from, the colour composite."""
+    footer = [
+        f"Each band: asinh((x - sky) / s), s = 3 sky sigma, shown from {DISPLAY_LOW:g} to the band's p99.9;"
+        + " the same for every object.",
+        f"Softening: {soft.source}.",
+    ]
+    if rgb is not None:
+        footer.append(
+            f"Colour: make_lupton_rgb({', '.join(source.bands[i] for i in rgb)}), Q={LUPTON_Q:g}, "
+            f"stretch={lupton_stretch(soft, rgb):.2g} maggies, same for every object."
+        )
+    if not np.isfinite(images).all():
+        footer.append("NaN/inf pixels in magenta.")
+    return footer

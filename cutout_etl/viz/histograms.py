@@ -143,8 +143,16 @@ def _colour_panels(axes: Any, source: Source, hist: Histograms, sigma_ap: np.nda
         ax = axes[row]
         for c, name in enumerate(source.classes):
             m = mags[c]
-            ax.scatter(m[:, j] - m[:, k], m[:, i] - m[:, j], s=2, alpha=0.5, color=f"C{c % 10}",
-                       label=name, rasterized=True, linewidths=0)
+            ax.scatter(
+                m[:, j] - m[:, k],
+                m[:, i] - m[:, j],
+                s=2,
+                alpha=0.5,
+                color=f"C{c % 10}",
+                label=name,
+                rasterized=True,
+                linewidths=0,
+            )
         ax.set_xlabel(f"{bands[j]} - {bands[k]}", fontsize=8)
         ax.set_ylabel(f"{bands[i]} - {bands[j]}", fontsize=8)
         ax.set_title("colours (central flux, asinh mag)", fontsize=9)

@@ -40,9 +40,27 @@ from .preview_source import Source, draw, is_dataset, open_source
 from .softening import Softening, softening
 
 __all__ = [  # the parts' public names too: callers and tests find them here
-    "BAD_RGB", "DEFAULT_HIST_PER_CLASS", "DEFAULT_PER_CLASS", "MAX_PER_CLASS", "Grid", "GridLayout", "Histograms",
-    "PlotUnavailableError", "Preview", "Softening", "Source", "check_output", "composite_bands", "draw",
-    "is_dataset", "make_previews", "open_source", "preview", "read_grid", "softening", "write_output",
+    "BAD_RGB",
+    "DEFAULT_HIST_PER_CLASS",
+    "DEFAULT_PER_CLASS",
+    "MAX_PER_CLASS",
+    "Grid",
+    "GridLayout",
+    "Histograms",
+    "PlotUnavailableError",
+    "Preview",
+    "Softening",
+    "Source",
+    "check_output",
+    "composite_bands",
+    "draw",
+    "is_dataset",
+    "make_previews",
+    "open_source",
+    "preview",
+    "read_grid",
+    "softening",
+    "write_output",
 ]
 
 DEFAULT_PER_CLASS = 6
@@ -110,8 +128,7 @@ def _summary(source: Source, grid: Grid, soft: Softening, seed: int, histograms:
         "rows_per_class": source.rows_per_class(),
         "shown_per_class": {c: int((grid.codes == i).sum()) for i, c in enumerate(source.classes)},
         "objects": [
-            {"class": source.classes[c], "id": i, "where": w}
-            for c, i, w in zip(grid.codes, grid.ids, grid.where)
+            {"class": source.classes[c], "id": i, "where": w} for c, i, w in zip(grid.codes, grid.ids, grid.where)
         ],
         "softening": soft.describe(source.bands),
         "composite": [source.bands[i] for i in rgb] if (rgb := composite_bands(source.bands)) else None,

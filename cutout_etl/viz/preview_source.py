@@ -58,9 +58,7 @@ def is_dataset(path: Path) -> bool:
     return has_metadata(path)
 
 
-def open_source(
-    paths: Sequence[Path], split: str | None, read: ReadOptions, stack: contextlib.ExitStack
-) -> Source:
+def open_source(paths: Sequence[Path], split: str | None, read: ReadOptions, stack: contextlib.ExitStack) -> Source:
     """Open one dataset or a set of class files; the files stay open until `stack` closes."""
     paths = [Path(p) for p in paths]
     if not paths:
@@ -68,7 +66,9 @@ def open_source(
     for path in paths:
         fmt = formats.detect(path)
         if not fmt.rows_as_input:
-            raise UsageError(f"{path}: preview reads HDF5; convert a {fmt.title} dataset first (cutout-etl convert {path} dataset.h5)")
+            raise UsageError(
+                f"{path}: preview reads HDF5; convert a {fmt.title} dataset first (cutout-etl convert {path} dataset.h5)"
+            )
     datasets = [p for p in paths if is_dataset(p)]
     if datasets and len(paths) > 1:
         raise UsageError(f"{datasets[0]}: is a cutout-etl dataset; preview takes one dataset, or class files, not both")
@@ -133,7 +133,6 @@ def _read_field(info: readers.TableInfo, f: h5py.File, name: str) -> np.ndarray:
         raise InputFileError(f"{info.path}: cannot read column '{name}': corrupt or truncated ({exc})") from exc
 
 
-
 def draw(source: Source, per_class: int, seed: int, salt: int = 0) -> list[np.ndarray]:
     """Per class, up to `per_class` distinct rows as (table, row) pairs, sorted.
 
@@ -142,10 +141,12 @@ def draw(source: Source, per_class: int, seed: int, salt: int = 0) -> list[np.nd
     """
     picks = []
     for code in range(len(source.classes)):
-        pairs = np.concatenate([
-            np.stack([np.full(len(rows), t), rows], axis=1)
-            for t, rows in ((t, np.flatnonzero(table.codes == code)) for t, table in enumerate(source.tables))
-        ])
+        pairs = np.concatenate(
+            [
+                np.stack([np.full(len(rows), t), rows], axis=1)
+                for t, rows in ((t, np.flatnonzero(table.codes == code)) for t, table in enumerate(source.tables))
+            ]
+        )
         rng = np.random.default_rng([seed, salt, code])
         if len(pairs) > per_class:
             pairs = pairs[np.sort(rng.choice(len(pairs), size=per_class, replace=False))]

@@ -62,7 +62,9 @@ def _num(value: object) -> str:
     return _e(value)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], total: Sequence[str] | None = None, text: int = 1) -> str:
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], total: Sequence[str] | None = None, text: int = 1
+) -> str:
     """Cells are HTML already (escape them with _e or _num); the first `text` columns align left."""
 
     def row(cells: Sequence[str], css: str = "") -> str:
@@ -90,8 +92,11 @@ def _counts_section(report: dict) -> str:
     if not counts:
         return "<p>No usable file, so no class counts.</p>"
     rows = [[_e(name), *(_num(c[label]) for label in labels), _num(sum(c.values()))] for name, c in counts.items()]
-    total = ["total", *(_num(sum(c[label] for c in counts.values())) for label in labels),
-             _num(sum(sum(c.values()) for c in counts.values()))]
+    total = [
+        "total",
+        *(_num(sum(c[label] for c in counts.values())) for label in labels),
+        _num(sum(sum(c.values()) for c in counts.values())),
+    ]
     return _table(["file", *labels, "rows"], rows, total)
 
 
@@ -99,8 +104,12 @@ def _problems_section(report: dict) -> str:
     if not report["problems"]:
         return "<p>No problems found.</p>"
     rows = [
-        [f'<span class="{_e(p["level"])}">{_e(p["level"])}</span>', _e(p["file"] or "(across files)"),
-         _e(p["message"]), _num(p["count"])]
+        [
+            f'<span class="{_e(p["level"])}">{_e(p["level"])}</span>',
+            _e(p["file"] or "(across files)"),
+            _e(p["message"]),
+            _num(p["count"]),
+        ]
         for p in report["problems"]
     ]
     return _table(["level", "file", "problem", "count"], rows, text=3)
@@ -109,7 +118,7 @@ def _problems_section(report: dict) -> str:
 def _file_section(file: dict) -> str:
     out = [f"<h3>{_e(file['name'])}</h3>", f'<p class="meta">{_e(file["path"])}</p>']
     if not file.get("usable"):
-        return "\n".join(out + ["<p class=\"bad\">Not usable (see the problems above).</p>"])
+        return "\n".join(out + ['<p class="bad">Not usable (see the problems above).</p>'])
     image = file["image"]
     out.append(
         f"<p>Table <code>{_e(file['table_path'])}</code> ({_e(', '.join(file['tables']))} in the file), "
@@ -120,16 +129,26 @@ def _file_section(file: dict) -> str:
     columns = [[_e(c["name"]), _e(c["dtype"]), _e(" x ".join(map(str, c["shape"])) or "-")] for c in file["columns"]]
     out.append(_table(["column", "dtype", "shape"], columns, text=3))
     pixels = [
-        [_e(band), _num(s["min"]), _num(s["median"]), _num(s["max"]), _num(s["nan_pixels"]), _num(s["inf_pixels"]),
-         _num(s["cutouts_no_finite"])]
+        [
+            _e(band),
+            _num(s["min"]),
+            _num(s["median"]),
+            _num(s["max"]),
+            _num(s["nan_pixels"]),
+            _num(s["inf_pixels"]),
+            _num(s["cutouts_no_finite"]),
+        ]
         for band, s in file["pixels"].items()
     ]
-    out.append(_table(["band", "min", "median", "max", "NaN pixels", "inf pixels", "cutouts with no finite pixel"], pixels))
+    out.append(
+        _table(["band", "min", "median", "max", "NaN pixels", "inf pixels", "cutouts with no finite pixel"], pixels)
+    )
     dup = file.get("duplicate_ids", {})
     out.append(
         f"<p>Rows whose image has no finite pixel: {_num(file['rows_no_finite_pixel'])}; with some NaN/inf: "
         f"{_num(file['rows_partly_nonfinite'])}; IDs repeated in the file: {_num(dup.get('ids', 0))}"
-        + (f" (e.g. {_e(', '.join(dup['examples']))})" if dup.get("examples") else "") + ".</p>"
+        + (f" (e.g. {_e(', '.join(dup['examples']))})" if dup.get("examples") else "")
+        + ".</p>"
     )
     return "\n".join(out)
 
@@ -196,12 +215,14 @@ def preview_images(
     )
     images = [grid]
     if result.hist_png is not None:
-        images.append(Image(
-            "Distributions",
-            f"Per band, pixel values and each object's central flux, one curve per class "
-            f"(up to {HTML_HIST_PER_CLASS} objects per class); right: colours of the central flux.",
-            result.hist_png,
-        ))
+        images.append(
+            Image(
+                "Distributions",
+                f"Per band, pixel values and each object's central flux, one curve per class "
+                f"(up to {HTML_HIST_PER_CLASS} objects per class); right: colours of the central flux.",
+                result.hist_png,
+            )
+        )
     return images, []
 
 

@@ -51,7 +51,9 @@ def main() -> None:
             ReadOptions(chunk_rows=args.chunk_rows),
             cluster=ClusterOptions(scheduler=cluster.scheduler_address, workers=workers),
         )
-    print(f"{args.output}: {sum(t['rows'] for t in metadata['tables_rows'].values())} rows, digest {metadata['digest']}")
+    print(
+        f"{args.output}: {sum(t['rows'] for t in metadata['tables_rows'].values())} rows, digest {metadata['digest']}"
+    )
 
 
 if __name__ == "__main__":
