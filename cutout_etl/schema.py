@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 
 FORMAT_NAME = "cutout-etl"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the digest covers the match and group radii, grouping and cell size
 METADATA_ATTR = "cutout_etl"  # root attribute holding the dataset metadata as JSON
 PIXEL_UNIT = "maggies (AB, zero point 0)"
 PIXEL_UNIT_ASTROPY = "mgy"

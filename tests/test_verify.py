@@ -298,3 +298,15 @@ def test_zeroing_a_radius_the_leak_checks_use_fails_the_digest(small_dataset, tm
         entry[last] = 0
         f.attrs[METADATA_ATTR] = json.dumps(meta)
     assert verify(copy)["failures"] == ["content digest differs from the stored one"]
+
+
+def test_a_dataset_of_format_version_1_still_verifies():
+    """tests/data/dataset_v1.h5: three 6-row classes of 8x8x4 noise (conftest.make_table), built by commit f1252a1.
+
+    Version 1 digested the split's fractions and seed only; version 2 adds the radii, grouping and cell size.
+    """
+    path = Path(__file__).parent / "data" / "dataset_v1.h5"
+    with h5py.File(path) as f:
+        assert json.loads(f.attrs[METADATA_ATTR])["format_version"] == 1
+    report = verify(path)
+    assert report["ok"], report["failures"]

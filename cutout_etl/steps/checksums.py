@@ -36,6 +36,8 @@ ALGORITHM = "xxh3-128"
 _SMALL_CONTENT = tuple(name for name in CONTENT_COLUMNS if name != "image")  # the image has its own stream
 DIGESTED_METADATA = ("format_version", "classes", "bands", "image_shape", "pixel_unit")
 DIGESTED_SPLIT = ("fractions", "seed", "group_radius_arcsec", "group_by", "cell_deg")
+# Format version 1 digested only the split's fractions and seed; its datasets still verify, without the radii.
+DIGESTED_SPLIT_V1 = ("fractions", "seed")
 
 
 def _columns_digest(records: np.ndarray | Block, columns: tuple[str, ...]) -> str:
@@ -127,10 +129,12 @@ def dataset_digest(metadata: Mapping, checksums: Mapping[str, Mapping]) -> str:
     """SHA-256 of the dataset's content: see the module docstring for what is in it."""
     content = {key: metadata.get(key) for key in DIGESTED_METADATA}
     split = metadata.get("split") or {}
-    content["split"] = {key: split.get(key) for key in DIGESTED_SPLIT}
-    # verify checks that no two objects lie within the match radius: setting it to 0 must not switch that off
-    positions = (metadata.get("report") or {}).get("duplicate_positions") or {}
-    content["match_radius_arcsec"] = positions.get("match_radius_arcsec")
+    version_1 = metadata.get("format_version") == 1
+    content["split"] = {key: split.get(key) for key in (DIGESTED_SPLIT_V1 if version_1 else DIGESTED_SPLIT)}
+    if not version_1:
+        # verify checks that no two objects lie within the match radius: setting it to 0 must not switch that off
+        positions = (metadata.get("report") or {}).get("duplicate_positions") or {}
+        content["match_radius_arcsec"] = positions.get("match_radius_arcsec")
     content["tables"] = {
         name: {
             "rows": metadata["tables_rows"][name]["rows"],
