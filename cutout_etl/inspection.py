@@ -10,7 +10,6 @@ used here, on the same per-row facts, so inspect predicts build.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -225,7 +224,7 @@ def _repeated_files(paths: list[Path]) -> list[dict]:
         seen: dict[str, Path] = {}
         for path in group if len(group) > 1 else []:
             try:
-                digest = _sha256(path)
+                digest, _ = readers.sha256_file(path)
             except OSError:
                 continue
             if digest in seen:
@@ -235,14 +234,6 @@ def _repeated_files(paths: list[Path]) -> list[dict]:
             else:
                 seen[digest] = path
     return problems
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _across_files(reports: list[dict], parts: list[FileRows]) -> list[dict]:

@@ -223,12 +223,14 @@ def stats(
         cluster.check()
     path = Path(path)
     with open_dataset(path) as ds:
-        read = readers.FileIdentity.of_path(path)  # the file is replaced only if the path still names it at the end
         metadata = ds.metadata
         if split not in ds.splits:
             raise DatasetError(f"{path}: no split '{split}' (splits: {', '.join(ds.splits)})")
         engine = ds.engine
         engine.check_can_update(path)
+        table = ds[split].hdf5_table()
+        assert table is not None, "only HDF5 updates its metadata (check_can_update)"
+        read = readers.FileIdentity.of_h5(table.file)  # replaced only if the path still names this file at the end
         checksums = stored_checksums(path, metadata, split)
     bands = metadata["bands"]
     with execution.cluster(cluster) as client:

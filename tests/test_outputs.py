@@ -19,7 +19,7 @@ import pytest
 from cutout_etl import demo, pipeline
 from cutout_etl.dataset import open_dataset
 from cutout_etl.demo import DEMO_ATTR, DEMO_FILES, make_class_table, write_demo_files
-from cutout_etl.errors import ForeignOutputError, OutputAppearedError, OutputExistsError
+from cutout_etl.errors import ForeignOutputError, OutputAppearedError, OutputExistsError, OutputWriteError
 from cutout_etl.formats import atomic
 from cutout_etl.pipeline import OutputOptions
 from cutout_etl.verify import verify
@@ -81,6 +81,13 @@ def parquet_dataset_plus_a_file(path: Path) -> None:
     (path / "data" / "my_notes.txt").write_text("notes\n")
 
 
+def parquet_dataset_plus_a_foreign_parquet_file(path: Path) -> None:
+    """A user's own Parquet file among the shards: named like no shard cutout-etl writes."""
+    files = write_class_files(path.parent / "other_inputs")
+    assert run_cli("build", *files, "-o", path, "--format", "parquet", "--quiet")[0] == 0
+    (path / "data" / "my_catalogue.parquet").write_bytes((path / "cutout_etl.json").read_bytes())
+
+
 @pytest.mark.parametrize(
     "make, fmt",
     [
@@ -88,6 +95,7 @@ def parquet_dataset_plus_a_file(path: Path) -> None:
         (foreign_hdf5_file, "hdf5"),
         (foreign_directory, "parquet"),
         (parquet_dataset_plus_a_file, "parquet"),
+        (parquet_dataset_plus_a_foreign_parquet_file, "parquet"),
     ],
     ids=lambda v: getattr(v, "__name__", v),
 )
@@ -413,3 +421,44 @@ def test_demo_directory_check_happens_before_rendering(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "make_class_table", lambda *a, **k: pytest.fail("rendered before refusing"))
     with pytest.raises(OutputExistsError):
         write_demo_files(tmp_path, rows=5)
+
+
+def _read_only_file_system(monkeypatch, directory: Path) -> None:
+    """Creating or removing a file in `directory` fails as on a read-only mount (EROFS, not ENOENT)."""
+    real_open, real_unlink = os.open, Path.unlink
+
+    def refuse_open(path, flags, *args, **kwargs):
+        if Path(path).parent == directory and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def refuse_unlink(path, missing_ok=False):
+        if Path(path).parent == directory:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "open", refuse_open)
+    monkeypatch.setattr(Path, "unlink", refuse_unlink)
+
+
+def test_a_read_only_output_directory_gives_its_own_error_not_the_cleanups(tmp_path, monkeypatch):
+    files = write_class_files(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    _read_only_file_system(monkeypatch, out)
+    with pytest.raises(OutputWriteError, match=f"^{out / 'ds.h5'}: cannot write in {out} \\(Read-only file system\\)"):
+        pipeline.build(files, out / "ds.h5")
+
+
+def test_stats_refuses_a_read_only_directory_before_the_work(tmp_path, monkeypatch):
+    from cutout_etl.execution import local
+
+    files = write_class_files(tmp_path / "in")
+    target = tmp_path / "out" / "ds.h5"
+    target.parent.mkdir()
+    pipeline.build(files, target)
+    _read_only_file_system(monkeypatch, target.parent)
+    monkeypatch.setattr(local, "table_stats", lambda *a, **k: pytest.fail("the statistics pass ran"))
+    with pytest.raises(OutputWriteError, match="cannot write in"):
+        pipeline.stats(target)
+    assert verify(target)["ok"]

@@ -18,7 +18,6 @@ from rich.console import Console
 
 from .. import interrupts, pipeline
 from ..errors import CutoutEtlError, Interrupted
-from ..inspection import inspect_files
 from ..viz.preview import preview as draw_preview
 from . import render
 from .options import (
@@ -140,6 +139,8 @@ def inspect(
         from ..viz.preview import check_output
 
         _run(lambda p: check_output(html, files), opts)
+    from ..inspection import inspect_files  # imported by the command that needs it: start-up stays short
+
     report = _run(lambda p: inspect_files(files, read, class_list(opts), p), opts)
     if html is not None:
         from ..viz.report_html import write_inspect_html

@@ -7,19 +7,20 @@ exist or holds a finished output. What each format writes is in `formats/`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import re
 import secrets
 import shutil
-import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from .. import interrupts
 from ..errors import ForeignOutputError, OutputAppearedError, OutputExistsError, OutputWriteError
+from ..inputs.file_identity import host_name
 
 _TMP_MARK = ".tmp-"
 Guard = Callable[[Path], None]  # raises ForeignOutputError when an existing target may not be replaced
@@ -27,7 +28,7 @@ Guard = Callable[[Path], None]  # raises ForeignOutputError when an existing tar
 
 def _host() -> str:
     """This machine's name as it appears in temporary names (no '/', no whitespace)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", host_name()) or "localhost"
 
 
 def temp_path_for(target: Path) -> Path:
@@ -65,10 +66,19 @@ def remove_stale_temps(target: Path) -> list[Path]:
 
 
 def _remove(path: Path) -> None:
+    """Remove a temporary; a cleanup never raises, so it cannot hide the error (or signal) that led to it."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def check_writable(target: Path) -> None:
+    """Claim and release a temporary beside `target`: OutputWriteError now, not after the work, if it cannot be."""
+    tmp = temp_path_for(target)
+    _claim(tmp, target, directory=False)
+    _remove(tmp)
 
 
 def _process_alive(pid: int) -> bool:
@@ -158,8 +168,8 @@ def atomic_output(
     check_target(target, overwrite, directory, may_replace, protected)
     remove_stale_temps(target)
     tmp = temp_path_for(target)
+    _claim(tmp, target, directory)  # before the try: a temporary never made is never removed
     try:
-        _claim(tmp, target, directory)
         yield tmp
         if fsync:
             _fsync_tree(tmp)

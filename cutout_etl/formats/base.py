@@ -81,10 +81,10 @@ class OutputFormat(ABC):
         raise UsageError(f"{path}: {self.title} datasets' metadata cannot be updated")
 
     def check_can_update(self, path: Path) -> None:
-        """UsageError before any work unless the format `updates_metadata`."""
+        """UsageError before any work unless the format `updates_metadata` (a format that does checks more)."""
         if not self.updates_metadata:
             raise UsageError(
-                f"{path}: a {self.title} dataset's statistics are written by build; "
+                f"{path}: a {self.title} dataset's statistics are written by build into every shard; "
                 f"to recompute them, convert to HDF5 (cutout-etl convert {path} dataset.h5)"
             )
 

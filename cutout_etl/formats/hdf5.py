@@ -25,7 +25,7 @@ from ..inputs import readers
 from ..inputs.readers import IOV_MAX, FileIdentity, row_runs
 from ..inputs.records import Block, image_cut
 from ..schema import METADATA_ATTR, column_meta_yaml
-from .atomic import atomic_output
+from .atomic import atomic_output, check_writable
 from .base import OutputFormat, Sink, Table, check_metadata, is_our_metadata
 
 if TYPE_CHECKING:
@@ -70,6 +70,11 @@ class HDF5Format(OutputFormat):
         if missing:
             raise DatasetError(f"{path}: metadata lists tables missing from the file: {', '.join(missing)}")
         return metadata, {name: H5Table(path, f[name]) for name in metadata["tables"]}
+
+    def check_can_update(self, path: Path) -> None:
+        """The copy that replaces the file is made beside it: fail before the work if it cannot be."""
+        super().check_can_update(path)
+        check_writable(Path(os.path.realpath(path)))
 
     def replace_metadata(self, path: Path, metadata: Mapping, read: FileIdentity, fsync: bool = False) -> None:
         replace_metadata(path, metadata, read, fsync)

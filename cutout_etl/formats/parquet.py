@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DatasetError, InvalidRowError, UsageError
+from ..errors import DatasetError, InvalidRowError
 from ..inputs.records import Block
 from ..schema import (
     DATA_DIR,
@@ -115,18 +116,16 @@ class ParquetFormat(OutputFormat):
                 )
         return metadata, tables
 
-    def check_can_update(self, path: Path) -> None:
-        raise UsageError(  # names where build put them
-            f"{path}: a Parquet dataset's statistics are written by build into every shard; "
-            f"to recompute them, convert to HDF5 (cutout-etl convert {path} dataset.h5)"
-        )
-
     def format_checks(self, path: Path, metadata: Mapping) -> tuple[list[str], list[str]]:
         return ["Parquet shard footers"], shard_footer_failures(path, metadata)
 
 
+_SHARD_NAME = re.compile(rf"({'|'.join(map(re.escape, FILE_SPLIT.values()))})-\d{{5,}}-of-\d{{5,}}\.parquet")
+
+
 def _is_shard(entry: os.DirEntry) -> bool:
-    return entry.is_file(follow_symlinks=False) and entry.name.endswith(".parquet")
+    """A shard as `shard_names` names them: any other file in data/ is not ours to replace."""
+    return entry.is_file(follow_symlinks=False) and _SHARD_NAME.fullmatch(entry.name) is not None
 
 
 def shard_footer_failures(path: Path, metadata: Mapping) -> list[str]:

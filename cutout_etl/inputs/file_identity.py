@@ -13,7 +13,10 @@ import h5py
 
 from ..errors import InputChangedError
 
-_HOST = socket.gethostname()
+
+def host_name() -> str:
+    """This machine's name: identities and temporary names say which host they are from."""
+    return socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class FileIdentity:
 
     @classmethod
     def of_stat(cls, st: os.stat_result) -> FileIdentity:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, _HOST)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, host_name())
 
     @classmethod
     def of_fd(cls, fd: int) -> FileIdentity:
