@@ -77,8 +77,10 @@ def _remove(path: Path) -> None:
 def check_writable(target: Path) -> None:
     """Claim and release a temporary beside `target`: OutputWriteError now, not after the work, if it cannot be."""
     tmp = temp_path_for(target)
-    _claim(tmp, target, directory=False)
-    _remove(tmp)
+    try:
+        _claim(tmp, target, directory=False)
+    finally:
+        _remove(tmp)  # also when a signal lands between creating it and returning
 
 
 def _process_alive(pid: int) -> bool:
@@ -168,8 +170,8 @@ def atomic_output(
     check_target(target, overwrite, directory, may_replace, protected)
     remove_stale_temps(target)
     tmp = temp_path_for(target)
-    _claim(tmp, target, directory)  # before the try: a temporary never made is never removed
     try:
+        _claim(tmp, target, directory)
         yield tmp
         if fsync:
             _fsync_tree(tmp)
