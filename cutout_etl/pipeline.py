@@ -231,10 +231,11 @@ def stats(
         table = ds[split].hdf5_table()
         assert table is not None, "only HDF5 updates its metadata (check_can_update)"
         read = readers.FileIdentity.of_h5(table.file)  # replaced only if the path still names this file at the end
+        rows = len(ds[split])
         checksums = stored_checksums(path, metadata, split)
     bands = metadata["bands"]
     with execution.cluster(cluster) as client:
-        acc = execution.table_stats(path, split, len(bands), chunk_rows, progress, client, checksums)
+        acc = execution.table_stats(path, split, rows, len(bands), chunk_rows, progress, client, checksums)
     store_stats(metadata, stats_entry(split, acc, bands))
     engine.replace_metadata(path, metadata, read, fsync)
     return metadata

@@ -25,7 +25,6 @@ import numpy as np
 
 from ..formats import Sink
 from ..formats.hdf5 import HDF5Sink
-from ..inputs import readers
 from ..inputs.records import Block, RecordFiller, RowFacts, open_row_readers
 from ..inputs.scan import ProgressFn, Scan
 from ..steps.checksums import TableChecksums
@@ -157,6 +156,7 @@ def interleaved_blocks(table_rows: Sequence[int], chunk_rows: int) -> list[tuple
 def table_stats(
     path: Path,
     table: str,
+    rows: int,
     n_bands: int,
     chunk_rows: int,
     progress: ProgressFn,
@@ -167,8 +167,6 @@ def table_stats(
 
     With the table's stored `checksums`, every block is checked as it is read.
     """
-    with readers.open_h5(path) as f:
-        rows = len(f[table])
     if cluster is None:
         return dask_cluster.stats_task(path, table, 0, rows, n_bands, chunk_rows, progress, checksums)
     client, options = cluster

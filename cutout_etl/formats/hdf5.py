@@ -148,10 +148,7 @@ def _check_room(path: Path, nbytes: int) -> None:
     """
     fd = os.open(path, os.O_WRONLY)
     try:
-        os.posix_fallocate(fd, 0, nbytes)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-            raise
+        _fallocate(fd, 0, nbytes)
     finally:
         os.ftruncate(fd, 0)
         os.close(fd)
@@ -160,12 +157,18 @@ def _check_room(path: Path, nbytes: int) -> None:
 def _reserve(path: Path) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
-        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate
-            raise
+        _fallocate(fd, 0, os.fstat(fd).st_size)
     finally:
         os.close(fd)
+
+
+def _fallocate(fd: int, offset: int, length: int) -> None:
+    """Reserve blocks now, so a full disk fails here; file systems without fallocate are let through."""
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
 
 
 def _create_contiguous(f: h5py.File, name: str, rows: int, dtype: np.dtype) -> None:
@@ -240,10 +243,7 @@ def _reserve_room(path: Path, extra: int) -> None:
     """
     fd = os.open(path, os.O_WRONLY)
     try:
-        os.posix_fallocate(fd, os.fstat(fd).st_size, extra)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate
-            raise
+        _fallocate(fd, os.fstat(fd).st_size, extra)
     finally:
         os.close(fd)
 
