@@ -139,7 +139,7 @@ def measure(path: Path, batch_size: int, repeats: int, train_steps: int) -> dict
         batch_size=batch_size,
         repeats=repeats,
         split_mb=round(images.nbytes / 1e6, 1),
-        raw_reads=loader._layout is not None,
+        raw_reads=loader.reader.layout is not None,
         keras=keras.__version__,
         backend=keras.backend.backend(),
         cpus=os.cpu_count(),

@@ -213,7 +213,7 @@ def test_loader_pickles_and_matches_h5py_fallback(dataset_path):
     loader[0]
     copy = pickle.loads(pickle.dumps(loader))
     fallback = CutoutPyDataset(dataset_path, "test", batch_size=50, shuffle=True, seed=4)
-    fallback._layout = None  # what a chunked or compressed table would use
+    fallback.reader.layout = None  # what a chunked or compressed table would use
     for i in range(len(loader)):
         for other in (copy, fallback):
             a, b = loader[i], other[i]
@@ -229,7 +229,7 @@ def test_loader_reads_parquet_like_hdf5(dataset_path, tmp_path):
     convert(dataset_path, tmp_path / "dataset.parquet")
     hdf5 = CutoutPyDataset(dataset_path, "train", batch_size=128, seed=2)
     parquet = CutoutPyDataset(tmp_path / "dataset.parquet", "train", batch_size=128, seed=2)
-    assert hdf5._layout is not None and parquet._layout is None
+    assert hdf5.reader.layout is not None and parquet.reader.layout is None
     for i in range(len(hdf5)):
         np.testing.assert_array_equal(hdf5[i][0], parquet[i][0])
         np.testing.assert_array_equal(hdf5[i][1], parquet[i][1])
