@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from .. import interrupts, pipeline
+from .. import __version__, interrupts, pipeline
 from ..errors import CutoutEtlError, Interrupted
 from ..viz.preview import preview as draw_preview
 from . import render
@@ -67,6 +67,21 @@ def _argument(help: str) -> Any:
 
 Inputs = Annotated[list[Path], _argument("Class files (astropy HDF5 tables), one per class.")]
 Output = Annotated[str, typer.Option("--output", "-o", help=_OUTPUT_HELP, show_default=False)]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"cutout-etl {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Turn astronomers' HDF5 cutout tables into machine-learning-ready datasets."""
 
 
 def _run(call: Callable[[ProgressReporter], Any], opts: dict[str, Any], interrupted: str = "no output written") -> Any:
@@ -248,6 +263,26 @@ def verify(
     report = _run(lambda p: verify_dataset(dataset, p), opts)
     _show(report, opts, render.verify_report)
     raise typer.Exit(0 if report["ok"] else 1)
+
+
+@app.command()
+@with_options(COMMON)
+def info(
+    dataset: Annotated[
+        Path, _argument("A dataset from build, split, merge or convert: HDF5 file or Parquet directory.")
+    ],
+    **opts: Any,
+) -> None:
+    """Describe a dataset from its stored metadata: format, classes, splits, statistics, digest, inputs.
+
+    Reads no rows (`verify` checks the content). The description goes to stdout; --json prints it as JSON.
+
+    Example: cutout-etl info dataset.h5 --json | jq .splits
+    """
+    from ..info import describe_dataset
+
+    result = _run(lambda p: describe_dataset(dataset), opts)
+    _show(result, opts, lambda _console, described: render.info_report(render.out, described))
 
 
 _PREVIEW = {name: argument_default(draw_preview, name) for name in ("per_class", "split", "seed", "hist_per_class")}

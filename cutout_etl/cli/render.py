@@ -13,6 +13,7 @@ from .. import interrupts
 from ..schema import SPLIT_NAMES
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # every message and summary of the CLI
+out = Console(highlight=False, soft_wrap=True)  # what a command is asked for (`info`'s description)
 
 
 class ProgressReporter:
@@ -218,3 +219,48 @@ def inspect_html_notes(console: Console, report: dict, html: object) -> None:
     for note in report["html"]["notes"]:
         console.print(f"note: {note}", markup=False)
     console.print(f"wrote {html}", markup=False)
+
+
+def info_report(console: Console, info: dict) -> None:
+    """`cutout-etl info`: what the dataset holds, from its metadata."""
+    shape = "x".join(str(n) for n in info["image_shape"])
+    console.print(
+        f"{info['path']}: {info['format']} dataset (format version {info['format_version']}, {info['kind']}), "
+        f"{info['bytes'] / 1e6:,.1f} MB; images {shape} float32, bands {', '.join(info['bands'])} ({info['pixel_unit']})",
+        highlight=False,
+        markup=False,
+    )
+    grid = Table(title="rows per split and class", title_justify="left")
+    grid.add_column("split")
+    for name in info["classes"]:
+        grid.add_column(name, justify="right")
+    grid.add_column("total", justify="right")
+    for split, entry in info["splits"].items():
+        counts = entry["class_counts"]
+        grid.add_row(split, *(str(counts.get(c, 0)) for c in info["classes"]), str(entry["rows"]))
+    console.print(grid)
+    method = info["split_method"]
+    if method:
+        fractions = "/".join(f"{f:g}" for f in method["fractions"])
+        console.print(f"split {fractions}, seed {method['seed']}, grouped by {method['group_by']}", highlight=False)
+    for split, stats in info["stats"].items():
+        _info_stats(console, split, stats)
+    dropped = ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in info["dropped"].items()) or "none"
+    console.print(f"rows read {info['rows_read']}, kept {info['rows_kept']}; dropped: {dropped}", highlight=False)
+    for entry in info["inputs"] + ([info["parent"]] if info["parent"] else []):
+        console.print(
+            f"input {entry['path']}: {entry['rows']} rows, sha256 {entry['sha256']}", highlight=False, markup=False
+        )
+    console.print(f"digest ({info['checksum_algorithm']}): {info['digest']}", highlight=False, markup=False)
+    console.print(f"created by {info['created_by']}; check the content with `cutout-etl verify`", highlight=False)
+
+
+def _info_stats(console: Console, split: str, stats: dict) -> None:
+    bands = stats["bands"]
+    grid = Table(title=f"statistics of {split} ({stats['cutouts']} cutouts)", title_justify="left")
+    grid.add_column("")
+    for band in bands:
+        grid.add_column(band, justify="right")
+    for figure in next(iter(bands.values()), {}):
+        grid.add_row(figure.replace("_", " "), *(_fmt(bands[band][figure]) for band in bands))
+    console.print(grid)

@@ -16,7 +16,7 @@ import numpy as np
 from h5py import h5t, h5z
 
 from ..errors import ColumnError, EmptyTableError, ImageShapeError, InputFileError, NoTableError
-from ..schema import Columns
+from ..schema import METADATA_ATTR, Columns
 from .file_identity import FileIdentity, same_file, sha256_file
 from .row_reader import IOV_MAX, RowReader, read_rows, row_runs
 from .row_reader import short_message as _short
@@ -148,6 +148,11 @@ def resolve_table_path(path: Path, f: h5py.File, table_path: str | None) -> str:
     if not tables:
         raise NoTableError(f"{path}: no table (compound dataset) found in the file")
     if len(tables) > 1:
+        if METADATA_ATTR in f.attrs:  # an output of build or split given where class files go
+            raise NoTableError(
+                f"{path}: a cutout-etl dataset (tables {', '.join(tables)}), not a class file: "
+                f"describe it with `cutout-etl info {path}` (or choose a table with --table-path)"
+            )
         raise NoTableError(f"{path}: {len(tables)} tables ({', '.join(tables)}); choose one with --table-path")
     return tables[0]
 
