@@ -1,25 +1,25 @@
-"""Benchmark the streaming `CutoutPyDataset` against the same arrays in memory and the training step.
+"""Benchmark every way to read a split for training against the same arrays in memory, in one run.
 
     python benchmarks/bench_loader.py [--rows 5000] [--batch-size 128] [--dataset PATH]
                                       [--repeats 5] [--train-steps 20] [--workdir DIR] [--json PATH]
 
-Builds a demo dataset (N rows per class) unless --dataset is given, reads
-the file once so that the page cache is warm (the figures are for a warm
-cache; a cold read is bound by the disk instead), loads the train split into
-memory once, then measures on the train split, in one process:
+Builds a demo dataset (N rows per class) unless --dataset (HDF5) is given, converts it to Parquet, reads
+both once so that the page cache is warm (the figures are for a warm cache; a cold read is bound by the
+disk), loads the train split into memory once, then measures rows/s over whole epochs of the train split:
 
-* loader: samples/s of ``loader[i]`` over whole shuffled epochs;
-* in memory: the same batches (same rows, same order) sliced out of the
-  in-memory arrays and copied, as an in-memory PyDataset returning fresh
-  arrays would;
-* both again as backend tensors (``keras.ops.convert_to_tensor``), which is
-  what training consumes: there the in-memory batches are views, converted
-  with one copy;
-* the training step: ``train_on_batch`` of the reference CNN
-  (`cutout_etl.ml.keras_support.build_model`) on in-memory batches.
+* in memory: the Keras loader's batches (same rows, same order) sliced out of the in-memory arrays and
+  copied, as an in-memory loader returning fresh arrays would;
+* ``open_dataset(p)["train"].batches()`` on the HDF5 file and on the Parquet directory (stored order);
+* the torch ``DataLoader(open_dataset(p)["train"], batch_size, shuffle=True, num_workers=0 | 2)`` over
+  the map-style split (needs torch, and a `Split` with ``len`` and ``ds[i]``: reported as unavailable,
+  with the reason, where either is missing);
+* the streaming iterator (`cutout_etl.streaming.StreamingBatches`, block shuffle), and its torch
+  `IterableDataset` through a ``DataLoader`` with 2 workers;
+* the Keras loader (`CutoutPyDataset`), as numpy batches and as backend tensors (against the in-memory
+  views converted the same way), and the training step of the reference CNN (``train_on_batch``).
 
-Each rate is the median of --repeats runs. Targets (issue 4): loader >= 50%
-of the in-memory rate, and >= 10x the training step rate.
+Each rate is the median of --repeats epochs (or step runs). Targets (issue 16): Parquet ``batches()``
+>= 0.5x HDF5 ``batches()``; Keras loader >= 0.8x in memory (numpy batches); loader >= 10x training step.
 """
 
 from __future__ import annotations
@@ -31,23 +31,44 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras
 import numpy as np
 
 from cutout_etl import open_dataset
 from cutout_etl.demo import write_demo_files
-from cutout_etl.ml.keras_support import CutoutPyDataset, build_model, preprocessing_from_dataset
-from cutout_etl.pipeline import build
+from cutout_etl.pipeline import build, convert
+from cutout_etl.streaming import StreamingBatches
+
+ROWS = [  # (key, label) in the order printed
+    ("memory_numpy", "in memory, same batches copied"),
+    ("batches_hdf5", "batches(), HDF5"),
+    ("batches_parquet", "batches(), Parquet"),
+    ("torch_map_0", "torch DataLoader, map-style, 0 workers"),
+    ("torch_map_2", "torch DataLoader, map-style, 2 workers"),
+    ("streaming_numpy", "streaming iterator (StreamingBatches)"),
+    ("streaming_torch_2", "streaming, torch DataLoader, 2 workers"),
+    ("keras_numpy", "Keras loader, numpy batches"),
+    ("memory_tensor", "in memory views, as backend tensors"),
+    ("keras_tensor", "Keras loader, as backend tensors"),
+    ("train_step", "training step (reference CNN)"),
+]
+RATIOS = [  # (label, numerator, denominator, target)
+    ("Parquet / HDF5 batches()", "batches_parquet", "batches_hdf5", 0.5),
+    ("Keras loader / in memory (numpy)", "keras_numpy", "memory_numpy", 0.8),
+    ("Keras loader / in memory (tensors)", "keras_tensor", "memory_tensor", 0.8),
+    ("streaming / in memory (numpy)", "streaming_numpy", "memory_numpy", 0.8),
+    ("Keras loader / training step", "keras_tensor", "train_step", 10.0),
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=5000, help="demo rows per class when building (default 5000)")
-    parser.add_argument("--dataset", type=Path, help="measure this dataset instead of building a demo one")
+    parser.add_argument("--dataset", type=Path, help="measure this HDF5 dataset instead of building a demo one")
     parser.add_argument("--batch-size", type=int, default=128, help="default 128")
     parser.add_argument("--repeats", type=int, default=5, help="epochs (or step runs) per measurement (default 5)")
     parser.add_argument("--train-steps", type=int, default=20, help="timed training steps per run (default 20)")
@@ -64,13 +85,22 @@ def demo_dataset(rows: int, workdir: Path) -> Path:
     return path
 
 
+def parquet_copy(path: Path, workdir: Path) -> Path:
+    target = workdir / f"{path.stem}.parquet"
+    if not target.exists():
+        print(f"converting to {target} ...", file=sys.stderr)
+        convert(path, target)
+    return target
+
+
 def warm_page_cache(path: Path) -> None:
-    with open(path, "rb") as fh:
-        while fh.read(1 << 24):
-            pass
+    for file in sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]:
+        with open(file, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
 
 
-def median_rate(samples: int, run, repeats: int) -> float:
+def median_rate(samples: int, run: Callable[[], object], repeats: int) -> float:
     """Median samples/s of `repeats` calls of run()."""
     times = []
     for _ in range(repeats):
@@ -88,16 +118,78 @@ def block(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.concatenate([array[first:], array[: first + count - len(array)]])
 
 
-def measure(path: Path, batch_size: int, repeats: int, train_steps: int) -> dict:
-    warm_page_cache(path)
-    loader = CutoutPyDataset(path, "train", batch_size=batch_size, shuffle=True, seed=0)
-    n = loader.rows
-    with open_dataset(path) as ds:
-        rows = ds["train"].read()
-        images, labels = np.ascontiguousarray(rows["image"]), rows["label"].copy()
-        del rows
-        model = build_model(preprocessing_from_dataset(ds), ds.image_shape, len(ds.classes))
-    batches = range(len(loader))
+def drain(iterable) -> None:
+    for _ in iterable:
+        pass
+
+
+class Bench:
+    """One measurement per rate; a measurement that cannot run is recorded as unavailable, with the reason."""
+
+    def __init__(self, path: Path, parquet: Path, batch_size: int, repeats: int) -> None:
+        self.path, self.parquet, self.batch_size, self.repeats = path, parquet, batch_size, repeats
+        with open_dataset(path) as ds:
+            rows = ds["train"].read()
+            self.images, self.labels = np.ascontiguousarray(rows["image"]), rows["label"].astype(np.int64)
+        self.rows = len(self.labels)
+        self.rates: dict[str, float] = {}
+        self.unavailable: dict[str, str] = {}
+
+    def measure(self, key: str, run: Callable[[], object], samples: int | None = None) -> None:
+        try:
+            run()  # warm-up: file handles, worker processes, allocator, tracing
+            self.rates[key] = median_rate(self.rows if samples is None else samples, run, self.repeats)
+        except Exception as exc:  # noqa: BLE001 - any failure is reported as the row's reason
+            self.unavailable[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]
+
+    def unavailable_all(self, keys: list[str], reason: str) -> None:
+        self.unavailable.update(dict.fromkeys(keys, reason))
+
+    def split_batches(self) -> None:
+        for key, path in (("batches_hdf5", self.path), ("batches_parquet", self.parquet)):
+            with open_dataset(path) as ds:
+                self.measure(key, lambda ds=ds: drain(ds["train"].batches(self.batch_size)))
+
+    def streaming(self) -> None:
+        batches = StreamingBatches(self.path, "train", self.batch_size, seed=0)
+        self.measure("streaming_numpy", lambda: drain(batches))
+
+    def torch_loaders(self) -> None:
+        try:
+            import torch
+        except ImportError as exc:
+            self.unavailable_all(["torch_map_0", "torch_map_2", "streaming_torch_2"], f"torch not installed ({exc})")
+            return
+        from cutout_etl.streaming_torch import TorchStreamingDataset
+
+        DataLoader = torch.utils.data.DataLoader
+        for workers in (0, 2):
+            ds = open_dataset(self.path)
+            loader = None
+            try:
+                ds["train"][0]  # fails here, in this process, with the reason, where Split is not map-style
+                options = {"num_workers": workers, "persistent_workers": workers > 0}
+                loader = DataLoader(ds["train"], batch_size=self.batch_size, shuffle=True, **options)
+                self.measure(f"torch_map_{workers}", lambda loader=loader: drain(loader))
+            except Exception as exc:  # noqa: BLE001 - e.g. a Split without len/ds[i] before the map-style change
+                self.unavailable[f"torch_map_{workers}"] = f"{type(exc).__name__}: {exc}"[:160]
+            finally:
+                del loader
+                ds.close()
+        streaming = TorchStreamingDataset(self.path, "train", self.batch_size, seed=0)
+        workers = DataLoader(streaming, batch_size=None, num_workers=2, persistent_workers=True)
+        self.measure("streaming_torch_2", lambda: drain(workers))
+
+
+def keras_rates(bench: Bench, train_steps: int) -> dict:
+    """The Keras loader against the in-memory batches, and the training step; returns what describes the run."""
+    import keras
+
+    from cutout_etl.ml.keras_support import CutoutPyDataset, build_model, preprocessing_from_dataset
+
+    keras.utils.set_random_seed(0)
+    loader = CutoutPyDataset(bench.path, "train", batch_size=bench.batch_size, shuffle=True, seed=0)
+    images, labels, batches = bench.images, bench.labels, range(len(loader))
 
     def loader_epoch(tensors: bool = False) -> None:
         for i in batches:
@@ -116,81 +208,81 @@ def measure(path: Path, batch_size: int, repeats: int, train_steps: int) -> dict
                 x, y = x.copy(), y.copy()
         loader.on_epoch_end()
 
-    loader_epoch()  # first touch: file descriptor, allocator
-    results = {
-        "loader_numpy": median_rate(n, loader_epoch, repeats),
-        "memory_numpy": median_rate(n, memory_epoch, repeats),
-        "loader_tensor": median_rate(n, lambda: loader_epoch(True), repeats),
-        "memory_tensor": median_rate(n, lambda: memory_epoch(True), repeats),
-    }
-
+    bench.measure("keras_numpy", loader_epoch)
+    bench.measure("memory_numpy", memory_epoch)
+    bench.measure("keras_tensor", lambda: loader_epoch(True))
+    bench.measure("memory_tensor", lambda: memory_epoch(True))
+    with open_dataset(bench.path) as ds:
+        model = build_model(preprocessing_from_dataset(ds), ds.image_shape, len(ds.classes))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    x, y = images[:batch_size], labels[:batch_size]
-    for _ in range(3):  # tracing and warm-up
-        model.train_on_batch(x, y)
+    x, y = images[: bench.batch_size], labels[: bench.batch_size]
+    model.train_on_batch(x, y)  # tracing
 
     def train_run() -> None:
         for _ in range(train_steps):
             model.train_on_batch(x, y)
 
-    results["train_step"] = median_rate(train_steps * batch_size, train_run, repeats)
-    results.update(
-        rows=n,
-        batch_size=batch_size,
-        repeats=repeats,
-        split_mb=round(images.nbytes / 1e6, 1),
-        raw_reads=loader.reader.layout is not None,
-        keras=keras.__version__,
-        backend=keras.backend.backend(),
-        cpus=os.cpu_count(),
-    )
-    return results
-
-
-def report(r: dict) -> tuple[str, dict]:
-    ratios = {
-        "loader / in memory (numpy batches)": (r["loader_numpy"] / r["memory_numpy"], 0.5),
-        "loader / in memory (backend tensors)": (r["loader_tensor"] / r["memory_tensor"], 0.5),
-        "loader / training step": (r["loader_tensor"] / r["train_step"], 10.0),
+    bench.measure("train_step", train_run, samples=train_steps * len(x))
+    return {
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "raw_reads": loader.reader.layout is not None,
     }
-    lines = [
-        (
-            f"train split: {r['rows']} rows ({r['split_mb']} MB), batch {r['batch_size']}, median of {r['repeats']} runs, "
-            f"keras {r['keras']} ({r['backend']}), {r['cpus']} CPUs, raw preadv reads: {r['raw_reads']}"
-        ),
-        f"{'':38} {'samples/s':>12}",
-        f"{'loader, numpy batches':38} {r['loader_numpy']:12,.0f}",
-        f"{'in memory, same batches copied':38} {r['memory_numpy']:12,.0f}",
-        f"{'loader, as backend tensors':38} {r['loader_tensor']:12,.0f}",
-        f"{'in memory views, as backend tensors':38} {r['memory_tensor']:12,.0f}",
-        f"{'training step (reference CNN)':38} {r['train_step']:12,.0f}",
-        "",
-        f"{'ratio':38} {'measured':>9} {'target':>8}",
-    ]
+
+
+def run(path: Path, parquet: Path, args: argparse.Namespace) -> dict:
+    warm_page_cache(path)
+    warm_page_cache(parquet)
+    bench = Bench(path, parquet, args.batch_size, args.repeats)
+    setup: dict = {"rows": bench.rows, "split_mb": round(bench.images.nbytes / 1e6, 1)}
+    try:
+        setup.update(keras_rates(bench, args.train_steps))
+    except ImportError as exc:
+        bench.unavailable_all(["memory_numpy", "keras_numpy", "memory_tensor", "keras_tensor", "train_step"], str(exc))
+    bench.split_batches()
+    bench.streaming()
+    bench.torch_loaders()
+    setup.update(batch_size=args.batch_size, repeats=args.repeats, cpus=os.cpu_count())
+    return {"rates": bench.rates, "unavailable": bench.unavailable, "setup": setup}
+
+
+def report(results: dict) -> tuple[str, dict]:
+    rates, unavailable, setup = results["rates"], results["unavailable"], results["setup"]
+    head = (
+        f"train split: {setup['rows']} rows ({setup['split_mb']} MB), batch {setup['batch_size']}, "
+        f"median of {setup['repeats']} epochs, keras {setup.get('keras', '-')} ({setup.get('backend', '-')}), "
+        f"{setup['cpus']} CPUs, raw HDF5 reads: {setup.get('raw_reads', '-')}"
+    )
+    lines = [head, f"{'':42} {'rows/s':>12}"]
+    for key, label in ROWS:
+        shown = f"{rates[key]:12,.0f}" if key in rates else f"{'unavailable':>12}  ({unavailable.get(key, '?')})"
+        lines.append(f"{label:42} {shown}")
+    lines += ["", f"{'ratio':42} {'measured':>9} {'target':>8}"]
     verdicts = {}
-    for name, (value, target) in ratios.items():
-        met = value >= target
-        verdicts[name] = {"value": round(value, 3), "target": f">= {target:g}", "pass": met}
-        lines.append(f"{name:38} {value:9.2f} {'>= ' + format(target, 'g'):>8}  {'met' if met else 'MISSED'}")
+    for label, top, bottom, target in RATIOS:
+        if top not in rates or bottom not in rates:
+            verdicts[label] = {"value": None, "target": f">= {target:g}", "pass": None}
+            lines.append(f"{label:42} {'-':>9} {'>= ' + format(target, 'g'):>8}  unavailable")
+            continue
+        value = rates[top] / rates[bottom]
+        verdicts[label] = {"value": round(value, 3), "target": f">= {target:g}", "pass": value >= target}
+        lines.append(
+            f"{label:42} {value:9.2f} {'>= ' + format(target, 'g'):>8}  {'met' if value >= target else 'MISSED'}"
+        )
     return "\n".join(lines), verdicts
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    keras.utils.set_random_seed(0)
-    if args.dataset is not None:
-        path = args.dataset
-        results = measure(path, args.batch_size, args.repeats, args.train_steps)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            workdir = args.workdir or Path(tmp)
-            workdir.mkdir(parents=True, exist_ok=True)
-            path = demo_dataset(args.rows, workdir)
-            results = measure(path, args.batch_size, args.repeats, args.train_steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = args.dataset if args.dataset is not None else demo_dataset(args.rows, workdir)
+        results = run(path, parquet_copy(path, workdir), args)
     text, verdicts = report(results)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"dataset": str(path), "rates": results, "ratios": verdicts}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"dataset": str(path), **results, "ratios": verdicts}, indent=2) + "\n")
     return 0
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_build.py"
 
@@ -51,3 +54,32 @@ def test_bench_verify_reports_both_peaks_and_their_ratio(tmp_path):
     assert ratio == figures["points"]["large"]["peak_rss_mb"] / figures["points"]["small"]["peak_rss_mb"]
     assert "RSS(large) / RSS(small)" in done.stdout
     assert list(tmp_path.glob("bench_verify_*")) == []  # cleaned up without --keep
+
+
+LOADER_BENCHMARK = BENCHMARK.parent / "bench_loader.py"
+
+
+def test_bench_loader_reports_every_reader_and_ratio(tmp_path):
+    pytest.importorskip("keras")
+    report = tmp_path / "report.json"
+    args = ["--rows", "40", "--repeats", "1", "--train-steps", "1", "--workdir", tmp_path, "--json", report]
+    done = subprocess.run(
+        [sys.executable, LOADER_BENCHMARK, *args], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(report.read_text())
+    rates, unavailable = figures["rates"], figures["unavailable"]
+    every = {
+        "memory_numpy", "batches_hdf5", "batches_parquet", "torch_map_0", "torch_map_2", "streaming_numpy",
+        "streaming_torch_2", "keras_numpy", "memory_tensor", "keras_tensor", "train_step",
+    }  # fmt: skip
+    assert set(rates) | set(unavailable) == every and not set(rates) & set(unavailable)
+    assert all(rate > 0 for rate in rates.values()) and all(unavailable.values())
+    assert {"memory_numpy", "batches_hdf5", "batches_parquet", "streaming_numpy", "keras_numpy"} <= set(rates)
+    if importlib.util.find_spec("torch") is not None:
+        assert "streaming_torch_2" in rates
+    assert set(figures["ratios"]) >= {"Parquet / HDF5 batches()", "Keras loader / in memory (numpy)"}
+    parquet = figures["ratios"]["Parquet / HDF5 batches()"]["value"]
+    assert parquet == round(rates["batches_parquet"] / rates["batches_hdf5"], 3)
+    assert "Keras loader / in memory (numpy)" in done.stdout and "streaming iterator" in done.stdout
+    assert all(reason[:40] in done.stdout for reason in unavailable.values())  # unavailable rows say why
