@@ -18,7 +18,9 @@ disk), loads the train split into memory once, then measures rows/s over whole e
 * the Keras loader (`CutoutPyDataset`), as numpy batches and as backend tensors (against the in-memory
   views converted the same way), and the training step of the reference CNN (``train_on_batch``).
 
-Each rate is the median of --repeats epochs (or step runs). Targets (issue 16): Parquet ``batches()``
+Each rate is the median of --repeats epochs (or step runs). Rates that are compared run in the same rounds,
+one epoch of each in turn, and their ratio is the median of the ratios within a round: on a shared machine
+a slow spell then hits both sides. Targets (issue 16): Parquet ``batches()``
 >= 0.5x HDF5 ``batches()``; Keras loader >= 0.8x in memory (numpy batches); loader >= 10x training step.
 """
 
@@ -100,14 +102,10 @@ def warm_page_cache(path: Path) -> None:
                 pass
 
 
-def median_rate(samples: int, run: Callable[[], object], repeats: int) -> float:
-    """Median samples/s of `repeats` calls of run()."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return samples / statistics.median(times)
+def seconds(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def block(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -133,26 +131,44 @@ class Bench:
             self.images, self.labels = np.ascontiguousarray(rows["image"]), rows["label"].astype(np.int64)
         self.rows = len(self.labels)
         self.rates: dict[str, float] = {}
+        self.rounds: dict[str, list[float]] = {}  # rows/s of each round, for keys measured in the same rounds
         self.unavailable: dict[str, str] = {}
 
     def measure(self, key: str, run: Callable[[], object], samples: int | None = None) -> None:
-        try:
-            run()  # warm-up: file handles, worker processes, allocator, tracing
-            self.rates[key] = median_rate(self.rows if samples is None else samples, run, self.repeats)
-        except Exception as exc:  # noqa: BLE001 - any failure is reported as the row's reason
-            self.unavailable[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]
+        self.measure_together({key: run}, samples)
+
+    def measure_together(self, runs: dict[str, Callable[[], object]], samples: int | None = None) -> None:
+        """Each round runs every one of `runs` once, so that a slow spell of the machine hits all of them."""
+        samples = self.rows if samples is None else samples
+        for key, run in list(runs.items()):
+            try:
+                run()  # warm-up: file handles, worker processes, allocator, tracing
+            except Exception as exc:  # noqa: BLE001 - any failure is reported as the row's reason
+                self.unavailable[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]
+                del runs[key]
+        rounds: dict[str, list[float]] = {key: [] for key in runs}
+        for _ in range(self.repeats):
+            for key, run in runs.items():
+                rounds[key].append(samples / seconds(run))
+        self.rounds.update(rounds)
+        self.rates.update({key: statistics.median(rates) for key, rates in rounds.items()})
+
+    def ratio(self, top: str, bottom: str) -> float:
+        """Median over rounds of the ratio within a round, where both ran in the same rounds; else of medians."""
+        if top in self.rounds and bottom in self.rounds and len(self.rounds[top]) == len(self.rounds[bottom]):
+            return statistics.median(a / b for a, b in zip(self.rounds[top], self.rounds[bottom]))
+        return self.rates[top] / self.rates[bottom]
 
     def unavailable_all(self, keys: list[str], reason: str) -> None:
         self.unavailable.update(dict.fromkeys(keys, reason))
 
     def split_batches(self) -> None:
-        for key, path in (("batches_hdf5", self.path), ("batches_parquet", self.parquet)):
-            with open_dataset(path) as ds:
-                self.measure(key, lambda ds=ds: drain(ds["train"].batches(self.batch_size)))
-
-    def streaming(self) -> None:
-        batches = StreamingBatches(self.path, "train", self.batch_size, seed=0)
-        self.measure("streaming_numpy", lambda: drain(batches))
+        with open_dataset(self.path) as hdf5, open_dataset(self.parquet) as parquet:
+            runs = {
+                "batches_hdf5": lambda: drain(hdf5["train"].batches(self.batch_size)),
+                "batches_parquet": lambda: drain(parquet["train"].batches(self.batch_size)),
+            }
+            self.measure_together(runs)
 
     def torch_loaders(self) -> None:
         try:
@@ -208,10 +224,10 @@ def keras_rates(bench: Bench, train_steps: int) -> dict:
                 x, y = x.copy(), y.copy()
         loader.on_epoch_end()
 
-    bench.measure("keras_numpy", loader_epoch)
-    bench.measure("memory_numpy", memory_epoch)
-    bench.measure("keras_tensor", lambda: loader_epoch(True))
-    bench.measure("memory_tensor", lambda: memory_epoch(True))
+    streaming = StreamingBatches(bench.path, "train", bench.batch_size, seed=0)
+    runs = {"memory_numpy": memory_epoch, "keras_numpy": loader_epoch, "streaming_numpy": lambda: drain(streaming)}
+    bench.measure_together(runs)
+    bench.measure_together({"memory_tensor": lambda: memory_epoch(True), "keras_tensor": lambda: loader_epoch(True)})
     with open_dataset(bench.path) as ds:
         model = build_model(preprocessing_from_dataset(ds), ds.image_shape, len(ds.classes))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
@@ -240,10 +256,10 @@ def run(path: Path, parquet: Path, args: argparse.Namespace) -> dict:
     except ImportError as exc:
         bench.unavailable_all(["memory_numpy", "keras_numpy", "memory_tensor", "keras_tensor", "train_step"], str(exc))
     bench.split_batches()
-    bench.streaming()
     bench.torch_loaders()
     setup.update(batch_size=args.batch_size, repeats=args.repeats, cpus=os.cpu_count())
-    return {"rates": bench.rates, "unavailable": bench.unavailable, "setup": setup}
+    ratios = {label: bench.ratio(top, bottom) for label, top, bottom, _ in RATIOS if {top, bottom} <= set(bench.rates)}
+    return {"rates": bench.rates, "ratios_measured": ratios, "unavailable": bench.unavailable, "setup": setup}
 
 
 def report(results: dict) -> tuple[str, dict]:
@@ -259,12 +275,12 @@ def report(results: dict) -> tuple[str, dict]:
         lines.append(f"{label:42} {shown}")
     lines += ["", f"{'ratio':42} {'measured':>9} {'target':>8}"]
     verdicts = {}
-    for label, top, bottom, target in RATIOS:
-        if top not in rates or bottom not in rates:
+    for label, _, _, target in RATIOS:
+        if label not in results["ratios_measured"]:
             verdicts[label] = {"value": None, "target": f">= {target:g}", "pass": None}
             lines.append(f"{label:42} {'-':>9} {'>= ' + format(target, 'g'):>8}  unavailable")
             continue
-        value = rates[top] / rates[bottom]
+        value = results["ratios_measured"][label]
         verdicts[label] = {"value": round(value, 3), "target": f">= {target:g}", "pass": value >= target}
         lines.append(
             f"{label:42} {value:9.2f} {'>= ' + format(target, 'g'):>8}  {'met' if value >= target else 'MISSED'}"
