@@ -259,7 +259,8 @@ def run(path: Path, parquet: Path, args: argparse.Namespace) -> dict:
     bench.torch_loaders()
     setup.update(batch_size=args.batch_size, repeats=args.repeats, cpus=os.cpu_count())
     ratios = {label: bench.ratio(top, bottom) for label, top, bottom, _ in RATIOS if {top, bottom} <= set(bench.rates)}
-    return {"rates": bench.rates, "ratios_measured": ratios, "unavailable": bench.unavailable, "setup": setup}
+    results = {"rates": bench.rates, "rounds": bench.rounds, "ratios_measured": ratios}
+    return {**results, "unavailable": bench.unavailable, "setup": setup}
 
 
 def report(results: dict) -> tuple[str, dict]:
