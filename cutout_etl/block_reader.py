@@ -98,7 +98,10 @@ class BlockReader:
         with self._lock:
             self._table = None
             if self._map is not None:
-                self._map.close()
+                try:
+                    self._map.close()
+                except BufferError:  # a read in another thread still holds a view: unmapped when it lets go
+                    pass
             if self._dataset is not None and self._pid == os.getpid():
                 self._dataset.close()
             self._pid = self._map = self._dataset = None
