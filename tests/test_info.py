@@ -84,3 +84,15 @@ def test_inspect_on_a_dataset_points_to_info(small_dataset):
     code, _, stderr = run_cli("inspect", small_dataset)
     assert code == 1
     assert f"describe it with `cutout-etl info {small_dataset}`" in " ".join(stderr.split())
+
+
+def test_a_split_of_a_merged_file_names_its_parent(demo_files, tmp_path):
+    merged, dataset = tmp_path / "merged.h5", tmp_path / "dataset.h5"
+    assert run_cli("merge", *demo_files, "-o", merged, "-q")[0] == 0
+    assert run_cli("split", merged, "-o", dataset, "-q")[0] == 0
+    info = describe_dataset(merged)
+    assert info["kind"] == "merged" and list(info["splits"]) == ["data"] and info["stats"] == {}
+    code, stdout, _ = run_cli("info", dataset)
+    described = describe_dataset(dataset)
+    assert code == 0 and described["parent"]["name"] == "merged.h5" and len(described["inputs"]) == 3
+    assert f"parent {merged}" in " ".join(stdout.split())

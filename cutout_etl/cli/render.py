@@ -247,11 +247,16 @@ def info_report(console: Console, info: dict) -> None:
         _info_stats(console, split, stats)
     dropped = ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in info["dropped"].items()) or "none"
     console.print(f"rows read {info['rows_read']}, kept {info['rows_kept']}; dropped: {dropped}", highlight=False)
-    for entry in info["inputs"] + ([info["parent"]] if info["parent"] else []):
+    parent = [("parent", info["parent"])] if info["parent"] else []
+    for role, entry in [("input", entry) for entry in info["inputs"]] + parent:
         console.print(
-            f"input {entry['path']}: {entry['rows']} rows, sha256 {entry['sha256']}", highlight=False, markup=False
+            f"{role} {entry['path']}: {entry['rows']} rows, sha256 {entry['sha256']}", highlight=False, markup=False
         )
-    console.print(f"digest ({info['checksum_algorithm']}): {info['digest']}", highlight=False, markup=False)
+    console.print(
+        f"content digest {info['digest']} (block checksums: {info['checksum_algorithm']})",
+        highlight=False,
+        markup=False,
+    )
     console.print(f"created by {info['created_by']}; check the content with `cutout-etl verify`", highlight=False)
 
 
