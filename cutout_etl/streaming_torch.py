@@ -26,7 +26,9 @@ class TorchStreamingDataset(IterableDataset):
 
     Arguments are those of `StreamingBatches`; ``rank`` and ``world_size`` default to
     `torch.distributed`'s when it is initialised, else 0 and 1. Call `set_epoch(epoch)` before each epoch
-    (as with `DistributedSampler`): the workers iterate copies, so the epoch cannot advance by itself.
+    (as with `DistributedSampler`): workers iterate copies made when they start, so only that reaches new
+    workers. Each iteration also advances the epoch of the copy it runs on, which keeps persistent workers
+    (``persistent_workers=True``, whose copies never see `set_epoch` again) in step: 0, 1, 2, ...
     ``channels_first`` gives images as (N, B, H, W), the layout torch convolutions take.
     """
 
@@ -63,6 +65,8 @@ class TorchStreamingDataset(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         worker = get_worker_info()
         part, parts = (0, 1) if worker is None else (worker.id, worker.num_workers)
-        for images, labels in self.batches.iter_epoch(self.batches.epoch, part, parts):
+        epoch = self.batches.epoch
+        self.batches.epoch += 1  # this copy's next iteration: what persistent workers run
+        for images, labels in self.batches.iter_epoch(epoch, part, parts):
             tensor = torch.from_numpy(images)
             yield (tensor.permute(0, 3, 1, 2).contiguous() if self.channels_first else tensor), torch.from_numpy(labels)

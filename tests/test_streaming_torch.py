@@ -40,3 +40,14 @@ def test_ranks_and_channels_first(small_dataset):
             seen.append(dataset.batches.rows_of(i, 0))
     every = np.concatenate(seen)
     assert len(np.unique(every)) == len(every)
+
+
+def test_persistent_workers_follow_the_epochs(small_dataset):
+    dataset = TorchStreamingDataset(small_dataset, "train", batch_size=16, seed=8)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, persistent_workers=True)
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        got = [labels.numpy() for _, labels in loader]
+        expected = [labels for _, labels in dataset.batches.iter_epoch(epoch)]
+        assert [g.tolist() for g in got] == [e.tolist() for e in expected], epoch
+    assert [int(dataset.batches.rows_of(0, e)[0]) for e in range(3)] != [int(dataset.batches.rows_of(0, 0)[0])] * 3
