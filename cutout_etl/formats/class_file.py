@@ -58,4 +58,3 @@ class ClassFileWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-

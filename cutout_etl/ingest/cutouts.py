@@ -56,9 +56,7 @@ class ChunkResult:
     bytes_read: int = 0
 
 
-def read_chunk(
-    tasks: list[ObjectTask], bands: list[str], shape: tuple[int, int], policies: Policies
-) -> ChunkResult:
+def read_chunk(tasks: list[ObjectTask], bands: list[str], shape: tuple[int, int], policies: Policies) -> ChunkResult:
     """Read every object of the chunk; a file that contradicts its name raises CutoutFileError."""
     result = ChunkResult()
     for task in tasks:

@@ -127,7 +127,9 @@ def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     return np.column_stack([np.cos(dec_rad) * np.cos(ra_rad), np.cos(dec_rad) * np.sin(ra_rad), np.sin(dec_rad)])
 
 
-def _no_overlap_rows(catalogue: Catalogue, path: Path, tolerance_arcsec: float, ra_col: str, dec_col: str) -> np.ndarray:
+def _no_overlap_rows(
+    catalogue: Catalogue, path: Path, tolerance_arcsec: float, ra_col: str, dec_col: str
+) -> np.ndarray:
     """Rows listed in the band's no-overlap table (the generator's copy of their catalogue row)."""
     listed = np.zeros(len(catalogue), dtype=bool)
     if not path.exists():

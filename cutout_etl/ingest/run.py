@@ -35,7 +35,11 @@ from .matching import list_band, match_band
 from .stream import stream
 
 INGEST_ATTR = "cutout_etl_ingest"  # root attribute of a class file ingest wrote (JSON): --overwrite replaces only these
-CLASS_FILE_NAMES = {"GALAXY": "image_table_galaxies.hdf5", "QSO": "image_table_qso.hdf5", "STAR": "image_table_stars.hdf5"}
+CLASS_FILE_NAMES = {
+    "GALAXY": "image_table_galaxies.hdf5",
+    "QSO": "image_table_qso.hdf5",
+    "STAR": "image_table_stars.hdf5",
+}
 
 
 class SmallerPolicy(Choice):
@@ -79,7 +83,9 @@ class IngestOptions:
         """Usage errors before any work."""
         self.policies()
         if not self.bands or any(not re.fullmatch(r"[A-Za-z0-9_.-]+", b) for b in self.bands):
-            raise UsageError(f"--bands: give band names separated by commas, e.g. u,g,r,i (got {','.join(self.bands)!r})")
+            raise UsageError(
+                f"--bands: give band names separated by commas, e.g. u,g,r,i (got {','.join(self.bands)!r})"
+            )
         if len(set(self.bands)) != len(self.bands):
             raise UsageError(f"--bands: a band is named twice ({','.join(self.bands)})")
         if self.size < 1 or self.chunk_rows < 1:

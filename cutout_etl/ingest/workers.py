@@ -12,7 +12,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import UsageError
 from ..execution import dask_cluster
@@ -21,8 +21,7 @@ from ..execution.dask_cluster import ClusterOptions
 DEFAULT_MAX_PROCESSES = 8
 
 
-class Submit(Protocol):
-    def __call__(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+Submit = Callable[..., Any]  # submit(fn, *args) -> a future with .result()
 
 
 def default_processes() -> int:
@@ -39,7 +38,8 @@ def workers(options: ClusterOptions) -> Iterator[tuple[Submit, int]]:
     if not options.is_local:
         options.check()
         with dask_cluster.connect(options) as client:
-            slots = max(1, sum(int(n) for n in client.ncores().values()))  # type: ignore[attr-defined]
+            cores: dict[str, int] = client.ncores()  # type: ignore[attr-defined]
+            slots = max(1, sum(cores.values()))
             yield (lambda fn, *args: client.submit(fn, *args, pure=False)), 2 * slots  # type: ignore[attr-defined]
         return
     processes = default_processes() if options.workers is None else options.workers
