@@ -56,7 +56,20 @@ def file_of(objects, row: int, band: str) -> Path:
 def test_cutouts_come_back_bit_exact_in_band_order_and_pass_inspect_and_build(objects, tmp_path):
     table, catalogue, cutouts = objects
     out = tmp_path / "classes"
-    done = cli("ingest", "--catalog", catalogue, "--cutouts", cutouts, "-o", out, "--workers", "2", "--json")
+    done = cli(
+        "ingest",
+        "--catalog",
+        catalogue,
+        "--cutouts",
+        cutouts,
+        "-o",
+        out,
+        "--workers",
+        "2",
+        "--chunk-rows",
+        "3",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["rows_kept"] == ALL and report["dropped"] == {} and report["max_relative_rounding"] == 0.0

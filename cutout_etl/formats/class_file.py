@@ -25,8 +25,16 @@ STREAM_CHUNK_ROWS = 64  # HDF5 chunk of a streamed file: 64 rows of 36x36x4 floa
 
 
 def write_class_table(path: Path, table: Table, **create_dataset: Any) -> None:
-    """Write `table` as the users write their class files (astropy HDF5, path "data", serialized metadata)."""
-    table.write(path, format="hdf5", path=TABLE_PATH, serialize_meta=True, overwrite=True, **create_dataset)
+    """Write `table` as the users write their class files (astropy HDF5, path "data", serialized metadata).
+
+    `create_dataset` goes to h5py for the table's dataset; astropy 8 drops it when given a path, so the file is
+    opened here then.
+    """
+    if not create_dataset:
+        table.write(path, format="hdf5", path=TABLE_PATH, serialize_meta=True, overwrite=True)
+        return
+    with h5py.File(path, "w") as f:
+        table.write(f, format="hdf5", path=TABLE_PATH, serialize_meta=True, **create_dataset)
 
 
 class ClassFileWriter:

@@ -34,7 +34,7 @@ def stream(
     policies, bands, shape = options.policies(), list(options.bands), (options.size, options.size)
     total, done = len(catalogue), 0
     progress("ingest", 0, total)
-    with workers(cluster) as (submit, depth):
+    with workers(cluster, -(-total // options.chunk_rows)) as (submit, depth):
         pending: deque[tuple[int, Any]] = deque()
         for first in range(0, total, options.chunk_rows):
             rows = range(first, min(first + options.chunk_rows, total))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
@@ -29,11 +30,12 @@ def default_processes() -> int:
 
 
 @contextlib.contextmanager
-def workers(options: ClusterOptions) -> Iterator[tuple[Submit, int]]:
-    """A submit function and how many calls to keep in flight.
+def workers(options: ClusterOptions, tasks: int) -> Iterator[tuple[Submit, int]]:
+    """A submit function and how many calls to keep in flight, for `tasks` calls in all.
 
     Locally `--workers` is the size of the process pool (1: read in this
-    process); with a Dask scheduler it means what it means for the other commands.
+    process), never more than `tasks` (a pool costs a second or two to start);
+    with a Dask scheduler it means what it means for the other commands.
     """
     if not options.is_local:
         options.check()
@@ -45,16 +47,23 @@ def workers(options: ClusterOptions) -> Iterator[tuple[Submit, int]]:
     processes = default_processes() if options.workers is None else options.workers
     if processes < 1:
         raise UsageError(f"--workers: must be at least 1 (got {processes})")
-    if processes == 1:
+    if min(processes, tasks) == 1:
         yield _here, 1
         return
     # spawn, not fork: the parent may hold threads (Rich's progress bar), and forking those is unsafe
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(processes, tasks), mp_context=context, initializer=_leave_signals_to_parent) as pool:
         try:
             yield pool.submit, 2 * processes
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _leave_signals_to_parent() -> None:
+    """A terminal's Ctrl-C or hang-up reaches the whole process group: the parent stops the pool, once, quietly."""
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _here(fn: Callable[..., Any], *args: Any) -> Future:
