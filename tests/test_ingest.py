@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +207,46 @@ def test_cli_errors_are_one_line_with_exit_codes(objects, tmp_path):
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nope.fits" in missing.stderr
     bad = cli("ingest", "--catalog", catalogue, "--cutouts", cutouts, "-o", tmp_path / "o", "--bands", "u,u")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--bands" in bad.stderr
+
+
+def test_dask_workers_write_the_same_class_files(objects, tmp_path):
+    _, catalogue, cutouts = objects
+    here = ingest(catalogue, cutouts, tmp_path / "here", IngestOptions(chunk_rows=5), cluster=HERE)
+    dask = ingest(catalogue, cutouts, tmp_path / "dask", IngestOptions(chunk_rows=5), cluster=ClusterOptions("dask", 1))
+    assert dask["rows_kept"] == here["rows_kept"] == ALL
+    for name in ("image_table_galaxies.hdf5", "image_table_qso.hdf5", "image_table_stars.hdf5"):
+        assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "here" / name).read_bytes()
+
+
+def children(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+
+
+def test_ctrl_c_stops_the_pool_and_leaves_no_class_file(tmp_path):
+    """Ctrl-C at a terminal reaches the whole process group: workers and parent; one line, no class file."""
+    table = make_class_table("STAR", 80, seed=5)
+    write_cutouts(table, tmp_path / "cutouts", BANDS)
+    table[["ID", "RAJ2000", "DECJ2000", "SPECTYPE"]].write(tmp_path / "catalogue.fits")
+    args = ["ingest", "--catalog", tmp_path / "catalogue.fits", "--cutouts", tmp_path / "cutouts", "-o", tmp_path / "o"]
+    process = subprocess.Popen(
+        [SCRIPT, *map(str, args), "--workers", "2", "--chunk-rows", "2"],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stderr is not None
+    assert process.stderr.readline().startswith("ingest:")  # the pass has started (the pool is starting)
+    deadline = time.monotonic() + 120
+    while len(children(process.pid)) < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)  # until the pool's workers run (a bounded wait, not a timed assertion)
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    # the last line says why; no traceback from the parent or a worker (Rich may repeat the progress line that
+    # the signal interrupted while it was being written, a race of the shared render layer)
+    assert stderr.strip().splitlines()[-1] == "interrupted by SIGINT: no output written"
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert list((tmp_path / "o").iterdir()) == []  # no class file, no temporary
