@@ -51,3 +51,23 @@ def test_bench_verify_reports_both_peaks_and_their_ratio(tmp_path):
     assert ratio == figures["points"]["large"]["peak_rss_mb"] / figures["points"]["small"]["peak_rss_mb"]
     assert "RSS(large) / RSS(small)" in done.stdout
     assert list(tmp_path.glob("bench_verify_*")) == []  # cleaned up without --keep
+
+
+INGEST_BENCHMARK = BENCHMARK.parent / "bench_ingest.py"
+
+
+def test_bench_ingest_reports_files_and_mb_per_second_against_the_astropy_loop(tmp_path):
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, INGEST_BENCHMARK, "--objects", "6", "--repeat", "1", "--workdir", tmp_path, "--json", report],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(report.read_text())
+    assert figures["files"] == 24 and figures["check"] == "OK"
+    assert set(figures["runs"]) == {"astropy loop", "ingest, 1 process", "ingest, pool"}
+    assert all(run["files_per_s"] > 0 and run["mb_per_s"] > 0 for run in figures["runs"].values())
+    assert list(tmp_path.glob("bench_ingest_*")) == []  # cleaned up without --keep
