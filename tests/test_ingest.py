@@ -18,7 +18,7 @@ from cutout_etl.demo import make_class_table
 from cutout_etl.errors import CutoutFileError, OutputExistsError
 from cutout_etl.execution.dask_cluster import ClusterOptions
 from cutout_etl.ingest import IngestOptions, ingest
-from cutout_etl.ingest.synthetic import cutout_path, trim_cutout, write_cutouts
+from cutout_etl.ingest.synthetic import cutout_path, cutout_wcs, trim_cutout, write_cutouts
 from cutout_etl.schema import Columns
 
 from .conftest import SCRIPT
@@ -116,7 +116,7 @@ def test_an_edge_cutout_is_padded_with_nan_on_the_side_the_tile_ended(objects, t
     assert np.isnan(image[:, missing, 2]).all()
     expected[:, missing, 2] = np.nan
     np.testing.assert_array_equal(image, expected)  # every other pixel in place, the other bands untouched
-    assert report["events"] == {"padded_trimmed_at_edge": 1} and report["rows_kept"] == ALL
+    assert report["kept_changed"] == {"padded_trimmed_at_edge": 1} and report["rows_kept"] == ALL
 
 
 def test_an_edge_cutout_is_dropped_and_counted_by_policy(objects, tmp_path):
@@ -131,7 +131,7 @@ def test_a_missing_band_is_dropped_or_nan_filled_and_counted(objects, tmp_path):
     dropped = run(objects, tmp_path / "drop")
     assert dropped["dropped"] == {"missing_band": 1} and dropped["rows_kept"] == ALL - 1
     filled = run(objects, tmp_path / "nan", missing_band="nan")
-    assert filled["events"] == {"nan_filled_missing_band": 1} and filled["rows_kept"] == ALL
+    assert filled["kept_changed"] == {"nan_filled_missing_band": 1} and filled["rows_kept"] == ALL
     qso = np.asarray(read_back(tmp_path / "nan", "image_table_qso.hdf5")["image"][0])
     assert np.isnan(qso[:, :, 1]).all() and np.isfinite(qso[:, :, [0, 2, 3]]).all()
 
@@ -250,3 +250,25 @@ def test_ctrl_c_stops_the_pool_and_leaves_no_class_file(tmp_path):
     assert stderr.strip().splitlines()[-1] == "interrupted by SIGINT: no output written"
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert list((tmp_path / "o").iterdir()) == []  # no class file, no temporary
+
+
+def test_a_larger_cutout_is_cropped_around_the_object_or_dropped(objects, tmp_path):
+    table = objects[0]
+    path = file_of(objects, 7, "i")
+    big = np.random.default_rng(0).normal(0, 1e-12, (40, 40))
+    big[2:38, 2:38] = fits.getdata(path)  # the object's 36 x 36 in the middle of a 40 x 40 cutout
+    header = cutout_wcs(float(table["RAJ2000"][7]), float(table["DECJ2000"][7]), (40, 40), 0.2).to_header()
+    fits.PrimaryHDU(big, header=header).writeto(path, overwrite=True)
+    cropped = run(objects, tmp_path / "crop")
+    assert cropped["kept_changed"] == {"cropped_larger_than_size": 1} and cropped["rows_kept"] == ALL
+    qso = np.asarray(read_back(tmp_path / "crop", "image_table_qso.hdf5")["image"][1])
+    np.testing.assert_array_equal(qso, np.asarray(table["image"][7]))
+    dropped = run(objects, tmp_path / "drop", larger="drop")
+    assert dropped["dropped"] == {"larger_than_size": 1} and dropped["kept_changed"] == {}
+
+
+def test_a_dropped_row_counts_under_its_drop_reason_only(objects, tmp_path):
+    file_of(objects, 0, "u").unlink()
+    trim_cutout(file_of(objects, 0, "g"), 3, "right")
+    report = run(objects, tmp_path / "classes", missing_band="nan", smaller="drop")
+    assert report["dropped"] == {"trimmed_at_edge": 1} and report["kept_changed"] == {}

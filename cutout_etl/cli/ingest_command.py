@@ -109,9 +109,8 @@ def summary(console: Console, report: dict) -> None:
     console.print(f"read {report['rows_read']} catalogue rows, kept {report['rows_kept']}", highlight=False)
     for reason, count in report["dropped"].items():
         console.print(f"  dropped {count} rows: {reason.replace('_', ' ')}", highlight=False)
-    for reason, count in report["events"].items():
-        if not reason.startswith("dropped_"):
-            console.print(f"  {reason.replace('_', ' ')}: {count} rows (kept)", highlight=False)
+    for reason, count in report["kept_changed"].items():
+        console.print(f"  kept {count} rows {reason.replace('_', ' ')}", highlight=False)
     for band, entry in report["bands_report"].items():
         if entry["matched_within_tolerance"]:
             console.print(

@@ -41,6 +41,7 @@ class ObjectTask:
     row: int
     files: list[str | None]
     positions: list[tuple[float, float] | None]
+    filled: list[str] = field(default_factory=list)  # why bands without a file are NaN (counted if the row is kept)
 
 
 @dataclass
@@ -50,7 +51,7 @@ class ChunkResult:
     kept_rows: list[int] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
     dropped: dict[int, str] = field(default_factory=dict)  # row -> reason
-    events: dict[str, int] = field(default_factory=dict)  # reason -> objects it applied to (kept or not)
+    kept_changed: dict[str, int] = field(default_factory=dict)  # reason -> kept objects a policy changed
     max_relative_rounding: float = 0.0
     files_read: int = 0
     bytes_read: int = 0
@@ -61,7 +62,7 @@ def read_chunk(tasks: list[ObjectTask], bands: list[str], shape: tuple[int, int]
     result = ChunkResult()
     for task in tasks:
         image = np.full((*shape, len(bands)), np.nan, dtype=np.float32)
-        reasons: list[str] = []
+        reasons: list[str] = list(task.filled)
         for b, (path, position) in enumerate(zip(task.files, task.positions)):
             if path is None or position is None:
                 continue
@@ -70,14 +71,14 @@ def read_chunk(tasks: list[ObjectTask], bands: list[str], shape: tuple[int, int]
                 reasons.append(event)
             if plane is not None:
                 image[:, :, b] = plane
-        for reason in dict.fromkeys(reasons):
-            result.events[reason] = result.events.get(reason, 0) + 1
         dropping = [r for r in reasons if r.startswith("dropped_")]
         if dropping:
             result.dropped[task.row] = dropping[0].removeprefix("dropped_")
-        else:
-            result.kept_rows.append(task.row)
-            result.images.append(image)
+            continue
+        for reason in dict.fromkeys(reasons):
+            result.kept_changed[reason] = result.kept_changed.get(reason, 0) + 1
+        result.kept_rows.append(task.row)
+        result.images.append(image)
     return result
 
 

@@ -133,7 +133,7 @@ def ingest(
         "rows_read": len(catalogue),
         "rows_kept": int(sum(rows.values())),
         "dropped": tally.dropped,
-        "events": tally.events,
+        "kept_changed": tally.kept_changed,
         "class_files": {n: {"path": str(targets[n]), "rows": rows.get(n, 0)} for n in sorted(targets) if rows.get(n)},
         "classes_without_rows": sorted(n for n in targets if not rows.get(n)),
         "bands_report": {m.files.band: m.report() for m in matches},
@@ -147,7 +147,7 @@ def ingest(
 @dataclass
 class _Tally:
     dropped: dict[str, int] = field(default_factory=dict)
-    events: dict[str, int] = field(default_factory=dict)
+    kept_changed: dict[str, int] = field(default_factory=dict)
     rows_per_class: dict[str, int] = field(default_factory=dict)
     files_read: int = 0
     bytes_read: int = 0
@@ -160,8 +160,8 @@ class _Tally:
     def add(self, result: ChunkResult) -> None:
         for reason in result.dropped.values():
             self.drop(reason)
-        for reason, count in result.events.items():
-            self.events[reason] = self.events.get(reason, 0) + count
+        for reason, count in result.kept_changed.items():
+            self.kept_changed[reason] = self.kept_changed.get(reason, 0) + count
         self.files_read += result.files_read
         self.bytes_read += result.bytes_read
         self.max_relative_rounding = max(self.max_relative_rounding, result.max_relative_rounding)

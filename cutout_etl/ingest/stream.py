@@ -68,9 +68,7 @@ def _task(row: int, matches: list[BandMatch], policies: Policies, tally: _Tally)
     if missing and policies.missing == "drop":
         tally.drop(missing[0])
         return None
-    for reason in dict.fromkeys(missing):
-        tally.events[f"nan_filled_{reason}"] = tally.events.get(f"nan_filled_{reason}", 0) + 1
-    return ObjectTask(row, files, positions)
+    return ObjectTask(row, files, positions, [f"nan_filled_{reason}" for reason in dict.fromkeys(missing)])
 
 
 def _finish(
