@@ -83,6 +83,7 @@ from .demo_sources import (
 )
 from .errors import ForeignOutputError
 from .formats import atomic
+from .formats.class_file import write_class_table
 
 __all__ = [  # the source models live in demo_sources, the rendering in demo_render; this module writes the files
     "BANDS",
@@ -190,7 +191,7 @@ def write_demo_files(
     for spectype, path in zip(DEMO_FILES, paths):
         table = make_class_table(spectype, rows, seed, block=block)
         with atomic.atomic_output(path, overwrite, may_replace=_demo_file) as tmp:  # no half-written file
-            table.write(tmp, format="hdf5", path="data", serialize_meta=True, overwrite=True)
+            write_class_table(tmp, table)
             del table
             with h5py.File(tmp, "r+") as f:
                 f.attrs[DEMO_ATTR] = mark

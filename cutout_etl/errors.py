@@ -105,3 +105,7 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class CutoutFileError(CutoutEtlError):
+    """A cutout FITS file is unreadable, or contradicts its name (another band, another position)."""

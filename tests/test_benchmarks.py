@@ -83,3 +83,22 @@ def test_bench_loader_reports_every_reader_and_ratio(tmp_path):
     assert parquet == round(rates["batches_parquet"] / rates["batches_hdf5"], 3)
     assert "Keras loader / in memory (numpy)" in done.stdout and "streaming iterator" in done.stdout
     assert all(reason[:40] in done.stdout for reason in unavailable.values())  # unavailable rows say why
+
+INGEST_BENCHMARK = BENCHMARK.parent / "bench_ingest.py"
+
+
+def test_bench_ingest_reports_files_and_mb_per_second_against_the_astropy_loop(tmp_path):
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, INGEST_BENCHMARK, "--objects", "6", "--repeat", "1", "--workdir", tmp_path, "--json", report],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(report.read_text())
+    assert figures["files"] == 24 and figures["check"] == "OK"
+    assert set(figures["runs"]) == {"astropy loop", "ingest, 1 process", "ingest, pool"}
+    assert all(run["files_per_s"] > 0 and run["mb_per_s"] > 0 for run in figures["runs"].values())
+    assert list(tmp_path.glob("bench_ingest_*")) == []  # cleaned up without --keep

@@ -21,7 +21,7 @@ from cutout_etl.inputs.scan import ReadOptions
 
 from .conftest import DEMO_ROWS, invoke, make_table, write_table
 
-COMMANDS = ["inspect", "merge", "split", "stats", "build", "convert", "verify", "info", "preview", "demo-data"]
+COMMANDS = ["inspect", "merge", "split", "stats", "build", "convert", "verify", "info", "preview", "demo-data", "ingest"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

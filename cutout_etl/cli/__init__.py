@@ -342,5 +342,8 @@ def demo_data(
     _show(result, opts, render.demo_summary, output=directory)
 
 
+from . import ingest_command  # noqa: F401  (registers `ingest` on `app`)
+
+
 def main() -> None:
     app()

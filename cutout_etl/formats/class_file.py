@@ -1,0 +1,68 @@
+"""The users' class files: one astropy table per class, the one place that writes them.
+
+Layout (what the dataset's author writes, see the project's INPUT_FORMAT):
+``Table.write(path, format="hdf5", path="data", serialize_meta=True)``, so one
+compound dataset ``data`` plus astropy's YAML column metadata in
+``data.__table_column_meta__``; columns ``ID``, ``RAJ2000``, ``DECJ2000``,
+``SPECTYPE`` and ``image`` (float32, H x W x bands, channels last).
+
+`write_class_table` writes a whole table (the demo's files); `ClassFileWriter`
+streams rows into the same layout: astropy writes the table's first rows, with
+an unlimited first dimension, and later rows are appended in place, so the file
+is astropy's own (its metadata too) and memory stays at one block of rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+from astropy.table import Table
+
+TABLE_PATH = "data"
+STREAM_CHUNK_ROWS = 64  # HDF5 chunk of a streamed file: 64 rows of 36x36x4 float32 = 1.3 MB
+
+
+def write_class_table(path: Path, table: Table, **create_dataset: Any) -> None:
+    """Write `table` as the users write their class files (astropy HDF5, path "data", serialized metadata).
+
+    `create_dataset` goes to h5py for the table's dataset; astropy 8 drops it when given a path, so the file is
+    opened here then.
+    """
+    if not create_dataset:
+        table.write(path, format="hdf5", path=TABLE_PATH, serialize_meta=True, overwrite=True)
+        return
+    with h5py.File(path, "w") as f:
+        table.write(f, format="hdf5", path=TABLE_PATH, serialize_meta=True, **create_dataset)
+
+
+class ClassFileWriter:
+    """Append blocks of rows (astropy Tables of the same columns) to one class file at `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self._file: h5py.File | None = None
+
+    def append(self, block: Table) -> None:
+        if len(block) == 0:
+            return
+        if self._file is None:
+            chunk = (min(STREAM_CHUNK_ROWS, len(block)),)
+            write_class_table(self.path, block, maxshape=(None,), chunks=chunk)
+            self._file = h5py.File(self.path, "r+")
+            self.rows = len(block)
+            return
+        data = self._file[TABLE_PATH]
+        rows = block.as_array()
+        if rows.dtype != data.dtype:  # string widths are fixed for the whole file before the first block
+            raise ValueError(f"{self.path}: block of {rows.dtype} appended to a table of {data.dtype}")
+        data.resize((self.rows + len(rows),))
+        data[self.rows :] = rows
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
