@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,16 +13,30 @@ from ..errors import DatasetError
 from ..schema import DATA_DIR, FILE_SPLIT
 from .parquet import _SHAPED, COLUMNS
 
+_ARROW_NAME = {field: column for column, field in COLUMNS.items()}
+_IMAGE, _LABEL = _ARROW_NAME["image"], _ARROW_NAME["label"]
+
 if TYPE_CHECKING:  # pyarrow is imported only when Parquet is read
     import pyarrow as pa
     import pyarrow.parquet as pq
 
 
 class ParquetTable:
-    """Random row access to one table's shards."""
+    """Random row access to one table's shards.
+
+    `take` (images and labels) decodes only those two columns of a row group,
+    once: the decoded groups stay in a cache of at most `cache_bytes`, so a
+    batch iterator walking the table decodes each group once, and random
+    access over a table that fits the cache decodes each group once too. The
+    image column is taken as one flat float32 buffer, with no per-row work.
+    """
+
+    cache_bytes = 256 * 2**20
 
     def __init__(self, directory: Path, name: str, dtype: np.dtype) -> None:
         self.dtype = dtype
+        self.image_shape: tuple[int, ...] = dtype["image"].shape
+        self._decoded: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # group -> images, labels
         self.files = sorted((directory / DATA_DIR).glob(f"{FILE_SPLIT[name]}-*.parquet"))
         self._groups: list[tuple[Path, int, int, int]] = []  # file, row group, first row, rows
         first = 0
@@ -58,6 +74,43 @@ class ParquetTable:
                 f"{self.files[0].parent}: rows {start}-{stop - 1} do not match the dataset's schema ({_short(exc)})"
             ) from exc
 
+    def take(self, rows: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of `rows` (ascending, repeats allowed), row rows[i] at position slots[i]."""
+        images = np.empty((len(rows), *self.image_shape), np.float32)
+        labels = np.empty(len(rows), np.int64)
+        groups = np.searchsorted(self._starts, rows, side="right") - 1
+        edges = np.r_[0, np.flatnonzero(np.diff(groups)) + 1, len(rows)].tolist() if len(rows) else []
+        for a, b in itertools.pairwise(edges):
+            group_images, group_labels = self._decode(int(groups[a]))
+            local, to = rows[a:b] - self._starts[groups[a]], slots[a:b]
+            if local[-1] - local[0] == b - a - 1 and to[-1] - to[0] == b - a - 1 and _ascending(to):
+                lo, at = int(local[0]), int(to[0])  # a run: two block copies
+                images[at : at + b - a] = group_images[lo : lo + b - a]
+                labels[at : at + b - a] = group_labels[lo : lo + b - a]
+            else:
+                images[to], labels[to] = group_images[local], group_labels[local]
+        return images, labels
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """A row group's images (N, H, W, bands) and labels, decoded once (read-only views of Arrow's buffers)."""
+        if index in self._decoded:
+            self._decoded.move_to_end(index)
+            return self._decoded[index]
+        path, group, _, rows = self._groups[index]
+        table = _read_group(self._file(path), path, group, [_IMAGE, _LABEL])
+        try:
+            images = _flat(table.column(_IMAGE), np.float32).reshape(rows, *self.image_shape)
+            labels = _flat(table.column(_LABEL), np.int64)
+        except ValueError as exc:
+            raise DatasetError(
+                f"{path}: row group {group} does not match the dataset's schema ({_short(exc)})"
+            ) from exc
+        size = images.nbytes + labels.nbytes
+        while self._decoded and sum(i.nbytes + k.nbytes for i, k in self._decoded.values()) + size > self.cache_bytes:
+            self._decoded.popitem(last=False)
+        self._decoded[index] = images, labels
+        return images, labels
+
     def _file(self, path: Path) -> pq.ParquetFile:
         if path not in self._open:
             if len(self._open) >= 4:
@@ -69,6 +122,25 @@ class ParquetTable:
         for f in self._open.values():
             f.close()
         self._open.clear()
+        self._decoded.clear()
+
+
+def _ascending(values: np.ndarray) -> bool:
+    return bool(np.all(values[1:] > values[:-1]))
+
+
+def _flat(column: pa.ChunkedArray, dtype: type[np.generic]) -> np.ndarray:
+    """A column's values as one flat numpy array of `dtype`, without copying (ValueError for nulls or a wrong type)."""
+    import pyarrow as pa
+
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_fixed_size_list(array.type):
+        if array.null_count:
+            raise ValueError(f"{array.null_count} missing images")
+        array = array.flatten()
+    if array.null_count or array.type != pa.from_numpy_dtype(dtype):
+        raise ValueError(f"{array.type} with {array.null_count} missing values, expected {np.dtype(dtype)}")
+    return array.to_numpy(zero_copy_only=True)
 
 
 def _short(exc: BaseException) -> str:
@@ -86,11 +158,11 @@ def _shard(path: Path) -> pq.ParquetFile:
         raise DatasetError(f"{path}: not a readable Parquet file (truncated or corrupt: {_short(exc)})") from exc
 
 
-def _read_group(shard: pq.ParquetFile, path: Path, group: int) -> pa.Table:
+def _read_group(shard: pq.ParquetFile, path: Path, group: int, columns: list[str] | None = None) -> pa.Table:
     import pyarrow as pa
 
     try:
-        return shard.read_row_group(group)
+        return shard.read_row_group(group, columns=columns)
     except (pa.ArrowException, OSError) as exc:
         raise DatasetError(
             f"{path}: not a readable Parquet file (truncated or corrupt: row group {group}: {_short(exc)})"
