@@ -117,7 +117,9 @@ def test_a_split_refuses_a_file_replaced_by_another_dataset(both, demo_files, tm
     shutil.copy(both[0], target)
     with open_dataset(target) as ds:
         data = pickle.dumps(ds["train"])
-    pipeline.build(demo_files, tmp_path / "other.h5", split_options=pipeline.SplitOptions(seed=1))  # other rows in train
+    pipeline.build(
+        demo_files, tmp_path / "other.h5", split_options=pipeline.SplitOptions(seed=1)
+    )  # other rows in train
     (tmp_path / "other.h5").replace(target)
     with pytest.raises(DatasetError, match="changed since"):
         len(pickle.loads(data))
