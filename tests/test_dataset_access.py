@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import shutil
 
@@ -168,3 +169,11 @@ def test_torch_dataloader_with_two_workers_reads_every_row_once(path, stored, st
         labels.append(batch_labels.numpy())
     got = row_keys(np.concatenate(images), np.concatenate(labels))
     assert got == row_keys(stored["image"], stored["label"])
+
+
+def test_closing_the_dataset_closes_every_file_it_opened(path):
+    before = sorted(os.listdir("/proc/self/fd"))
+    ds = open_dataset(path)
+    ds["train"][0:10]
+    ds.close()
+    assert sorted(os.listdir("/proc/self/fd")) == before

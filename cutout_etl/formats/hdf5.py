@@ -71,7 +71,11 @@ class HDF5Format(OutputFormat):
         missing = [t for t in metadata["tables"] if t not in f]
         if missing:
             raise DatasetError(f"{path}: metadata lists tables missing from the file: {', '.join(missing)}")
-        return metadata, {name: H5Table(path, f[name]) for name in metadata["tables"]}
+        tables: dict[str, Table] = {}
+        for name in metadata["tables"]:
+            opened = tables[name] = H5Table(path, f[name])
+            closers.append(opened.close)  # its raw descriptor
+        return metadata, tables
 
     def check_can_update(self, path: Path) -> None:
         """The copy that replaces the file is made beside it: fail before the work if it cannot be."""
