@@ -36,6 +36,13 @@ class Table(Protocol):
 
     def __len__(self) -> int: ...
     def read(self, start: int, stop: int) -> np.ndarray: ...
+    def take(self, rows: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(images float32 (N, H, W, bands), labels int64 (N,)), new C-contiguous arrays.
+
+        `rows` ascend (repeats allowed); row rows[i] lands at position slots[i] of both.
+        """
+        ...
+
     def close(self) -> None: ...
 
 

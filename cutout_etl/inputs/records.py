@@ -18,6 +18,7 @@ from typing import overload
 
 import numpy as np
 import xxhash
+from numpy.lib.recfunctions import repack_fields
 
 from ..schema import RowCut
 from . import readers
@@ -79,8 +80,8 @@ class Block:
 
     @classmethod
     def from_records(cls, records: np.ndarray) -> Block:
-        """A block holding a copy of structured `records` of the output dtype."""
-        block = cls.empty(len(records), records.dtype)
+        """A block holding a copy of structured `records` of the output dtype (packed, or with fields aligned)."""
+        block = cls.empty(len(records), repack_fields(records.dtype))
         for name in block.columns.dtype.names or ():
             block.columns[name] = records[name]
         block.images[...] = records["image"]

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from ..dataset import Dataset, open_dataset
-from ..errors import CutoutEtlError
+from ..dataset import Dataset
+from ..transform import DEFAULT_ROBUST_CLIP, MODES, FluxTransform, PreprocessingError
 
-MODES = ("asinh", "robust", "none")
-DEFAULT_ROBUST_CLIP = 1000.0
-
-
-class PreprocessingError(CutoutEtlError, ValueError):
-    """The stored statistics cannot give the requested transform."""
+__all__ = ["DEFAULT_ROBUST_CLIP", "MODES", "FluxPreprocessing", "PreprocessingError", "preprocessing_from_dataset"]
 
 
 @keras.saving.register_keras_serializable(package="cutout_etl")
@@ -32,7 +25,8 @@ class FluxPreprocessing(keras.layers.Layer):
     every mode pixels that are NaN or +-inf in the input (or overflow) come
     out as 0, the background-subtracted sky level. ``offset`` and ``scale``
     are one float per band (the last axis); scales must be finite and > 0.
-    Build it from a dataset with `preprocessing_from_dataset`.
+    Build it from a dataset with `preprocessing_from_dataset`. The numpy
+    `cutout_etl.transform.FluxTransform` computes the same values outside Keras.
     """
 
     def __init__(
@@ -48,17 +42,12 @@ class FluxPreprocessing(keras.layers.Layer):
         # policy lower this layer's compute dtype.
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
+        checked = FluxTransform(mode, _tuple(offset), _tuple(scale), clip, _tuple(bands))  # the checks, in one place
         self.mode = mode
         self.bands = None if bands is None else [str(b) for b in bands]
         self.clip = None if clip is None else float(clip)
-        if mode == "none":
-            self.offset = self.scale = None
-        else:
-            self.offset, self.scale = _check_constants(mode, offset, scale, self.bands)
-            if mode == "robust" and not (self.clip is not None and self.clip > 0 and math.isfinite(self.clip)):
-                raise ValueError(f"robust mode needs a finite clip > 0 (got {clip!r})")
+        self.offset = None if checked.offset is None else list(checked.offset)
+        self.scale = None if checked.scale is None else list(checked.scale)
         # float64 constants cast once to float32: 1e-12 and 1/1e-12 are both
         # well inside float32's normal range, so nothing is lost that matters.
         self._offset32 = None if self.offset is None else np.asarray(self.offset, np.float32)
@@ -95,25 +84,8 @@ class FluxPreprocessing(keras.layers.Layer):
         return config
 
 
-def _check_constants(
-    mode: str, offset: Sequence[float] | None, scale: Sequence[float] | None, bands: Sequence[str] | None
-) -> tuple[list[float], list[float]]:
-    if offset is None or scale is None:
-        raise ValueError(f"mode {mode!r} needs offset and scale per band (got offset={offset!r}, scale={scale!r})")
-    offset = [float(v) for v in offset]
-    scale = [float(v) if v is not None else math.nan for v in scale]
-    if len(offset) != len(scale) or (bands is not None and len(bands) != len(offset)):
-        raise ValueError(
-            f"offset, scale and bands must have one entry per band "
-            f"(got {len(offset)}, {len(scale)} and {None if bands is None else len(bands)})"
-        )
-    names = bands if bands is not None else [f"#{i}" for i in range(len(offset))]
-    for name, m, s in zip(names, offset, scale):
-        if not math.isfinite(m):
-            raise ValueError(f"band {name}: offset must be finite (got {m})")
-        if not (math.isfinite(s) and s > 0):
-            raise ValueError(f"band {name}: scale must be finite and > 0 (got {s}); no epsilon is added")
-    return offset, scale
+def _tuple(values: Sequence | None) -> tuple | None:
+    return None if values is None else tuple(values)
 
 
 def preprocessing_from_dataset(
@@ -124,59 +96,16 @@ def preprocessing_from_dataset(
 ) -> FluxPreprocessing:
     """The preprocessing layer for a dataset, from its stored training statistics.
 
-    ``asinh``: per band offset m_b and scale k * sigma_b from ``transform``
-    (sky median and sky noise of the training split, k = 3 by default).
-    ``robust``: offset = median of all training pixels (``quantiles.p50``),
-    scale = ``mad_sigma``, clipped to +-``clip``. ``none``: raw flux.
-    Raises `PreprocessingError` when the statistics are missing, come from
-    another split than train, or give no usable scale (zero sky noise).
+    The constants are `FluxTransform.from_dataset`'s (`cutout_etl.transform`
+    says where each comes from); raises `PreprocessingError` when the
+    statistics cannot give them.
     """
-    if mode not in MODES:
-        raise PreprocessingError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
-    if isinstance(dataset, Dataset):
-        return _preprocessing(dataset, mode, clip, name)
-    with open_dataset(Path(dataset)) as ds:
-        return _preprocessing(ds, mode, clip, name)
-
-
-def _preprocessing(ds: Dataset, mode: str, clip: float, name: str) -> FluxPreprocessing:
-    if mode == "none":
-        return FluxPreprocessing("none", bands=ds.bands, name=name)
-    stats = ds.stats
-    if not stats or "bands" not in stats:
-        raise PreprocessingError(f"{ds.path}: no statistics stored; run `cutout-etl stats {ds.path}` first")
-    if stats.get("split", "train") != "train":
-        raise PreprocessingError(
-            f"{ds.path}: stored statistics come from split {stats['split']!r}, expected 'train' "
-            f"(constants from other splits leak); run `cutout-etl stats {ds.path} --split train`"
-        )
-    offsets, scales = [], []
-    for band in ds.bands:
-        entry = stats["bands"].get(band)
-        if entry is None:
-            raise PreprocessingError(f"{ds.path}: no statistics for band {band!r} (bands: {', '.join(ds.bands)})")
-        if mode == "asinh":
-            transform = entry.get("transform") or {}
-            if transform.get("kind") != "asinh":
-                raise PreprocessingError(
-                    f"{ds.path}: band {band!r}: stored transform is {transform!r}, expected kind 'asinh'"
-                )
-            offset, scale = transform.get("offset"), transform.get("scale")
-            what = f"scale k*sigma_sky = {scale} (sky noise {entry.get('sky_sigma', {}).get('p50')})"
-        else:
-            offset, scale = (entry.get("quantiles") or {}).get("p50"), entry.get("mad_sigma")
-            what = f"mad_sigma = {scale}"
-        if offset is None or not math.isfinite(offset):
-            raise PreprocessingError(
-                f"{ds.path}: band {band!r}: no finite offset stored for the {mode} transform (got {offset})"
-            )
-        if scale is None or not (math.isfinite(scale) and scale > 0):
-            raise PreprocessingError(
-                f"{ds.path}: band {band!r}: cannot build the {mode} transform: {what}; "
-                "a zero or missing scale is not replaced by an epsilon (are the training cutouts all constant?)"
-            )
-        offsets.append(float(offset))
-        scales.append(float(scale))
+    transform = FluxTransform.from_dataset(dataset, mode, clip)
     return FluxPreprocessing(
-        mode, offset=offsets, scale=scales, clip=clip if mode == "robust" else None, bands=ds.bands, name=name
+        transform.mode,
+        offset=transform.offset,
+        scale=transform.scale,
+        clip=transform.clip,
+        bands=transform.bands,
+        name=name,
     )

@@ -1,0 +1,186 @@
+"""Reading a Parquet dataset's tables (the write side and the layout are in parquet.py)."""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import DatasetError
+from ..schema import DATA_DIR, FILE_SPLIT
+from .parquet import _SHAPED, COLUMNS
+
+_ARROW_NAME = {field: column for column, field in COLUMNS.items()}
+_IMAGE, _LABEL = _ARROW_NAME["image"], _ARROW_NAME["label"]
+
+if TYPE_CHECKING:  # pyarrow is imported only when Parquet is read
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+
+class ParquetTable:
+    """Random row access to one table's shards.
+
+    `take` (images and labels) decodes only those two columns of a row group,
+    once: the decoded groups stay in a cache of at most `cache_bytes`, so a
+    batch iterator walking the table decodes each group once, and random
+    access over a table that fits the cache decodes each group once too. The
+    image column is taken as one flat float32 buffer, with no per-row work.
+    """
+
+    cache_bytes = 256 * 2**20
+
+    def __init__(self, directory: Path, name: str, dtype: np.dtype) -> None:
+        self.dtype = dtype
+        self.image_shape: tuple[int, ...] = dtype["image"].shape
+        self._decoded: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # group -> images, labels
+        self.files = sorted((directory / DATA_DIR).glob(f"{FILE_SPLIT[name]}-*.parquet"))
+        self._groups: list[tuple[Path, int, int, int]] = []  # file, row group, first row, rows
+        first = 0
+        for path in self.files:
+            meta = _shard(path).metadata
+            for g in range(meta.num_row_groups):
+                rows = meta.row_group(g).num_rows
+                self._groups.append((path, g, first, rows))
+                first += rows
+        self.rows = first
+        self._starts = np.array([g[2] for g in self._groups], dtype=np.int64)
+        self._open: dict[Path, pq.ParquetFile] = {}
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        import pyarrow as pa
+
+        stop = min(stop, self.rows)
+        if start >= stop:
+            return np.empty(0, self.dtype)
+        parts = []
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        for path, group, group_start, rows in self._groups[first:]:
+            if group_start >= stop:
+                break
+            table = _read_group(self._file(path), path, group)
+            lo, hi = max(start - group_start, 0), min(stop - group_start, rows)
+            parts.append(table.slice(lo, hi - lo))
+        try:
+            return table_to_records(pa.concat_tables(parts), self.dtype)
+        except (pa.ArrowException, KeyError, ValueError) as exc:
+            raise DatasetError(
+                f"{self.files[0].parent}: rows {start}-{stop - 1} do not match the dataset's schema ({_short(exc)})"
+            ) from exc
+
+    def take(self, rows: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of `rows` (ascending, repeats allowed), row rows[i] at position slots[i]."""
+        images = np.empty((len(rows), *self.image_shape), np.float32)
+        labels = np.empty(len(rows), np.int64)
+        groups = np.searchsorted(self._starts, rows, side="right") - 1
+        edges = np.r_[0, np.flatnonzero(np.diff(groups)) + 1, len(rows)].tolist() if len(rows) else []
+        for a, b in itertools.pairwise(edges):
+            group_images, group_labels = self._decode(int(groups[a]))
+            local, to = rows[a:b] - self._starts[groups[a]], slots[a:b]
+            if local[-1] - local[0] == b - a - 1 and to[-1] - to[0] == b - a - 1 and _ascending(to):
+                lo, at = int(local[0]), int(to[0])  # a run: two block copies
+                images[at : at + b - a] = group_images[lo : lo + b - a]
+                labels[at : at + b - a] = group_labels[lo : lo + b - a]
+            else:
+                images[to], labels[to] = group_images[local], group_labels[local]
+        return images, labels
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """A row group's images (N, H, W, bands) and labels, decoded once (read-only views of Arrow's buffers)."""
+        if index in self._decoded:
+            self._decoded.move_to_end(index)
+            return self._decoded[index]
+        path, group, _, rows = self._groups[index]
+        table = _read_group(self._file(path), path, group, [_IMAGE, _LABEL])
+        try:
+            images = _flat(table.column(_IMAGE), np.float32).reshape(rows, *self.image_shape)
+            labels = _flat(table.column(_LABEL), np.int64)
+        except ValueError as exc:
+            raise DatasetError(
+                f"{path}: row group {group} does not match the dataset's schema ({_short(exc)})"
+            ) from exc
+        size = images.nbytes + labels.nbytes
+        while self._decoded and sum(i.nbytes + k.nbytes for i, k in self._decoded.values()) + size > self.cache_bytes:
+            self._decoded.popitem(last=False)
+        self._decoded[index] = images, labels
+        return images, labels
+
+    def _file(self, path: Path) -> pq.ParquetFile:
+        if path not in self._open:
+            if len(self._open) >= 4:
+                self._open.pop(next(iter(self._open))).close()
+            self._open[path] = _shard(path)
+        return self._open[path]
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+        self._decoded.clear()
+
+
+def _ascending(values: np.ndarray) -> bool:
+    return bool(np.all(values[1:] > values[:-1]))
+
+
+def _flat(column: pa.ChunkedArray, dtype: type[np.generic]) -> np.ndarray:
+    """A column's values as one flat numpy array of `dtype`, without copying (ValueError for nulls or a wrong type)."""
+    import pyarrow as pa
+
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_fixed_size_list(array.type):
+        if array.null_count:
+            raise ValueError(f"{array.null_count} missing images")
+        array = array.flatten()
+    if array.null_count or array.type != pa.from_numpy_dtype(dtype):
+        raise ValueError(f"{array.type} with {array.null_count} missing values, expected {np.dtype(dtype)}")
+    return array.to_numpy(zero_copy_only=True)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _shard(path: Path) -> pq.ParquetFile:
+    """Open a shard, or name it: a truncated or empty file is a DatasetError, not a bare ArrowInvalid."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable Parquet file (truncated or corrupt: {_short(exc)})") from exc
+
+
+def _read_group(shard: pq.ParquetFile, path: Path, group: int, columns: list[str] | None = None) -> pa.Table:
+    import pyarrow as pa
+
+    try:
+        return shard.read_row_group(group, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(
+            f"{path}: not a readable Parquet file (truncated or corrupt: row group {group}: {_short(exc)})"
+        ) from exc
+
+
+def table_to_records(table: pa.Table, dtype: np.dtype) -> np.ndarray:
+    """An Arrow table back to structured records of `dtype`, bit-exact."""
+    import pyarrow as pa
+
+    records = np.empty(table.num_rows, dtype)
+    for column, field in COLUMNS.items():
+        values = table.column(column).combine_chunks()
+        if column in _SHAPED:
+            flat = values.flatten().to_numpy(zero_copy_only=False)
+            records[field] = flat.reshape((table.num_rows, *dtype[field].shape))
+        elif pa.types.is_string(values.type):
+            records[field] = np.char.encode(np.asarray(values.to_pylist(), dtype=str), "utf-8")
+        else:
+            records[field] = values.to_numpy(zero_copy_only=False)
+    return records
