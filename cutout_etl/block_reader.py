@@ -26,13 +26,9 @@ from .inputs import row_reader
 
 
 def split_rows(split: Split, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows [first, stop) of a split as C-contiguous (images float32, labels int64).
-
-    The one place that turns `Split`'s packed rows into loader arrays (switch to `split[first:stop]` once it
-    returns contiguous arrays itself).
-    """
-    rows = split.read(first, stop)
-    return np.ascontiguousarray(rows["image"], np.float32), np.ascontiguousarray(rows["label"], np.int64)
+    """Rows [first, stop) of a split as new C-contiguous (images float32, labels int64) arrays."""
+    images, labels = split[first:stop]
+    return images, labels
 
 
 class BlockReader:
