@@ -326,7 +326,9 @@ def _resolve_images(scan: Scan, keep: np.ndarray, dropped: dict, options: MergeP
         what="images identical to another under a different ID",
         shown=ids,
     )
-    if not options.keep_duplicate_images:
+    if options.keep_duplicate_images:
+        report.same_label_dropped = report.conflict_dropped = 0
+    else:
         dropped["duplicate_image"][candidates[extra]] = True
         dropped["conflicting_image"][candidates[conflicting]] = True
         keep[candidates[extra | conflicting]] = False
