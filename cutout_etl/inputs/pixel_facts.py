@@ -46,7 +46,7 @@ def require_aperture_band(bands: Sequence[str], option: str, band: str = APERTUR
     index = aperture_band_index(bands, band)
     if index is None:
         raise UsageError(
-            f"{option}: needs a '{band}' band for the aperture flux; the images' bands are {', '.join(bands)}"
+            f"{option}: needs the '{band}' band for the aperture flux; the images' bands are {', '.join(bands)}"
         )
     return index
 
