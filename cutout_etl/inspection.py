@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import CutoutEtlError
 from .inputs import readers
+from .inputs.pixel_facts import image_digests
 from .inputs.scan import ProgressFn, ReadOptions, no_progress
 from .inputs.validate import empty_ids, invalid_positions
 from .inspection_rules import FileRows, examples, predict_build, problem
@@ -109,6 +110,7 @@ def _read_contents(report, info, f, read: ReadOptions, classes, progress):
     labels: Counter = Counter()
     acc = BandStats(n_bands=info.image_shape[-1])
     id_parts, label_parts, ra_parts, dec_parts, no_finite_parts, no_finite, partly = [], [], [], [], [], 0, 0
+    digest_parts = []
     for start, chunk in readers.iter_chunks(info, f, read.chunk_rows):
         normalised = normalize_labels(chunk[info.columns.label])
         values, counts = np.unique(normalised, return_counts=True)
@@ -120,6 +122,7 @@ def _read_contents(report, info, f, read: ReadOptions, classes, progress):
         no_finite += int((~any_finite).sum())
         partly += int((any_finite & ~all_finite).sum())
         no_finite_parts.append(~any_finite)
+        digest_parts.append(image_digests(images))
         id_parts.append(as_bytes(chunk[info.columns.id]))
         label_parts.append(normalised)
         ra_parts.append(chunk[info.columns.ra].astype(np.float64))
@@ -135,7 +138,10 @@ def _read_contents(report, info, f, read: ReadOptions, classes, progress):
     ra, dec = np.concatenate(ra_parts), np.concatenate(dec_parts)
     empty, bad_position = empty_ids(ids), invalid_positions(ra, dec)
     report["rows_empty_id"], report["rows_invalid_position"] = int(empty.sum()), int(bad_position.sum())
-    rows = FileRows(info.name, ids, row_labels, ra, dec, np.concatenate(no_finite_parts), empty | bad_position)
+    digests, no_finite_rows = np.concatenate(digest_parts), np.concatenate(no_finite_parts)
+    identical = _duplicated(digests[~no_finite_rows])  # images with no finite pixel are dropped anyway
+    report["identical_images"] = {"groups": len(identical), "rows_in_groups": int(np.isin(digests, identical).sum())}
+    rows = FileRows(info.name, ids, row_labels, ra, dec, no_finite_rows, empty | bad_position, digests)
     problems = _file_problems(report, info, classes, duplicates) + _invalid_rows(info.name, empty, bad_position)
     return problems, rows
 

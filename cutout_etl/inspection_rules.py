@@ -31,6 +31,7 @@ class FileRows:
     dec: np.ndarray
     no_finite: np.ndarray  # bool
     invalid: np.ndarray  # bool: empty ID or invalid position
+    image_digest: np.ndarray  # S16, `pixel_facts.image_digests`
 
 
 def problem(level: str, file: str | None, message: str, count: int | None = None) -> dict:
@@ -54,12 +55,17 @@ def predict_build(parts: list[FileRows], classes: list[str], match_radius: float
     codes = encode_labels(labels, classes) if len(labels) else np.zeros(0, np.int16)
     keep = (codes != UNKNOWN) & ~np.concatenate([p.no_finite | p.invalid for p in parts])
     problems = _conflicting_ids(ids, codes, classes, keep)
+    files = np.concatenate([np.full(len(p.ids), p.name, dtype=object) for p in parts])
+    digests = np.concatenate([p.image_digest for p in parts])
+    images, image_problems = _duplicate_images(ids, codes, digests, files, classes, keep)
+    problems += image_problems
     positions, position_problems = _duplicate_positions(ids, codes, ra, dec, classes, keep, match_radius)
     problems += position_problems
     counts = {c: int(n) for c, n in zip(classes, np.bincount(codes[keep], minlength=len(classes)))}
     read = np.bincount(codes[codes != UNKNOWN], minlength=len(classes))
     problems += _class_problems(counts, {c: int(n) for c, n in zip(classes, read)}, len(ids))
-    return {"rows_read": len(ids), "rows_kept": int(keep.sum()), "class_counts": counts}, positions, problems
+    build = {"rows_read": len(ids), "rows_kept": int(keep.sum()), "class_counts": counts, "duplicate_images": images}
+    return build, positions, problems
 
 
 def _conflicting_ids(ids: np.ndarray, codes: np.ndarray, classes: list[str], keep: np.ndarray) -> list[dict]:
@@ -74,6 +80,64 @@ def _conflicting_ids(ids: np.ndarray, codes: np.ndarray, classes: list[str], kee
     shown = examples(np.unique(ids[candidates[conflicting]]))
     message = f"IDs carry conflicting labels (within a file or across files), e.g. {', '.join(shown)}; build needs --on-conflict drop to drop every copy"
     return [problem("error", None, message, report.conflict_groups)]
+
+
+def _duplicate_images(ids, codes, digests, files, classes: list[str], keep: np.ndarray) -> tuple[dict, list[dict]]:
+    """Identical images under different IDs, within and across files: as `merge._resolve_images`. Updates `keep`."""
+    candidates = np.flatnonzero(keep)
+    kept_ids = ids[candidates]
+    extra, conflicting, report = resolve_duplicates(
+        digests[candidates],
+        codes[candidates],
+        np.argsort(np.argsort(kept_ids, kind="stable")),
+        classes,
+        "drop",
+        lambda i: "",
+        shown=kept_ids,
+    )
+    keep[candidates[extra | conflicting]] = False
+    groups = _image_groups(digests[candidates])
+    across = [g for g in groups if len(set(files[candidates[g]].tolist())) > 1]
+    shown = [
+        " = ".join(f"'{kept_ids[i].decode(errors='replace')}' ({files[candidates[i]]})" for i in g[:3]) for g in groups
+    ]
+    summary = {
+        "groups_same_label": report.same_label_groups,
+        "groups_conflicting": report.conflict_groups,
+        "groups_across_files": len(across),
+        "rows_dropped_by_build": int(extra.sum() + conflicting.sum()),
+        "examples": shown[:MAX_EXAMPLES],
+    }
+    problems = []
+    if report.same_label_groups:
+        message = (
+            f"identical images under different IDs, one label ({len(across)} groups across files; merge keeps the "
+            f"smallest ID, --keep-duplicate-images keeps all in one split), e.g. {'; '.join(shown[:3])}"
+        )
+        problems.append(problem("warning", None, message, report.same_label_groups))
+    if report.conflict_groups:
+        listed = "; ".join(_image_groups_shown(conflicting, digests[candidates], kept_ids, files[candidates]))
+        message = f"identical images under different IDs with different labels, e.g. {listed}; build needs --on-conflict drop to drop every copy"
+        problems.append(problem("error", None, message, report.conflict_groups))
+    return summary, problems
+
+
+def _image_groups(digests: np.ndarray) -> list[np.ndarray]:
+    """Index groups (in digest order) of rows sharing one image."""
+    order = np.argsort(digests, kind="stable")
+    starts: np.ndarray = (
+        np.flatnonzero(np.r_[True, digests[order][1:] != digests[order][:-1]]) if len(order) else np.zeros(0, int)
+    )
+    groups = np.split(order, starts[1:]) if len(order) else []
+    return [g for g in groups if len(g) > 1]
+
+
+def _image_groups_shown(mask, digests, ids, files) -> list[str]:
+    rows = np.flatnonzero(mask)
+    return [
+        " = ".join(f"'{ids[rows[i]].decode(errors='replace')}' ({files[rows[i]]})" for i in g[:3])
+        for g in _image_groups(digests[rows])[:3]
+    ]
 
 
 def _duplicate_positions(

@@ -13,7 +13,7 @@ row) grows with the number of rows; images never exceed a few blocks in memory.
 
 The options of the steps are here (the CLI derives its defaults from them);
 choices with fixed values are str Enums defined next to their step and
-re-exported here: `OnConflict` (merge), `GroupBy` (split).
+re-exported here: `OnConflict` (merge), `GroupBy` and `SplitMethod` (split).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from .steps.checksums import BlockChecker, TableChecksums, stored_checksums
 from .steps.merge import DROP_REASONS, OnConflict, Plan, parse_classes, plan_rows
 from .steps.metadata import describe, record_provenance, seal, stats_entry, store_stats
 from .steps.split import GroupBy, Layout, merged_layout, parse_fractions, split_layout
+from .steps.split_methods import SplitMethod, check_faint_fraction
 
 __all__ = [
     "DROP_REASONS",
@@ -49,6 +50,7 @@ __all__ = [
     "OnConflict",
     "OutputOptions",
     "Plan",
+    "SplitMethod",
     "SplitOptions",
     "build",
     "convert",
@@ -69,6 +71,7 @@ class MergeOptions:
     on_conflict: OnConflict | str = OnConflict.ERROR
     match_radius: float = 1.0  # arcsec: closer objects are one object; 0 turns matching off
     drop_invalid: bool = False  # drop (and count) rows with an empty ID or an invalid position instead of failing
+    keep_duplicate_images: bool = False  # keep identical images under different IDs (they then share a split)
 
 
 @dataclass
@@ -82,6 +85,8 @@ class SplitOptions:
     group_by: GroupBy | str = GroupBy.NONE  # GroupBy.SKY: whole sky cells go to one split
     cell_deg: float = 1.0
     tolerance: float = 0.02  # allowed |achieved - target| class fraction per split, reported
+    method: SplitMethod | str = SplitMethod.EXACT  # STABLE: a row's split depends on (seed, ID) only
+    faint_test: float = 0.0  # this fraction of each class, faintest first, goes to table test_faint
 
 
 @dataclass
@@ -104,6 +109,9 @@ def _check_split(options: SplitOptions) -> None:
     """Usage errors about the split options, before any work."""
     parse_fractions(options.fractions)
     GroupBy.parse(options.group_by, "--group-by")
+    SplitMethod.parse(options.method, "--split-method")
+    if check_faint_fraction(options.faint_test) and GroupBy(options.group_by) == GroupBy.SKY:
+        raise UsageError("--faint-test: not with --group-by sky (each faint object would pull its whole sky cell)")
 
 
 def _plan(
@@ -183,7 +191,8 @@ def split(
     # Pass 1 reads the parent in its stored blocks and checks each one.
     scan_read = ReadOptions(table_path=MERGED_TABLE, chunk_rows=checker.block_rows)
     with _job([Path(path)], out, output) as job, execution.cluster(cluster) as client:
-        merged = MergeOptions(classes=classes, match_radius=0.0)  # merge already resolved duplicates
+        # merge already resolved duplicates (or kept identical images on request: they stay)
+        merged = MergeOptions(classes=classes, match_radius=0.0, keep_duplicate_images=True)
         scan = scan_inputs([Path(path)], classes, scan_read, False, progress, checker.check_chunk)
         plan = plan_rows(scan, merged, image_hashes)
         layout, split_metadata = split_layout(plan, split_options)

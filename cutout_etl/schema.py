@@ -22,7 +22,13 @@ MERGED_TABLE = "data"
 # Parquet datasets: a directory, shards under data/, named the Hugging Face way
 DATA_DIR = "data"
 SIDECAR = "cutout_etl.json"
-FILE_SPLIT = {"train": "train", "val": "validation", "test": "test", MERGED_TABLE: MERGED_TABLE}
+FILE_SPLIT = {
+    "train": "train",
+    "val": "validation",
+    "test": "test",
+    "test_faint": "test_faint",
+    MERGED_TABLE: MERGED_TABLE,
+}
 DEFAULT_ROWS_PER_SHARD = 16384  # ~340 MB of 36x36x4 cutouts
 
 

@@ -1,8 +1,10 @@
 """`cutout-etl verify`: prove a dataset is what its metadata claims.
 
 Recomputes every block checksum and the content digest, recounts rows and
-classes, checks labels and IDs (no ID twice, so none in two splits), that the
-inputs' provenance is there, and recomputes the stored statistics.
+classes, checks labels and IDs (no ID twice, so none in two splits), that no
+image sits in two splits (`verify_images`), that a faint-end table holds the
+faintest rows, that the inputs' provenance is there, and recomputes the
+stored statistics.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import Dataset, open_dataset
+from .inputs.pixel_facts import aperture_band_index, aperture_flux, image_digests
 from .inputs.scan import ProgressFn, no_progress
 from .steps import sky
 from .steps.checksums import TableChecksums, dataset_digest
+from .steps.split_methods import FAINT_TABLE
 from .steps.stats import BandStats
+from .verify_images import faintest_held, shared_images
 
 MOMENTS = ("sum", "mean", "m2", "variance", "std")
 MOMENT_RTOL = 1e-9  # moments depend on the order of float64 additions only
@@ -33,13 +38,14 @@ def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
             return _result(["no checksums in the metadata: written by an older cutout-etl or altered"], [])
         entries, failures = _stats_entries(meta, ds.splits)
         stats_tables = {table for _, table, _ in entries}
-        recomputed, ids, accs, positions = {}, [], {}, []
+        recomputed, ids, accs, positions, pixels = {}, [], {}, [], []
         for name in ds.splits:
             block_rows = stored[name]["block_rows"]
             table_acc = BandStats(n_bands=len(ds.bands)) if name in stats_tables else None
-            recomputed[name], table_ids, table_positions = _scan_table(
+            recomputed[name], table_ids, table_positions, table_pixels = _scan_table(
                 ds, name, block_rows, table_acc, failures, progress
             )
+            pixels.append(table_pixels)
             ids.append(table_ids)
             positions.append(table_positions)
             if table_acc is not None:
@@ -56,6 +62,11 @@ def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
     failures += _unique_ids(ds.splits, ids)
     failures += _neighbours(meta, positions)
     checks.append("no neighbours or duplicate positions across splits")
+    failures += shared_images(ds.splits, [digests for digests, _ in pixels])
+    checks.append("no identical images in two splits")
+    if FAINT_TABLE in ds.splits:
+        failures += faintest_held(meta, ds.splits, ids, pixels)
+        checks.append(f"{FAINT_TABLE} holds the faintest rows of each class")
     format_checks, format_failures = ds.engine.format_checks(ds.path, meta)
     checks += format_checks
     failures += format_failures
@@ -114,8 +125,13 @@ def _scan_table(
     class_names = np.array([c.encode() for c in ds.classes])
     counts = np.zeros(n_classes, dtype=np.int64)
     ids, ra, dec, bad_labels, bad_names, done = [], [], [], 0, 0, 0
+    digests, flux, labels_seen = [], [], []
+    band = aperture_band_index(ds.bands)
     for rows in _blocks(ds, name, block_rows):
         checksums.add(rows)
+        digests.append(image_digests(rows["image"]))
+        flux.append(aperture_flux(rows["image"], band))
+        labels_seen.append(rows["label"].copy())
         labels = rows["label"]
         valid = (labels >= 0) & (labels < n_classes)
         bad_labels += int((~valid).sum())
@@ -140,8 +156,9 @@ def _scan_table(
     if bad_names:
         failures.append(f"{name}: {bad_names} rows whose SPECTYPE is not classes[label]")
     if not ids:
-        return checksums.to_dict(), np.zeros(0, "S1"), (np.zeros(0), np.zeros(0))
-    return checksums.to_dict(), np.concatenate(ids), (np.concatenate(ra), np.concatenate(dec))
+        return checksums.to_dict(), np.zeros(0, "S1"), (np.zeros(0), np.zeros(0)), (np.zeros(0, "S16"), None)
+    pixels = (np.concatenate(digests), (np.concatenate(flux), np.concatenate(labels_seen)))
+    return checksums.to_dict(), np.concatenate(ids), (np.concatenate(ra), np.concatenate(dec)), pixels
 
 
 def _compare_blocks(name: str, stored: dict, recomputed: dict, block_rows: int) -> list[str]:

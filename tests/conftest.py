@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -56,17 +57,21 @@ def make_table(
     """A small valid class table: sky noise at 2e-12, one label.
 
     Row i is object number start + i: its ID and position follow from that
-    number alone (objects 36 arcsec apart along the equator), so the same
-    object in two tables has the same ID and position.
+    number alone (objects 36 arcsec apart along the equator), and its image
+    from that number, the seed and the prefix, so the same object in two
+    tables has the same ID, position and (with one seed) image.
     """
-    rng = np.random.default_rng(seed)
     number = start + np.arange(n)
+    # each object's pixels from (seed, prefix, number) alone: two IDs never share an image by accident
+    # (build keeps one copy of identical images), and the same object in two tables has the same image
+    key = zlib.crc32(prefix.encode())
+    noise = [np.random.default_rng([seed, key, int(k)]).standard_normal(shape) for k in number]
     t = Table()
     t["ID"] = np.array([f"{prefix} J{k:08d}".encode() for k in number], dtype="S29")
     t["RAJ2000"] = 120 + number * 0.01
     t["DECJ2000"] = np.zeros(n)
     t["SPECTYPE"] = np.array([label] * n, dtype="S6" if isinstance(label, bytes) else "U6")
-    t["image"] = (rng.standard_normal((n, *shape)) * 2e-12).astype(dtype)
+    t["image"] = (np.array(noise).reshape(n, *shape) * 2e-12).astype(dtype)
     return t
 
 

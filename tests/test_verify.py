@@ -39,6 +39,7 @@ def test_fresh_build_and_merge_verify(small_dataset, demo_files, tmp_path):
             "content digest",
             "provenance",
             "no neighbours or duplicate positions across splits",
+            "no identical images in two splits",
             "statistics of train",
         ],
         "failures": [],

@@ -21,6 +21,7 @@ from ..pipeline import MergeOptions, OutputOptions, SplitOptions
 from ..schema import Columns
 from ..steps.merge import OnConflict
 from ..steps.split import GroupBy
+from ..steps.split_methods import SplitMethod
 from .usage import finite_float, finite_floats
 
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -83,6 +84,11 @@ MERGE = (
         "Drop rows with an empty ID or an invalid RA/Dec (NaN, infinite, out of range; counted) instead of failing.",
         default=default(MergeOptions, "drop_invalid"),
     ),
+    _flag(
+        "keep_duplicate_images",
+        "Keep identical images under different IDs (all copies, in one split) instead of keeping the smallest ID.",
+        default=default(MergeOptions, "keep_duplicate_images"),
+    ),
     _option(
         "on_conflict",
         OnConflict,
@@ -135,6 +141,21 @@ SPLIT = (
     ),
     _finite(
         "cell_deg", float, default(SplitOptions, "cell_deg"), "Sky cell size in degrees, with --group-by sky.", 0.001
+    ),
+    _option(
+        "split_method",
+        SplitMethod,
+        SplitMethod(default(SplitOptions, "method")),
+        help="'exact': exact per-class counts; 'stable': each object's split from (seed, ID) alone, so adding "
+        "rows never moves one (class fractions within binomial error, reported).",
+    ),
+    _finite(
+        "faint_test",
+        float,
+        default(SplitOptions, "faint_test"),
+        "Put this fraction of each class, faintest r-band central aperture flux first, in an extra table "
+        "test_faint before splitting the rest (0: off).",
+        0,
     ),
     _finite(
         "tolerance",
@@ -240,7 +261,14 @@ def read_options(opts: Opts) -> ReadOptions:
 
 def merge_options(opts: Opts) -> MergeOptions:
     on_conflict = OnConflict(opts["on_conflict"]).value
-    return MergeOptions(class_list(opts), opts["drop_unknown"], on_conflict, opts["match_radius"], opts["drop_invalid"])
+    return MergeOptions(
+        class_list(opts),
+        opts["drop_unknown"],
+        on_conflict,
+        opts["match_radius"],
+        opts["drop_invalid"],
+        opts["keep_duplicate_images"],
+    )
 
 
 def split_options(opts: Opts) -> SplitOptions:
@@ -253,6 +281,8 @@ def split_options(opts: Opts) -> SplitOptions:
         GroupBy(opts["group_by"]).value,
         opts["cell_deg"],
         opts["tolerance"],
+        SplitMethod(opts["split_method"]).value,
+        opts["faint_test"],
     )
 
 

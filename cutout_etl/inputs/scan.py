@@ -2,7 +2,8 @@
 
 Reads IDs, labels and pixel finiteness chunk by chunk (images are never held
 beyond one chunk). What it keeps per row is small: ID, class code, source
-file and row, position, one flag. Files are hashed by `FileHasher` in a background
+file and row, position, two flags, and two facts of the pixels (`pixel_facts`):
+a 16-byte digest of the image and the central aperture flux. Files are hashed by `FileHasher` in a background
 thread while the passes run.
 """
 
@@ -21,9 +22,10 @@ import h5py
 import numpy as np
 
 from ..errors import DuplicateInputError, ImageShapeError, UnknownLabelError
-from ..schema import Columns, as_bytes
+from ..schema import Columns, as_bytes, band_names
 from . import readers
 from .labels import UNKNOWN, encode_labels, normalize_labels
+from .pixel_facts import DIGEST_DTYPE, aperture_band_index, aperture_flux, image_digests
 from .readers import TableInfo
 
 if TYPE_CHECKING:
@@ -83,6 +85,8 @@ class Scan:
     dec: np.ndarray  # float64, degrees
     image_shape: tuple[int, int, int]
     read_order: list[int]  # files (canonical indices) in the order their rows appear above
+    image_digest: np.ndarray = field(default_factory=lambda: np.zeros(0, DIGEST_DTYPE))  # S16 (pixel_facts)
+    aperture_flux: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float64, NaN if not measurable
 
     @property
     def id_len(self) -> int:
@@ -157,7 +161,8 @@ def _scan_chunk(entry: InputFile, index: int, start: int, chunk: np.ndarray, cla
     entry.label_counts.update(_count(labels))
     if (codes == UNKNOWN).any():
         entry.unknown_labels.update(_count(labels[codes == UNKNOWN]))
-    all_finite, no_finite = _finiteness(chunk[columns.image])
+    images = chunk[columns.image]
+    all_finite, no_finite = _finiteness(images)
     entry.rows_no_finite += int(no_finite.sum())
     entry.rows_partly_nonfinite += int((~all_finite & ~no_finite).sum())
     n = len(chunk)
@@ -170,6 +175,8 @@ def _scan_chunk(entry: InputFile, index: int, start: int, chunk: np.ndarray, cla
         "partly_nonfinite": ~all_finite & ~no_finite,
         "ra": chunk[columns.ra].astype(np.float64),
         "dec": chunk[columns.dec].astype(np.float64),
+        "image_digest": image_digests(images),
+        "aperture_flux": aperture_flux(images, aperture_band_index(band_names(images.shape[-1]))),
     }
 
 
@@ -262,4 +269,6 @@ def _canonical(inputs: list[InputFile], parts: list[dict], classes: list[str], s
         dec=joined["dec"],
         image_shape=shape,
         read_order=remap.tolist(),
+        image_digest=joined["image_digest"],
+        aperture_flux=joined["aperture_flux"],
     )

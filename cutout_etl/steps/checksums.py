@@ -10,7 +10,8 @@ size, recorded as `block_rows`. The dataset digest is a SHA-256 over those
 streams and the metadata that defines the content (classes, bands, shape,
 unit, row and class counts, and the parameters `verify` checks the content
 against: the split's fractions, seed, group radius, grouping and sky cell
-size, and the duplicate-position match radius). Outside it, on purpose:
+size, its method and faint-end table when not the default, and the
+duplicate-position match radius). Outside it, on purpose:
 provenance (`source_file`, `source_row`, `inputs`, `parent`, the rest of
 `report`), the tool version, and the statistics (derived from the content;
 `verify` recomputes them).
@@ -38,6 +39,7 @@ DIGESTED_METADATA = ("format_version", "classes", "bands", "image_shape", "pixel
 DIGESTED_SPLIT = ("fractions", "seed", "group_radius_arcsec", "group_by", "cell_deg")
 # Format version 1 digested only the split's fractions and seed; its datasets still verify, without the radii.
 DIGESTED_SPLIT_V1 = ("fractions", "seed")
+DEFAULT_SPLIT_METHOD = "exact"  # steps/split_methods.SplitMethod.EXACT; other methods are digested
 
 
 def _columns_digest(records: np.ndarray | Block, columns: tuple[str, ...]) -> str:
@@ -125,12 +127,28 @@ class BlockChecker:
         self.check(first // self.block_rows, records)
 
 
+def _optional_split_parameters(split: Mapping) -> dict:
+    """The split method and the faint-end table's parameters, digested only when they differ from the default.
+
+    Absent means the default (exact counts, no faint table), so datasets written before these options
+    keep their digest, and any change of them (adding, removing or editing the keys) changes the digest.
+    """
+    optional = {}
+    if split.get("split_method") not in (None, DEFAULT_SPLIT_METHOD):
+        optional["split_method"] = split["split_method"]
+    faint = split.get("faint_test")
+    if faint:
+        optional["faint_test"] = {key: faint.get(key) for key in ("fraction", "band", "aperture_radius_px")}
+    return optional
+
+
 def dataset_digest(metadata: Mapping, checksums: Mapping[str, Mapping]) -> str:
     """SHA-256 of the dataset's content: see the module docstring for what is in it."""
     content = {key: metadata.get(key) for key in DIGESTED_METADATA}
     split = metadata.get("split") or {}
     version_1 = metadata.get("format_version") == 1
-    content["split"] = {key: split.get(key) for key in (DIGESTED_SPLIT_V1 if version_1 else DIGESTED_SPLIT)}
+    digested = {key: split.get(key) for key in (DIGESTED_SPLIT_V1 if version_1 else DIGESTED_SPLIT)}
+    content["split"] = {**digested, **_optional_split_parameters(split)}
     if not version_1:
         # verify checks that no two objects lie within the match radius: setting it to 0 must not switch that off
         positions = (metadata.get("report") or {}).get("duplicate_positions") or {}

@@ -2,8 +2,8 @@
 
 `plan_rows` works on the facts of pass 1 (`scan.Scan`) in memory: it drops
 unusable rows (counted by reason, in DROP_REASONS order), resolves duplicate
-IDs and objects at one sky position (`sky`), and refuses what cannot be
-resolved. Which copy of a repeated ID is kept depends on its pixels, so the
+IDs, identical images under different IDs (by the scan's image digest) and
+objects at one sky position (`sky`), and refuses what cannot be resolved. Which copy of a repeated ID is kept depends on its pixels, so the
 repeated IDs' images must be read again: the caller passes that read in as
 `image_hashes` (`records.image_hashes` re-reads the rows through the same
 readers as the write pass), which keeps this module pure numpy and testable
@@ -48,6 +48,8 @@ DROP_REASONS = (
     "no_finite_pixel",
     "duplicate_id",
     "conflicting_labels",
+    "duplicate_image",
+    "conflicting_image",
     "duplicate_position",
     "conflicting_position",
 )
@@ -76,6 +78,9 @@ class MergePolicy(Protocol):
 
     @property
     def drop_invalid(self) -> bool: ...
+
+    @property
+    def keep_duplicate_images(self) -> bool: ...  # keep identical images under different IDs (all copies)
 
 
 ImageHashes = Callable[[Scan, np.ndarray], np.ndarray]  # (scan, scan rows) -> a uint64 hash of each row's image
@@ -171,6 +176,8 @@ class Plan:
     duplicates: DuplicateReport = field(default_factory=DuplicateReport)
     positions: DuplicateReport = field(default_factory=DuplicateReport)
     match_radius: float = 0.0
+    images: DuplicateReport = field(default_factory=DuplicateReport)
+    keep_duplicate_images: bool = False
 
     def report(self) -> dict:
         files = self.scan.files
@@ -195,6 +202,7 @@ class Plan:
             "rows_kept": int(self.keep.sum()),
             "dropped": {r: int(m.sum()) for r, m in self.dropped.items()},
             "duplicate_ids": vars(self.duplicates),
+            "duplicate_images": {"kept": self.keep_duplicate_images, **vars(self.images)},
             "duplicate_positions": {"match_radius_arcsec": self.match_radius, **vars(self.positions)},
             "rows_partly_nonfinite": int(np.count_nonzero(self.keep & self.scan.partly_nonfinite)),
             "rows_cast_to_float32": int(np.count_nonzero(self.keep & np.isin(self.scan.file_index, cast))),
@@ -232,12 +240,13 @@ def plan_rows(scan: Scan, options: MergePolicy, image_hashes: ImageHashes) -> Pl
     dropped["duplicate_id"][candidates[extra]] = True
     dropped["conflicting_labels"][candidates[conflicting]] = True
     keep[candidates[extra | conflicting]] = False
+    images = _resolve_images(scan, keep, dropped, options)
     positions = _resolve_positions(scan, keep, dropped, options)
     if not keep.any():
         reasons = ", ".join(f"{r.replace('_', ' ')} {int(m.sum())}" for r, m in dropped.items() if m.any())
         raise EmptyTableError(f"nothing to write: all {len(keep)} rows were dropped ({reasons})")
     _refuse_missing_classes(scan, keep)
-    return Plan(scan, keep, dropped, duplicates, positions, options.match_radius)
+    return Plan(scan, keep, dropped, duplicates, positions, options.match_radius, images, options.keep_duplicate_images)
 
 
 def _refuse_missing_classes(scan: Scan, keep: np.ndarray) -> None:
@@ -297,6 +306,33 @@ def _copy_order(scan: Scan, rows: np.ndarray, image_hashes: ImageHashes) -> np.n
     keys = (scan.row[rows], scan.file_index[rows], scan.dec[rows], scan.ra[rows], content)  # last key first
     rank[np.lexsort(keys)] = np.arange(len(rows))
     return rank
+
+
+def _resolve_images(scan: Scan, keep: np.ndarray, dropped: dict, options: MergePolicy) -> DuplicateReport:
+    """Identical images under different IDs are one object: keep the smallest ID, or refuse differing labels.
+
+    With `keep_duplicate_images` every copy stays (the split then keeps them in one split);
+    the groups are still counted in the report.
+    """
+    candidates = np.flatnonzero(keep)
+    ids = scan.ids[candidates]
+    extra, conflicting, report = resolve_duplicates(
+        scan.image_digest[candidates],
+        scan.codes[candidates],
+        np.argsort(np.argsort(ids, kind="stable")),  # rank of the ID: the smallest ID is kept
+        scan.classes,
+        OnConflict.DROP if options.keep_duplicate_images else options.on_conflict,
+        lambda i: f"'{ids[i].decode(errors='replace')}' ({scan.describe_row(candidates[i])})",
+        what="images identical to another under a different ID",
+        shown=ids,
+    )
+    if options.keep_duplicate_images:
+        report.same_label_dropped = report.conflict_dropped = 0
+    else:
+        dropped["duplicate_image"][candidates[extra]] = True
+        dropped["conflicting_image"][candidates[conflicting]] = True
+        keep[candidates[extra | conflicting]] = False
+    return report
 
 
 def _resolve_positions(scan: Scan, keep: np.ndarray, dropped: dict, options: MergePolicy) -> DuplicateReport:

@@ -8,6 +8,7 @@ consecutive rows holds each class within one row of its share, and the
 order within a class is the hash order (a seeded shuffle). Nothing depends
 on the order of files or rows.
 
+`--split-method stable` and the faint-end table are in `split_methods`.
 The layout of the output tables lives here too: `split_layout` (the three
 splits of the kept rows, and their description for the metadata) and
 `merged_layout` (the one table of `merge`).
@@ -24,10 +25,19 @@ import numpy as np
 
 from ..choices import Choice
 from ..errors import SplitError, UsageError
+from ..inputs.pixel_facts import require_aperture_band
 from ..inputs.scan import Scan
-from ..schema import MERGED_TABLE, SPLIT_NAMES
+from ..schema import MERGED_TABLE, SPLIT_NAMES, band_names
 from . import sky
 from .merge import Plan
+from .split_methods import (
+    FAINT_TABLE,
+    SplitMethod,
+    binomial_report,
+    check_faint_fraction,
+    faint_rows,
+    stable_assignment,
+)
 
 
 class GroupBy(Choice):
@@ -60,6 +70,12 @@ class SplitPolicy(Protocol):
 
     @property
     def tolerance(self) -> float: ...  # allowed |achieved - target| class fraction per split, reported
+
+    @property
+    def method(self) -> SplitMethod | str: ...
+
+    @property
+    def faint_test(self) -> float: ...  # fraction of each class, faintest first, for the faint-end table; 0: none
 
 
 def parse_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -122,7 +138,21 @@ def assign_splits(
     seed: int,
     groups: np.ndarray | None = None,
 ) -> SplitPlan:
-    """Stratified assignment of unique IDs with class codes to the splits.
+    """Stratified assignment of unique IDs with class codes to the splits (`exact_split`), and positions."""
+    hashes = keyed_hash(ids, seed)
+    split = exact_split(ids, codes, hashes, classes, fractions, groups)
+    return _plan(split, codes, classes, np.lexsort((ids, hashes)))
+
+
+def exact_split(
+    ids: np.ndarray,
+    codes: np.ndarray,
+    hashes: np.ndarray,
+    classes: Sequence[str],
+    fractions: Sequence[float],
+    groups: np.ndarray | None = None,
+) -> np.ndarray:
+    """Split index of each row, with exact per-class counts.
 
     Rows with the same `groups` value always land in one split. Groups of
     several rows are placed first, largest first (ties in hash order), each
@@ -131,14 +161,13 @@ def assign_splits(
     quotas in hash order. Without groups of several rows the per-class counts
     are exact.
     """
-    hashes = keyed_hash(ids, seed)
     targets = _targets(codes, classes, fractions)  # (classes, splits)
     split = np.full(len(ids), -1, dtype=np.int8)
     taken = np.zeros_like(targets)
     if groups is not None:
         _place_groups(groups, codes, hashes, targets, taken, split, len(classes))
     _fill_quotas(ids, codes, hashes, targets, taken, split, fractions)
-    return _plan(split, codes, classes, np.lexsort((ids, hashes)))
+    return split
 
 
 def _targets(codes: np.ndarray, classes: Sequence[str], fractions: Sequence[float]) -> np.ndarray:
@@ -184,14 +213,20 @@ def _fill_quotas(ids, codes, hashes, targets, taken, split, fractions) -> None:
             split[ranked[bounds[s] : bounds[s + 1]]] = s
 
 
-def _plan(split: np.ndarray, codes: np.ndarray, classes: Sequence[str], hash_order: np.ndarray) -> SplitPlan:
-    """Counts, and positions with the classes interleaved in proportion inside each split.
+def _plan(
+    split: np.ndarray,
+    codes: np.ndarray,
+    classes: Sequence[str],
+    hash_order: np.ndarray,
+    names: Sequence[str] = SPLIT_NAMES,
+) -> SplitPlan:
+    """Counts, and positions with the classes interleaved in proportion inside each split (table `names[s]`).
 
     Within a class, rows keep their hash order (`hash_order` lists all rows in it).
     """
     counts: dict[str, dict[str, int]] = {}
     position = np.empty(len(split), dtype=np.int64)
-    for s, split_name in enumerate(SPLIT_NAMES):
+    for s, split_name in enumerate(names):
         members = hash_order[split[hash_order] == s]
         interleave = np.empty(len(members))
         counts[split_name] = {}
@@ -238,39 +273,74 @@ def merged_layout(plan: Plan) -> Layout:
 
 
 def split_layout(plan: Plan, options: SplitPolicy) -> tuple[Layout, dict]:
-    """The split of the kept rows, and its description for the metadata."""
+    """The split of the kept rows (and the faint-end table, if asked for), and its description for the metadata."""
     scan = plan.scan
     kept = np.flatnonzero(plan.keep)
     fractions = parse_fractions(options.fractions)
+    method = SplitMethod.parse(options.method, "--split-method")
     groups, grouping = _groups(scan, kept, options)
-    assignment = assign_splits(scan.ids[kept], scan.codes[kept], scan.classes, fractions, options.seed, groups)
+    ids, codes = scan.ids[kept], scan.codes[kept]
+    hashes = keyed_hash(ids, options.seed)
+    faint, faint_description = _faint(scan, kept, groups, options)
+    split = np.full(len(kept), len(SPLIT_NAMES), dtype=np.int8)  # rows of the faint table keep the last index
+    rest = np.flatnonzero(~faint)
+    if method == SplitMethod.STABLE:
+        split[rest] = stable_assignment(hashes[rest], fractions, groups[rest])
+    else:
+        split[rest] = exact_split(ids[rest], codes[rest], hashes[rest], scan.classes, fractions, groups[rest])
+    names = [*SPLIT_NAMES, FAINT_TABLE] if faint_description else list(SPLIT_NAMES)
+    assignment = _plan(split, codes, scan.classes, np.lexsort((ids, hashes)), names)
     table_of_row = np.full(len(scan.ids), -1, dtype=np.int8)
     position = np.zeros(len(scan.ids), dtype=np.int64)
     table_of_row[kept] = assignment.split
     position[kept] = assignment.position
     rows = {
-        name: {"rows": sum(assignment.counts[name].values()), "class_counts": assignment.counts[name]}
-        for name in SPLIT_NAMES
+        name: {"rows": sum(assignment.counts[name].values()), "class_counts": assignment.counts[name]} for name in names
     }
+    achieved = _achieved(assignment.counts, scan.classes, fractions, options.tolerance)
+    if method == SplitMethod.STABLE:
+        achieved.update(binomial_report(assignment.counts, scan.classes, fractions, SPLIT_NAMES))
     description = {
         "fractions": list(fractions),
         "seed": options.seed,
-        "method": "stratified by class; rows ranked by BLAKE2b-64 of the ID keyed by the seed; "
-        "groups of rows placed whole, largest first",
+        "split_method": method.value,
+        "method": _METHODS[method],
         "order": "classes interleaved in proportion inside each split; keyed-hash order within a class",
         **grouping,
-        **_achieved(assignment.counts, scan.classes, fractions, options.tolerance),
+        "faint_test": faint_description,
+        **achieved,
     }
-    return Layout(list(SPLIT_NAMES), table_of_row, position, rows), description
+    return Layout(names, table_of_row, position, rows), description
+
+
+_METHODS = {
+    SplitMethod.EXACT: "stratified by class; rows ranked by BLAKE2b-64 of the ID keyed by the seed; "
+    "groups of rows placed whole, largest first",
+    SplitMethod.STABLE: "stable: each row's split from BLAKE2b-64 of the ID keyed by the seed, over 2^64, against "
+    "the cumulative fractions; a group takes its smallest hash's split; per-class fractions within binomial error",
+}
+
+
+def _faint(scan: Scan, kept: np.ndarray, groups: np.ndarray, options: SplitPolicy) -> tuple[np.ndarray, dict | None]:
+    """Rows of the faint-end test table among the kept rows (none without --faint-test)."""
+    fraction = check_faint_fraction(options.faint_test)
+    if fraction == 0:
+        return np.zeros(len(kept), dtype=bool), None
+    if GroupBy.parse(options.group_by, "--group-by") == GroupBy.SKY:
+        raise UsageError("--faint-test: not with --group-by sky (each faint object would pull its whole sky cell)")
+    require_aperture_band(band_names(scan.image_shape[-1]), "--faint-test")
+    return faint_rows(scan.aperture_flux[kept], scan.ids[kept], scan.codes[kept], scan.classes, fraction, groups)
 
 
 def _groups(scan: Scan, kept: np.ndarray, options: SplitPolicy) -> tuple[np.ndarray, dict]:
-    """Rows that must share a split: neighbours within the group radius, and sky cells."""
+    """Rows that must share a split: neighbours within the group radius, identical images, and sky cells."""
     radius = options.group_radius
     if radius is None:
         radius = sky.half_diagonal_arcsec(scan.image_shape, options.pixel_scale)
     ra, dec = scan.ra[kept], scan.dec[kept]
     pairs = sky.pairs_within(ra, dec, radius)
+    identical = _identical_image_pairs(scan.image_digest[kept])
+    pairs = np.concatenate([pairs, identical]) if len(identical) else pairs
     group_by = GroupBy.parse(options.group_by, "--group-by")
     if group_by == GroupBy.SKY:
         _, first, cell = np.unique(sky.sky_cells(ra, dec, options.cell_deg), return_index=True, return_inverse=True)
@@ -286,7 +356,20 @@ def _groups(scan: Scan, kept: np.ndarray, options: SplitPolicy) -> tuple[np.ndar
         "rows_in_groups": int(sizes[sizes > 1].sum()),
         "largest_group": int(sizes.max(initial=0)),
     }
+    if len(identical):
+        description["rows_sharing_an_image"] = len(np.unique(identical))
     return groups, description
+
+
+def _identical_image_pairs(digests: np.ndarray) -> np.ndarray:
+    """(first, other) index pairs of rows with identical images (kept only with --keep-duplicate-images)."""
+    if len(digests) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    order = np.argsort(digests, kind="stable")
+    same = np.flatnonzero(digests[order][1:] == digests[order][:-1])
+    if len(same) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.column_stack([order[same], order[same + 1]]).astype(np.int64)
 
 
 def _achieved(counts: dict, classes: Sequence[str], fractions: Sequence[float], tolerance: float) -> dict:
