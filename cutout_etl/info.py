@@ -73,7 +73,7 @@ def _size(path: Path) -> int:
 def _split_method(split: dict | None) -> dict | None:
     if split is None:
         return None
-    keys = ("fractions", "seed", "group_by", "max_fraction_deviation", "within_tolerance")
+    keys = ("fractions", "seed", "group_by", "split_method", "faint_test", "max_fraction_deviation", "within_tolerance")
     return {key: split.get(key) for key in keys}
 
 

@@ -14,7 +14,7 @@ from cutout_etl import open_dataset
 from cutout_etl.info import describe_dataset
 from cutout_etl.pipeline import convert
 
-from .conftest import DEMO_ROWS, run_cli
+from .conftest import DEMO_ROWS, class_tables, run_cli, write_class_files
 
 CLI = Path(sys.executable).parent / "cutout-etl"
 
@@ -96,3 +96,16 @@ def test_a_split_of_a_merged_file_names_its_parent(demo_files, tmp_path):
     described = describe_dataset(dataset)
     assert code == 0 and described["parent"]["name"] == "merged.h5" and len(described["inputs"]) == 3
     assert f"parent {merged}" in " ".join(stdout.split())
+
+
+def test_info_names_the_split_method_and_the_faint_table(tmp_path):
+    files = [str(p) for p in write_class_files(tmp_path, class_tables((60, 60, 60)))]
+    out = tmp_path / "faint.h5"
+    code, _, err = run_cli("build", *files, "-o", out, "--split-method", "stable", "--faint-test", "0.2", "-q")
+    assert code == 0, err
+    code, stdout, _ = run_cli("info", out)
+    assert code == 0
+    assert "stable split 0.7/0.15/0.15" in stdout and "faintest 0.2 of each class by r flux in test_faint" in stdout
+    described = describe_dataset(out)
+    assert described["splits"]["test_faint"]["rows"] == 36
+    assert described["split_method"]["split_method"] == "stable"

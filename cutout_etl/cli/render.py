@@ -133,7 +133,8 @@ def stats_table(console: Console, metadata: dict, split: str = "train") -> None:
 
 def split_counts(console: Console, metadata: dict) -> None:
     tables = metadata.get("tables_rows", {})
-    parts = [f"{name} {tables[name]['rows']}" for name in SPLIT_NAMES if name in tables]
+    names = [name for name in SPLIT_NAMES if name in tables] + [name for name in tables if name not in SPLIT_NAMES]
+    parts = [f"{name} {tables[name]['rows']}" for name in names]
     if parts:
         console.print("rows per split: " + ", ".join(parts), highlight=False)
 
@@ -242,7 +243,13 @@ def info_report(console: Console, info: dict) -> None:
     method = info["split_method"]
     if method:
         fractions = "/".join(f"{f:g}" for f in method["fractions"])
-        console.print(f"split {fractions}, seed {method['seed']}, grouped by {method['group_by']}", highlight=False)
+        how = f"{method.get('split_method') or 'exact'} split {fractions}, seed {method['seed']}"
+        faint = (
+            f", faintest {method['faint_test']['fraction']:g} of each class by {method['faint_test']['band']} flux in test_faint"
+            if method.get("faint_test")
+            else ""
+        )
+        console.print(f"{how}, grouped by {method['group_by']}{faint}", highlight=False)
     for split, stats in info["stats"].items():
         _info_stats(console, split, stats)
     dropped = ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in info["dropped"].items()) or "none"
