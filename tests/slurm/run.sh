@@ -27,8 +27,10 @@ export PATH=$VENV/bin:$PATH
 JOB_MINUTES=5 # every job's --time: SLURM ends a stuck job; the harness's own waits are a little longer
 
 WORK=$(mktemp -d /tmp/cutout-etl-slurm.XXXXXX)
+CHILDREN=() # background commands of this script, stopped on exit
 on_exit() {
-    local status=$?
+    local status=$? pid
+    for pid in "${CHILDREN[@]}"; do kill "$pid" 2>/dev/null || true; done
     stop_cluster
     if [ "$status" = 0 ]; then
         rm -rf "$WORK"
@@ -61,22 +63,28 @@ report_job() { # report_job WHAT JOBID
     log "$1: job $2 $(job_field "$2" JobState), $(($(epoch "$end") - $(epoch "$start"))) s ($start .. $end)"
 }
 
-# Submits build.sbatch and waits for it; its job ID goes to DIR/jobid, its output to DIR/job.log.
-submit_build() { # submit_build DIR
+# Submits build.sbatch in the background (`timeout` bounds sbatch --wait, and is this shell's child, so on_exit
+# can stop it); its job ID goes to DIR/jobid, its output to DIR/job.log.
+start_build() { # start_build DIR
     mkdir -p "$1"
     DATA=$WORK/demo OUT=$1/dataset.h5 DASK_HOST=127.0.0.1 \
         timeout $((JOB_MINUTES * 60 + 60)) sbatch --wait --parsable --nodes=1 --ntasks=1 --ntasks-per-node=1 \
         --cpus-per-task=1 --mem-per-cpu="$JOB_MEMORY_MB" --time="$JOB_MINUTES" --output="$1/job.log" \
-        "$EXAMPLES/build.sbatch" >"$1/jobid"
+        "$EXAMPLES/build.sbatch" >"$1/jobid" &
+    CHILDREN+=($!)
+}
+
+wait_build() { # wait_build DIR PID WHAT
+    wait "$2" || { tail -n 40 "$1/job.log" >&2; die "build.sbatch ($3) failed"; }
+    log "build.sbatch ($3): sbatch --wait returned after $((SECONDS - BUILDS_STARTED)) s (it polls at 2, 10, 42 s, ...)"
 }
 
 test_two_build_jobs_at_once() {
-    submit_build "$WORK/build1" &
-    local first=$!
-    submit_build "$WORK/build2" &
-    local second=$!
-    wait "$first" || { cat "$WORK/build1/job.log" >&2; die "build.sbatch (first job) failed"; }
-    wait "$second" || { cat "$WORK/build2/job.log" >&2; die "build.sbatch (second job) failed"; }
+    BUILDS_STARTED=$SECONDS
+    start_build "$WORK/build1"
+    start_build "$WORK/build2"
+    wait_build "$WORK/build1" "${CHILDREN[-2]}" "first job"
+    wait_build "$WORK/build2" "${CHILDREN[-1]}" "second job"
     local a b
     a=$(cat "$WORK/build1/jobid") b=$(cat "$WORK/build2/jobid")
     report_job "build.sbatch" "$a"
@@ -95,7 +103,7 @@ test_slurmcluster() {
         "$WORK"/demo/image_table_*.hdf5 -o "$WORK/jobqueue/dataset.h5" --queue debug --jobs 1 \
         --workers-per-job 1 --memory-per-worker "${JOB_MEMORY_MB}MiB" --walltime "00:0$JOB_MINUTES:00" \
         --host 127.0.0.1 >"$WORK/jobqueue/out.log" 2>&1) ||
-        { cat "$WORK/jobqueue/out.log" >&2; die "build_slurmcluster.py failed"; }
+        { tail -n 40 "$WORK/jobqueue/out.log" >&2; die "build_slurmcluster.py failed"; }
     log "build_slurmcluster.py: $((SECONDS - started)) s"
     local workers id
     workers=$(scontrol show job -o | sed -n 's/^JobId=\([0-9]*\) JobName=dask-worker .*/\1/p')
@@ -123,7 +131,7 @@ test_chain() {
     for id in $ids; do
         report_job "chain.sh ${names[k]}" "$id"
         [ "$(job_field "$id" JobState)" = COMPLETED ] ||
-            { cat "$WORK"/chain/*.log >&2; die "chain.sh: ${names[k]} (job $id) did not complete"; }
+            { tail -n 20 "$WORK"/chain/*.log >&2; die "chain.sh: ${names[k]} (job $id) did not complete"; }
         k=$((k + 1))
     done
     check_dataset "chain.sh merge -> split -> stats" "$WORK/chain/dataset.h5"
