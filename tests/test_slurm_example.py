@@ -121,7 +121,7 @@ def test_sbatch_script_runs_scheduler_workers_build_and_verify(tmp_path, class_f
     assert f"dask scheduler --scheduler-file {scheduler_file} --port 0 --dashboard-address :0" in lines
     workers = next(line for line in lines if line.startswith("srun "))
     assert workers.startswith(f"srun --ntasks=8 --cpus-per-task=1 dask worker --scheduler-file {scheduler_file}")
-    assert "--nthreads 1 --nworkers 1" in workers and "--host" not in workers
+    assert "--nthreads 1 --nworkers 1 --memory-limit 1843MiB" in workers and "--host" not in workers
     build = [shlex.split(line) for line in lines if line.startswith("cutout-etl build")]
     assert build == [
         ["cutout-etl", "build", *map(str, inputs), "-o", str(out), "--overwrite"]
@@ -134,12 +134,12 @@ def test_sbatch_script_runs_scheduler_workers_build_and_verify(tmp_path, class_f
 
 def test_sbatch_script_binds_scheduler_and_workers_to_dask_host(tmp_path, class_files):
     env = job_env(tmp_path, make_venv(tmp_path, FAKE_DASK), DATA=str(class_files[0]), OUT=str(tmp_path / "d.h5"))
-    done = run_script(
-        SLURM / "build.sbatch", env | {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "DASK_HOST": "127.0.0.1"}
-    )
+    env |= {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "DASK_HOST": "127.0.0.1", "SLURM_MEM_PER_CPU": "1000"}
+    done = run_script(SLURM / "build.sbatch", env)
     assert done.returncode == 0, done.stderr
     started = [line for line in logged(tmp_path) if line.startswith(("dask scheduler", "srun"))]
     assert len(started) == 2 and all(line.endswith("--host 127.0.0.1") for line in started)
+    assert "--memory-limit 900MiB" in started[1]  # 90 % of the job's memory per CPU
 
 
 def test_sbatch_script_without_data_or_scratch_names_what_to_set(tmp_path):

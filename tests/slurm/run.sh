@@ -108,7 +108,7 @@ test_slurmcluster() {
     local workers id
     workers=$(scontrol show job -o | sed -n 's/^JobId=\([0-9]*\) JobName=dask-worker .*/\1/p')
     [ -n "$workers" ] || die "build_slurmcluster.py: no dask-worker job was submitted"
-    for id in $workers; do report_job "build_slurmcluster.py's worker" "$id"; done
+    for id in $workers; do report_job "build_slurmcluster.py's worker (cancelled by SLURMCluster on close)" "$id"; done
     check_dataset "build_slurmcluster.py" "$WORK/jobqueue/dataset.h5"
 }
 
@@ -155,6 +155,8 @@ main() {
     install_slurm
     write_slurm_conf
     JOB_MEMORY_MB=$((NODE_MEMORY_MB / 4)) # two jobs side by side, with room to spare
+    # build.sbatch gives its Dask worker 90 % of this; a worker needs ~200 MB, and Dask pauses one at 80 % of its limit
+    ((JOB_MEMORY_MB >= 512)) || die "$JOB_MEMORY_MB MB a job is too little: the SLURM test needs 6 GB of memory"
     start_munge
     start_slurm
     log "one-node cluster up: $NODE, $(nproc) CPUs, ${NODE_MEMORY_MB} MB ($((SECONDS - started)) s)"
