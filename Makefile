@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo
 
-.PHONY: demo test check bench clean
+.PHONY: demo test test-slurm check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
+
+# The examples in examples/slurm on a real one-node SLURM: root on Debian (apt-get installs slurmd, slurmctld,
+# slurm-client and munge). See the README, "Running on SLURM, tested".
+test-slurm: $(VENV)/.installed-test
+	VENV=$(abspath $(VENV)) bash tests/slurm/run.sh
 
 # The gates: lint, formatting and types (CI runs them after the tests).
 check: $(VENV)/.installed-test
