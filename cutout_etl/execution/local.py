@@ -94,7 +94,7 @@ def write_tables(
             carry_provenance,
             scan.image_shape[-1],
         )
-        acc, checksums = dask_cluster.write_tables(client, job, tables, stats_table, options.blocks_per_task, progress)
+        acc, checksums = dask_cluster.write_tables(client, job, tables, stats_table, options, progress)
     else:
         fill = RecordFiller(scan.classes, dtype, carry_provenance)
         acc, checksums = _write_here(scan, fill, tables, sink, chunk_rows, progress, stats_table)
@@ -170,9 +170,7 @@ def table_stats(
     if cluster is None:
         return dask_cluster.stats_task(path, table, 0, rows, n_bands, chunk_rows, progress, checksums)
     client, options = cluster
-    return dask_cluster.table_stats(
-        client, path, table, rows, n_bands, chunk_rows, options.blocks_per_task, progress, checksums
-    )
+    return dask_cluster.table_stats(client, path, table, rows, n_bands, chunk_rows, options, progress, checksums)
 
 
 class _Background:
