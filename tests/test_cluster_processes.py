@@ -56,6 +56,7 @@ def local(files, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cluster_local")
     ok("build", *files, "-o", root / "built.h5", "--chunk-rows", CHUNK)
     ok("merge", *files, "-o", root / "merged.h5", "--chunk-rows", CHUNK)
+    ok("build", *files, "-o", f"{root / 'parquet'}/", "--chunk-rows", CHUNK, "--rows-per-shard", 40)
     return root
 
 
@@ -121,6 +122,15 @@ def test_merge_split_and_stats_through_tcp_equal_local(cluster, files, local, tm
     assert on_cluster["split_stats"]["val"]["n_cutouts"] == here["split_stats"]["val"]["n_cutouts"] > 0
     assert on_cluster["digest"] == here["digest"]
     assert verify(tmp_path / "split.h5")["ok"]
+
+
+def test_parquet_from_worker_processes_has_the_local_rows_and_digest(cluster, files, local, tmp_path):
+    out = f"{tmp_path / 'parquet'}/"
+    ok("build", *files, "-o", out, "--chunk-rows", CHUNK, "--rows-per-shard", 40, "--scheduler", cluster.address)
+    assert metadata(tmp_path / "parquet")["digest"] == metadata(local / "parquet")["digest"]
+    shards = sorted(p.name for p in (local / "parquet" / "data").iterdir())
+    assert sorted(p.name for p in (tmp_path / "parquet" / "data").iterdir()) == shards and len(shards) > 3
+    assert verify(tmp_path / "parquet")["ok"]
 
 
 def test_stats_through_tcp_while_another_process_reads_the_dataset(cluster, local, tmp_path):

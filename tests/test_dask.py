@@ -102,8 +102,8 @@ def test_an_error_in_a_task_comes_back_as_the_library_error(files, cluster, tmp_
 def test_usage_errors_come_before_any_work(files, tmp_path):
     with pytest.raises(UsageError, match="'nowhere' is not local, dask or a scheduler address"):
         pipeline.build(files, tmp_path / "out.h5", cluster=ClusterOptions(scheduler="nowhere"))
-    with pytest.raises(UsageError, match="Parquet output is written by the local path only"):
-        pipeline.build(files, str(tmp_path / "out") + "/", cluster=ClusterOptions(scheduler="dask"))
+    with pytest.raises(UsageError, match="--worker-timeout: must be a positive number of seconds"):
+        pipeline.build(files, str(tmp_path / "out") + "/", cluster=ClusterOptions(scheduler="dask", worker_timeout=0))
     assert list(tmp_path.iterdir()) == []
 
 
