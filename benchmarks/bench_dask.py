@@ -99,11 +99,14 @@ def tcp_cluster(workers: int, workdir: Path):
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(workers, timeout=60)
         yield address
-    finally:
-        for process in processes:
+    finally:  # workers first: a worker told to stop says goodbye to its scheduler
+        for process in reversed(processes):
             process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
 
 
 def main() -> None:
