@@ -1,6 +1,6 @@
 """Benchmark `build` on Dask: throughput for 1 and 2 workers, and per-worker peak memory.
 
-    python benchmarks/bench_dask.py --rows 5000 [--workers 1 2] [--chunk-rows 512] [--workdir DIR]
+    python benchmarks/bench_dask.py --rows 5000 [--workers 1 2] [--chunk-rows 512] [--workdir DIR] [--tcp]
 
 Generates N demo rows per class (`cutout-etl demo-data`, in a child process),
 then builds the dataset on the local path and on a LocalCluster of 1 and of
@@ -11,6 +11,9 @@ each worker's RSS before the build and its peak RSS during it (VmHWM,
 reset and read on the worker by `client.run`). The growth is the write
 pass's own memory: it must stay under BOUND_BLOCKS blocks (chunk rows x row
 size), whatever the number of rows; the benchmark fails otherwise.
+With --tcp the workers are separate `dask worker` processes (no nanny) of
+a separate `dask scheduler` on 127.0.0.1, reached as tcp://: what a batch
+job runs.
 On a 2-core machine no speed-up is expected: the client, the scheduler and
 the workers share the same two cores and the same disk.
 """
@@ -18,6 +21,8 @@ the workers share the same two cores and the same disk.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
 import resource
 import shutil
@@ -75,6 +80,35 @@ def timed_build(files: list[Path], out: Path, chunk_rows: int, cluster=None) -> 
     return end - start, end - marks["scan_end"], metadata
 
 
+@contextlib.contextmanager
+def tcp_cluster(workers: int, workdir: Path):
+    """A `dask scheduler` and `workers` `dask worker` processes on 127.0.0.1; yields the scheduler address."""
+    from distributed import Client
+
+    dask = Path(sys.executable).parent / "dask"
+    scheduler_file = workdir / f"scheduler-{workers}.json"
+    common = ["--scheduler-file", str(scheduler_file), "--no-dashboard"]
+    processes = [subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", "0", *common])]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        worker = [str(dask), "worker", "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", *common]
+        processes += [subprocess.Popen(worker, stderr=subprocess.DEVNULL) for _ in range(workers)]
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(workers, timeout=60)
+        yield address
+    finally:  # workers first: a worker told to stop says goodbye to its scheduler
+        for process in reversed(processes):
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5000, help="demo rows per class")
@@ -82,6 +116,7 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=512)
     parser.add_argument("--blocks-per-task", type=int, default=16)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--tcp", action="store_true", help="separate scheduler and worker processes, over tcp://")
     args = parser.parse_args()
 
     from distributed import Client, LocalCluster
@@ -106,13 +141,17 @@ def main() -> None:
         print(
             f"{'local':<12} {wall:8.2f} {write:8.2f} {rows / write:8.0f} {rows * row_bytes / MB / write:6.0f}  (client process)"
         )
+        kind = "tcp" if args.tcp else "dask"
         for n in args.workers:
-            with (
-                LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
-                Client(cluster) as client,
-            ):
+            with contextlib.ExitStack() as stack:
+                if args.tcp:
+                    address = stack.enter_context(tcp_cluster(n, workdir))
+                else:
+                    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+                    address = stack.enter_context(cluster).scheduler_address
+                client = stack.enter_context(Client(address))
                 before = client.run(reset_peak_rss_mb)
-                options = ClusterOptions(scheduler=cluster.scheduler_address, blocks_per_task=args.blocks_per_task)
+                options = ClusterOptions(scheduler=address, workers=n, blocks_per_task=args.blocks_per_task)
                 wall, write, metadata = timed_build(files, workdir / "dask.h5", args.chunk_rows, options)
                 after = client.run(peak_rss_mb)
             if metadata["digest"] != local["digest"]:
@@ -125,7 +164,7 @@ def main() -> None:
             if worst > BOUND_BLOCKS:
                 sys.exit(f"dask with {n} workers: a worker grew by {worst:.1f} blocks (bound {BOUND_BLOCKS})")
             print(
-                f"{f'dask x{n}':<12} {wall:8.2f} {write:8.2f} {rows / write:8.0f} {rows * row_bytes / MB / write:6.0f}  {memory}"
+                f"{f'{kind} x{n}':<12} {wall:8.2f} {write:8.2f} {rows / write:8.0f} {rows * row_bytes / MB / write:6.0f}  {memory}"
             )
         print(f"digests: equal to the local path's; worker growth within {BOUND_BLOCKS} blocks")
     finally:

@@ -79,6 +79,10 @@ class InputChangedError(CutoutEtlError):
     """An input file was replaced or rewritten while the run read it."""
 
 
+class ClusterError(CutoutEtlError):
+    """The Dask cluster failed the run: no scheduler file, too few workers, workers or scheduler lost."""
+
+
 class ChecksumError(DatasetError):
     """A block of a dataset read as input does not match its stored checksum."""
 

@@ -13,6 +13,7 @@ distributed = pytest.importorskip("distributed")
 from cutout_etl import demo, open_dataset, pipeline
 from cutout_etl.errors import InputChangedError, UsageError
 from cutout_etl.execution.dask_cluster import ClusterOptions
+from cutout_etl.execution.dask_connect import allocation_cpus
 from cutout_etl.inputs.scan import ReadOptions
 from cutout_etl.verify import MOMENTS, verify
 
@@ -101,8 +102,8 @@ def test_an_error_in_a_task_comes_back_as_the_library_error(files, cluster, tmp_
 def test_usage_errors_come_before_any_work(files, tmp_path):
     with pytest.raises(UsageError, match="'nowhere' is not local, dask or a scheduler address"):
         pipeline.build(files, tmp_path / "out.h5", cluster=ClusterOptions(scheduler="nowhere"))
-    with pytest.raises(UsageError, match="Parquet output is written by the local path only"):
-        pipeline.build(files, str(tmp_path / "out") + "/", cluster=ClusterOptions(scheduler="dask"))
+    with pytest.raises(UsageError, match="--worker-timeout: must be a positive number of seconds"):
+        pipeline.build(files, str(tmp_path / "out") + "/", cluster=ClusterOptions(scheduler="dask", worker_timeout=0))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -135,3 +136,49 @@ def test_stats_on_dask_equal_local(built, cluster):
 def test_workers_without_a_cluster_is_a_usage_error(files, tmp_path):
     with pytest.raises(UsageError, match="--workers: needs --scheduler dask"):
         pipeline.build(files, tmp_path / "out.h5", cluster=ClusterOptions(workers=2))
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, "affinity"),
+        ({"SLURM_CPUS_PER_TASK": "1", "SLURM_CPUS_ON_NODE": "2"}, 1),
+        ({"SLURM_CPUS_ON_NODE": "1"}, 1),
+        ({"SLURM_JOB_CPUS_PER_NODE": "1(x2),4"}, 1),
+        ({"SLURM_CPUS_PER_TASK": "4096"}, "affinity"),  # a SLURM count above the mask does not raise it
+        ({"SLURM_CPUS_PER_TASK": "", "SLURM_CPUS_ON_NODE": "junk"}, "affinity"),
+    ],
+)
+def test_the_local_cluster_size_is_the_allocation(environ, expected):
+    affinity = len(os.sched_getaffinity(0))
+    assert allocation_cpus(environ) == (affinity if expected == "affinity" else expected)
+
+
+def test_the_allocation_follows_the_affinity_mask_of_a_real_process():
+    """`taskset -c 0` (what SLURM's task/affinity does): one CPU, whatever the node has."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("taskset") is None:
+        pytest.skip("taskset is not installed")
+    code = "from cutout_etl.execution.dask_connect import allocation_cpus; print(allocation_cpus({}))"
+    done = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout == "1\n", done.stderr
+
+
+def test_scheduler_dask_without_workers_starts_one_worker_per_allocated_cpu(files, tmp_path, monkeypatch):
+    started = []
+    real = distributed.LocalCluster
+
+    def recording(*args, **kwargs):
+        started.append(kwargs["n_workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "LocalCluster", recording)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    pipeline.build(files, tmp_path / "out.h5", ReadOptions(chunk_rows=CHUNK), cluster=ClusterOptions(scheduler="dask"))
+    assert started == [1]
+    assert verify(tmp_path / "out.h5")["ok"]

@@ -278,7 +278,7 @@ def test_stats_dask_tasks_check_their_blocks(dataset):
         def __init__(self, fn, args):
             self.fn, self.args = fn, args
 
-        def result(self):
+        def result(self, timeout=None):
             return self.fn(*self.args)
 
     class InlineClient:
@@ -293,12 +293,13 @@ def test_stats_dask_tasks_check_their_blocks(dataset):
     meta = metadata_of(dataset)
     rows = meta["tables_rows"]["train"]["rows"]
     checksums = stored_checksums(dataset, meta, "train")
-    clean = dask_cluster.table_stats(InlineClient(), dataset, "train", rows, 4, 5, 3, lambda *a: None, checksums)
+    three = dask_cluster.ClusterOptions(blocks_per_task=3)
+    clean = dask_cluster.table_stats(InlineClient(), dataset, "train", rows, 4, 5, three, lambda *a: None, checksums)
     local = dask_cluster.stats_task(dataset, "train", 0, rows, 4, 5, None, checksums)
     assert clean.summary()["bands"]["b0"]["quantiles"] == local.summary()["bands"]["b0"]["quantiles"]
     flip_image_byte(dataset, "train", rows - 1)
     with pytest.raises(ChecksumError, match=f"train block {(rows - 1) // BLOCK_ROWS} "):
-        dask_cluster.table_stats(InlineClient(), dataset, "train", rows, 4, 5, 3, lambda *a: None, checksums)
+        dask_cluster.table_stats(InlineClient(), dataset, "train", rows, 4, 5, three, lambda *a: None, checksums)
 
 
 @pytest.mark.parametrize("target", ["out.h5", "out_parquet"])

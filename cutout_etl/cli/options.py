@@ -188,7 +188,8 @@ CLUSTER = (
         default(ClusterOptions, "workers"),
         min=1,
         show_default=False,
-        help="With --scheduler dask: worker processes [default: cores]; with an address: wait for this many workers.",
+        help="With --scheduler dask: worker processes [default: the CPUs this process may use, as SLURM or taskset allow]; "
+        "with an address: wait for this many workers.",
     ),
     _option(
         "scheduler_file",
@@ -196,6 +197,13 @@ CLUSTER = (
         default(ClusterOptions, "scheduler_file"),
         show_default=False,
         help="A Dask scheduler file (as dask-jobqueue or dask-mpi write it) instead of --scheduler.",
+    ),
+    _finite(
+        "worker_timeout",
+        float,
+        default(ClusterOptions, "worker_timeout"),
+        "Seconds to wait for the scheduler file, for the workers, or for any worker after all were lost; then exit 1.",
+        0.1,
     ),
 )
 FSYNC = (
@@ -292,4 +300,10 @@ def output_options(opts: Opts) -> OutputOptions:
 
 
 def cluster_options(opts: Opts) -> ClusterOptions:
-    return ClusterOptions(scheduler=opts["scheduler"], workers=opts["workers"], scheduler_file=opts["scheduler_file"])
+    return ClusterOptions(
+        scheduler=opts["scheduler"],
+        workers=opts["workers"],
+        scheduler_file=opts["scheduler_file"],
+        worker_timeout=opts["worker_timeout"],
+        show_logs=opts["debug"],
+    )

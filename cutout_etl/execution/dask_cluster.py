@@ -18,8 +18,7 @@ than `local` is asked for.
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +32,9 @@ from ..inputs.readers import TableInfo
 from ..inputs.records import RecordFiller, RowFacts, open_row_readers
 from ..steps.checksums import BlockChecker, TableChecksums, block_checksums
 from ..steps.stats import BandStats
+from .dask_connect import connect, results_in_order
+
+__all__ = ["ClusterOptions", "Scheduler", "connect", "stats_task", "table_stats", "write_tables"]
 
 
 class Scheduler(Choice):
@@ -45,6 +47,7 @@ class Scheduler(Choice):
 LOCAL = Scheduler.LOCAL.value
 LOCAL_CLUSTER = Scheduler.DASK.value
 DEFAULT_BLOCKS_PER_TASK = 16
+DEFAULT_WORKER_TIMEOUT = 120.0
 
 
 @dataclass
@@ -55,6 +58,8 @@ class ClusterOptions:
     workers: int | None = None  # dask: LocalCluster size [cores]; an address: wait for this many
     scheduler_file: str | None = None  # as dask-jobqueue, dask-mpi and `dask scheduler --scheduler-file` write it
     blocks_per_task: int = DEFAULT_BLOCKS_PER_TASK
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT  # s: bounds every wait for workers or a scheduler file
+    show_logs: bool = False  # Dask's own log lines on stderr (the CLI's --debug)
 
     @property
     def is_local(self) -> bool:
@@ -71,38 +76,10 @@ class ClusterOptions:
             raise UsageError("--workers: needs --scheduler dask, a scheduler address or --scheduler-file")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers: must be at least 1 (got {self.workers})")
+        if not self.worker_timeout > 0 or self.worker_timeout == float("inf"):
+            raise UsageError(f"--worker-timeout: must be a positive number of seconds (got {self.worker_timeout:g})")
         if self.blocks_per_task < 1:
             raise UsageError(f"blocks_per_task: must be at least 1 (got {self.blocks_per_task})")
-
-
-@contextlib.contextmanager
-def connect(options: ClusterOptions) -> Iterator[object]:
-    """A `distributed.Client` for the options; a LocalCluster lives as long as the context."""
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise UsageError("--scheduler: Dask is not installed; pip install 'cutout-etl[dask]'") from None
-    if options.scheduler == LOCAL_CLUSTER and options.scheduler_file is None:
-        n = options.workers or os.cpu_count() or 1
-        with (
-            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
-            Client(cluster) as client,
-        ):
-            yield client
-        return
-    where = options.scheduler_file or options.scheduler
-    try:
-        if options.scheduler_file is not None:
-            client = Client(scheduler_file=options.scheduler_file, timeout="30s")
-        else:
-            client = Client(options.scheduler, timeout="30s")
-        if options.workers:
-            client.wait_for_workers(options.workers, timeout=600)
-    except (OSError, TimeoutError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"{where}: cannot reach the Dask scheduler ({reason})") from None
-    with client:
-        yield client
 
 
 @dataclass
@@ -152,13 +129,13 @@ def write_tables(
     job: WriteJob,
     tables: Sequence[tuple[str, RowFacts, np.ndarray]],
     stats_table: str | None,
-    blocks_per_task: int,
+    options: ClusterOptions,
     progress: Callable[[str, int, int], None],
 ) -> tuple[BandStats, dict[str, TableChecksums]]:
     """Submit every task, then collect them in stored order (checksums and statistics in that order)."""
     inputs = [replace(i, path=Path(i.path).resolve()) for i in job.inputs]
     job = replace(job, inputs=inputs, output=Path(job.output).resolve())
-    step = job.chunk_rows * blocks_per_task
+    step = job.chunk_rows * options.blocks_per_task
     futures = []
     for name, facts, positions in tables:
         for first in range(0, len(facts), step):
@@ -169,8 +146,9 @@ def write_tables(
     checksums = {name: TableChecksums(job.chunk_rows) for name, _, _ in tables}
     total, done = sum(n for _, n, _ in futures), 0
     try:
-        for i, (name, n, future) in enumerate(futures):
-            blocks, partial = future.result()
+        results = results_in_order(client, [f for _, _, f in futures], options)
+        for i, (blocks, partial) in enumerate(results):
+            name, n, _ = futures[i]
             futures[i] = (name, n, None)  # release the result on the workers
             for block in blocks:
                 checksums[name].add_block(block)
@@ -222,13 +200,13 @@ def table_stats(
     rows: int,
     n_bands: int,
     chunk_rows: int,
-    blocks_per_task: int,
+    options: ClusterOptions,
     progress: Callable[[str, int, int], None],
     checksums: dict | None = None,
 ) -> BandStats:
     """`stats` on Dask: a task per row range of whole stored blocks, partials merged on the client in stored order."""
     block_rows = checksums["block_rows"] if checksums is not None else chunk_rows
-    path, step = Path(path).resolve(), block_rows * blocks_per_task
+    path, step = Path(path).resolve(), block_rows * options.blocks_per_task
     futures = []
     for start in range(0, rows, step):
         stop = min(start + step, rows)
@@ -236,8 +214,9 @@ def table_stats(
         futures.append((stop, client.submit(stats_task, *args, pure=False)))  # type: ignore[attr-defined]
     acc = BandStats(n_bands=n_bands)
     try:
-        for i, (stop, future) in enumerate(futures):
-            acc.merge(future.result())
+        for i, partial in enumerate(results_in_order(client, [f for _, f in futures], options)):
+            acc.merge(partial)
+            stop, _ = futures[i]
             futures[i] = (stop, None)
             progress("stats", stop, rows)
     finally:

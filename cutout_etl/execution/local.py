@@ -25,12 +25,13 @@ import numpy as np
 
 from ..formats import Sink
 from ..formats.hdf5 import HDF5Sink
+from ..formats.parquet import ParquetSink
 from ..inputs.records import Block, RecordFiller, RowFacts, open_row_readers
 from ..inputs.scan import ProgressFn, Scan
 from ..steps.checksums import TableChecksums
 from ..steps.split import Layout
 from ..steps.stats import BandStats
-from . import dask_cluster
+from . import dask_cluster, dask_parquet
 from .dask_cluster import ClusterOptions
 
 if TYPE_CHECKING:
@@ -82,23 +83,39 @@ def write_tables(
     """
     tables = tables_in_order(scan, layout)
     if cluster is not None:
-        client, options = cluster
-        assert isinstance(sink, HDF5Sink), "Dask tasks write HDF5 only (pipeline._check_cluster)"
-        job = dask_cluster.WriteJob(
-            [f.info for f in scan.files],
-            scan.classes,
-            dtype,
-            sink.path,
-            sink.offsets,
-            chunk_rows,
-            carry_provenance,
-            scan.image_shape[-1],
+        acc, checksums = _write_on_dask(
+            cluster, scan, tables, sink, dtype, chunk_rows, progress, carry_provenance, stats_table
         )
-        acc, checksums = dask_cluster.write_tables(client, job, tables, stats_table, options.blocks_per_task, progress)
     else:
         fill = RecordFiller(scan.classes, dtype, carry_provenance)
         acc, checksums = _write_here(scan, fill, tables, sink, chunk_rows, progress, stats_table)
     return (acc if stats_table else None), {name: c.to_dict() for name, c in checksums.items()}
+
+
+def _write_on_dask(
+    cluster: Cluster,
+    scan: Scan,
+    tables: list[TableRows],
+    sink: Sink,
+    dtype: np.dtype,
+    chunk_rows: int,
+    progress: ProgressFn,
+    carry_provenance: bool,
+    stats_table: str | None,
+) -> tuple[BandStats, dict[str, TableChecksums]]:
+    """Tasks write HDF5 rows at their offsets in the one output file, or whole Parquet shards."""
+    client, options = cluster
+    infos, n_bands = [f.info for f in scan.files], scan.image_shape[-1]
+    if isinstance(sink, ParquetSink):
+        shard_job = dask_parquet.ShardJob(
+            infos, scan.classes, dtype, sink.schema, chunk_rows, carry_provenance, n_bands
+        )
+        return dask_parquet.write_shards(client, shard_job, tables, sink, stats_table, options, progress)
+    assert isinstance(sink, HDF5Sink), "a format with distributed_writes has its Dask path here"
+    job = dask_cluster.WriteJob(
+        infos, scan.classes, dtype, sink.path, sink.offsets, chunk_rows, carry_provenance, n_bands
+    )
+    return dask_cluster.write_tables(client, job, tables, stats_table, options, progress)
 
 
 def _write_here(
@@ -170,9 +187,7 @@ def table_stats(
     if cluster is None:
         return dask_cluster.stats_task(path, table, 0, rows, n_bands, chunk_rows, progress, checksums)
     client, options = cluster
-    return dask_cluster.table_stats(
-        client, path, table, rows, n_bands, chunk_rows, options.blocks_per_task, progress, checksums
-    )
+    return dask_cluster.table_stats(client, path, table, rows, n_bands, chunk_rows, options, progress, checksums)
 
 
 class _Background:

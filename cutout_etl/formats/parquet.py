@@ -41,6 +41,7 @@ from ..schema import (
 )
 from .base import OutputFormat, Sink, Table, check_metadata, is_our_metadata
 from .hf_card import dataset_card, hf_features
+from .parquet_shards import open_shard_writer, seal_shards
 
 if TYPE_CHECKING:  # pyarrow is imported only when Parquet is written or read
     import pyarrow as pa
@@ -51,7 +52,6 @@ ENTRIES = (DATA_DIR, SIDECAR, CARD)  # all a dataset directory holds
 # Arrow column <- structured-record field
 COLUMNS = {c.arrow_name: c.name for c in OUTPUT_COLUMNS}
 _SHAPED = {c.arrow_name for c in OUTPUT_COLUMNS if c.shaped}
-_SMALL_COLUMNS = [c for c in COLUMNS if c not in _SHAPED]
 
 
 class ParquetFormat(OutputFormat):
@@ -59,7 +59,7 @@ class ParquetFormat(OutputFormat):
     title = "Parquet"
     directory = True
     text_ids = True
-    distributed_writes = False
+    distributed_writes = True  # whole shards by Dask tasks (execution/dask_parquet.py), sealed by `finish`
     rows_as_input = False
     updates_metadata = False
 
@@ -222,7 +222,7 @@ class ParquetSink:
     """Writes each table's blocks, in stored order, into its shards.
 
     Every shard stays open until `finish`, which writes the final metadata
-    (statistics, checksums, digest) into each shard's footer.
+    (statistics, checksums, digest) into each shard's footer, and seals the shards Dask tasks wrote.
     """
 
     def __init__(
@@ -238,28 +238,21 @@ class ParquetSink:
         self.rows_per_shard = rows_per_shard
         (directory / DATA_DIR).mkdir(parents=True)
         self._writers: list[pq.ParquetWriter] = []
-        self._shards = {
+        self.shards = {
             name: [directory / DATA_DIR / n for n in shard_names(name, rows, rows_per_shard)]
             for name, rows in tables_rows.items()
         }
         self._open: dict[str, pq.ParquetWriter] = {}
         self._written = dict.fromkeys(tables_rows, 0)
+        self.from_workers: list[tuple[Path, Path]] = []  # (temporary, final) shards Dask tasks wrote
         for name in tables_rows:
             if tables_rows[name] == 0:  # an empty split still gets one (empty) shard
                 self._writer(name, 0)
 
     def _writer(self, name: str, shard: int) -> pq.ParquetWriter:
-        import pyarrow.parquet as pq
-
         key = f"{name}/{shard}"
         if key not in self._open:
-            writer = pq.ParquetWriter(
-                self._shards[name][shard],
-                self.schema,
-                compression={c: ("none" if c in _SHAPED else "zstd") for c in COLUMNS},
-                use_dictionary=["spectype"],
-                write_statistics=_SMALL_COLUMNS,
-            )
+            writer = open_shard_writer(self.shards[name][shard], self.schema)
             self._open[key] = writer
             self._writers.append(writer)
         return self._open[key]
@@ -289,8 +282,9 @@ class ParquetSink:
         for writer in self._writers:
             writer.add_key_value_metadata({METADATA_ATTR: text})
         self.close()
+        seal_shards(self.schema, self.from_workers, text)
         (self.directory / SIDECAR).write_text(json.dumps(metadata, indent=1))
-        (self.directory / CARD).write_text(dataset_card(metadata, self._shards))
+        (self.directory / CARD).write_text(dataset_card(metadata, self.shards))
 
     def close(self) -> None:
         while self._writers:
