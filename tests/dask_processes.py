@@ -19,6 +19,13 @@ from pathlib import Path
 
 DASK = Path(sys.executable).parent / "dask"
 START_TIMEOUT = 60.0  # s: scheduler file and workers, on a busy 2-core machine
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def _environment() -> dict[str, str]:
+    """This environment, with the repository importable: functions of `tests` sent to the scheduler unpickle there."""
+    paths = [str(REPOSITORY), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 class DaskProcesses:
@@ -45,6 +52,7 @@ class DaskProcesses:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=_environment(),
         )
         log.close()
         return process
