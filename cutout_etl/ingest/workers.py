@@ -54,10 +54,29 @@ def workers(options: ClusterOptions, tasks: int) -> Iterator[tuple[Submit, int]]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(processes, tasks), mp_context=context, initializer=_leave_signals_to_parent) as pool:
         try:
-            yield pool.submit, 2 * processes
+            yield _signals_held_while_spawning(pool), 2 * processes
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _signals_held_while_spawning(pool: ProcessPoolExecutor) -> Submit:
+    """`pool.submit` with SIGINT and SIGHUP blocked while it runs: it may start a worker process.
+
+    A started process inherits the blocked mask across exec, so a Ctrl-C that lands while a worker is still
+    importing (before its initializer ignores the signal) stays pending there and is discarded, instead of
+    printing a traceback from the worker's start-up; in this process it is delivered when the mask is restored.
+    """
+    held = {signal.SIGINT, signal.SIGHUP}
+
+    def submit(fn: Callable[..., Any], *args: Any) -> Future:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            return pool.submit(fn, *args)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    return submit
 
 
 def _leave_signals_to_parent() -> None:
