@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import DatasetError
 from ..schema import DATA_DIR, FILE_SPLIT
 from .parquet import _SHAPED, COLUMNS
+from .parquet_pages import Unsupported, read_float_column
 
 _ARROW_NAME = {field: column for column, field in COLUMNS.items()}
 _IMAGE, _LABEL = _ARROW_NAME["image"], _ARROW_NAME["label"]
@@ -49,6 +50,8 @@ class ParquetTable:
         self.rows = first
         self._starts = np.array([g[2] for g in self._groups], dtype=np.int64)
         self._open: dict[Path, pq.ParquetFile] = {}
+        self._maps: dict[Path, tuple[pa.MemoryMappedFile, pa.Buffer]] = {}  # the map, and all its bytes
+        self.groups_decoded_by_arrow = 0  # image columns the page reader left to pyarrow
 
     def __len__(self) -> int:
         return self.rows
@@ -92,15 +95,19 @@ class ParquetTable:
         return images, labels
 
     def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """A row group's images (N, H, W, bands) and labels, decoded once (read-only views of Arrow's buffers)."""
+        """A row group's images (N, H, W, bands) and labels, decoded once (kept in the cache)."""
         if index in self._decoded:
             self._decoded.move_to_end(index)
             return self._decoded[index]
         path, group, _, rows = self._groups[index]
-        table = _read_group(self._file(path), path, group, [_IMAGE, _LABEL])
+        images = self._images_from_pages(path, group)
+        table = _read_group(self._file(path), path, group, [_LABEL] if images is not None else [_IMAGE, _LABEL])
         try:
-            images = _flat(table.column(_IMAGE), np.float32).reshape(rows, *self.image_shape)
+            if images is None:
+                self.groups_decoded_by_arrow += 1
+                images = _flat(table.column(_IMAGE), np.float32)
             labels = _flat(table.column(_LABEL), np.int64)
+            images = images.reshape(rows, *self.image_shape)
         except ValueError as exc:
             raise DatasetError(
                 f"{path}: row group {group} does not match the dataset's schema ({_short(exc)})"
@@ -111,17 +118,38 @@ class ParquetTable:
         self._decoded[index] = images, labels
         return images, labels
 
+    def _images_from_pages(self, path: Path, group: int) -> np.ndarray | None:
+        """The image column copied from its data pages (`parquet_pages`); None where pyarrow must decode it."""
+        import pyarrow as pa
+
+        shard = self._file(path)
+        image_type = shard.schema_arrow.field(_IMAGE).type
+        values_per_row = int(np.prod(self.image_shape))
+        if not (pa.types.is_fixed_size_list(image_type) and image_type.list_size == values_per_row):
+            return None
+        if image_type.value_type != pa.float32():
+            return None
+        with memoryview(self._maps[path][1]) as data:
+            try:
+                return read_float_column(data, shard.metadata, group, _IMAGE, values_per_row)
+            except Unsupported:
+                return None
+
     def _file(self, path: Path) -> pq.ParquetFile:
+        """The shard open over a read-only memory map of it (which the page reader reads too)."""
         if path not in self._open:
             if len(self._open) >= 4:
-                self._open.pop(next(iter(self._open))).close()
-            self._open[path] = _shard(path)
+                self._close_shard(next(iter(self._open)))
+            self._open[path], self._maps[path] = _mapped_shard(path)
         return self._open[path]
 
+    def _close_shard(self, path: Path) -> None:
+        self._open.pop(path).close()
+        self._maps.pop(path)[0].close()
+
     def close(self) -> None:
-        for f in self._open.values():
-            f.close()
-        self._open.clear()
+        while self._open:
+            self._close_shard(next(iter(self._open)))
         self._decoded.clear()
 
 
@@ -155,6 +183,24 @@ def _shard(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable Parquet file (truncated or corrupt: {_short(exc)})") from exc
+
+
+def _mapped_shard(path: Path) -> tuple[pq.ParquetFile, tuple[pa.MemoryMappedFile, pa.Buffer]]:
+    """A shard opened over one read-only memory map, the map and its bytes (errors named as `_shard` does)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        source = pa.memory_map(str(path), "r")
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable Parquet file ({_short(exc)})") from exc
+    try:
+        data = source.read_buffer()  # a view of the whole map, no copy
+        source.seek(0)
+        return pq.ParquetFile(source), (source, data)
+    except (pa.ArrowException, OSError) as exc:
+        source.close()
         raise DatasetError(f"{path}: not a readable Parquet file (truncated or corrupt: {_short(exc)})") from exc
 
 
