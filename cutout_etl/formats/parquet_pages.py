@@ -17,6 +17,7 @@ the caller decodes that row group with pyarrow instead: never a guess.
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 import numpy as np
@@ -30,29 +31,53 @@ class Unsupported(Exception):
     """A column chunk this reader does not prove it can copy: decode it with pyarrow."""
 
 
-def copy_float_pages(chunk: memoryview, out: np.ndarray, values_per_row: int, max_def: int) -> None:
-    """Copy the float32 values of a column chunk's pages (`chunk`: its bytes) into `out` (flat float32).
+class FloatPages:
+    """Where the values of a checked column chunk lie: copy any range of them out, bit-exact."""
 
-    `out` must take every value: its length is rows x values_per_row. Raises
-    `Unsupported` on anything not proven (the pages are then left to pyarrow).
+    def __init__(self, chunk: memoryview, firsts: list[int], offsets: list[int]) -> None:
+        self.chunk = chunk  # the chunk's bytes (a view of the memory-mapped file)
+        self.firsts = firsts  # value index of each page's first value, then the total
+        self.offsets = offsets  # byte offset of each page's first value in `chunk`
+
+    def copy(self, first: int, out: np.ndarray) -> None:
+        """Values [first, first + len(out)) into `out` (flat float32)."""
+        page = bisect.bisect_right(self.firsts, first) - 1
+        done = 0
+        while done < len(out):
+            at = first + done
+            count = min(self.firsts[page + 1] - at, len(out) - done)
+            offset = self.offsets[page] + 4 * (at - self.firsts[page])
+            out[done : done + count] = np.frombuffer(self.chunk, "<f4", count=count, offset=offset)
+            done, page = done + count, page + 1
+
+
+def float_pages(chunk: memoryview, total: int, values_per_row: int, max_def: int) -> FloatPages:
+    """Check a column chunk's pages (`chunk`: its bytes) and say where its `total` float32 values lie.
+
+    Raises `Unsupported` on anything not proven (the chunk is then left to pyarrow).
     """
-    pos, filled = 0, 0
+    pos, firsts, offsets = 0, [0], []
     try:
         while pos < len(chunk):
             header, pos = _read_struct(chunk, pos, 0)
             size = header.get(3)
             if header.get(2) != size or not isinstance(size, int) or size < 0 or pos + size > len(chunk):
                 raise Unsupported("page sizes do not add up (or the page is compressed)")
-            page = chunk[pos : pos + size]
-            values_at, count = _values_of(header, page, filled, values_per_row, max_def)
-            if filled + count > len(out):
-                raise Unsupported("more values than rows x values per row")
-            out[filled : filled + count] = np.frombuffer(page, "<f4", count=count, offset=values_at)
-            filled, pos = filled + count, pos + size
+            values_at, count = _values_of(header, chunk[pos : pos + size], firsts[-1], values_per_row, max_def)
+            if count:
+                firsts.append(firsts[-1] + count)
+                offsets.append(pos + values_at)
+            pos += size
     except (IndexError, ValueError) as exc:  # bytes cut short inside a header or levels
         raise Unsupported(f"unreadable page: {exc}") from exc
-    if filled != len(out):
-        raise Unsupported(f"{filled} values for {len(out)}")
+    if firsts[-1] != total:
+        raise Unsupported(f"{firsts[-1]} values for {total}")
+    return FloatPages(chunk, firsts, offsets)
+
+
+def copy_float_pages(chunk: memoryview, out: np.ndarray, values_per_row: int, max_def: int) -> None:
+    """Every float32 value of a column chunk's pages into `out` (flat float32, rows x values_per_row long)."""
+    float_pages(chunk, len(out), values_per_row, max_def).copy(0, out)
 
 
 def _values_of(header: dict, page: memoryview, first: int, per_row: int, max_def: int) -> tuple[int, int]:
@@ -100,24 +125,35 @@ def _check_def(levels: memoryview, count: int, max_def: int) -> None:
 
 
 def _check_rep(levels: memoryview, count: int, first: int, per_row: int) -> None:
-    """Repetition levels (bit width 1) must be 0 exactly where a row starts: every `per_row` values."""
-    at, stop, pos = first, first + count, 0
+    """Repetition levels (bit width 1) must be 0 exactly where a row starts: every `per_row` values.
+
+    Runs over every row (two runs a row, as pyarrow writes them): kept tight.
+    """
+    data = bytes(levels)
+    at, stop, pos, end = first, first + count, 0, len(data)
     while at < stop:
-        header, pos = _varint(levels, pos)
+        header = data[pos]
+        if header < 0x80:
+            pos += 1
+        else:
+            header, pos = _varint(data, pos)
         if header & 1:  # bit-packed: header >> 1 groups of 8 one-bit values
             groups = header >> 1
             width = min(8 * groups, stop - at)
-            got = int.from_bytes(levels[pos : pos + groups], "little") & ((1 << width) - 1)
-            if not groups or pos + groups > len(levels) or got != _row_bits(at, width, per_row):
+            got = int.from_bytes(data[pos : pos + groups], "little") & ((1 << width) - 1)
+            if not groups or pos + groups > end or got != _row_bits(at, width, per_row):
                 raise Unsupported("repetition levels are not rows of equal length")
             pos, at = pos + groups, at + width
         else:  # an RLE run: header >> 1 copies of one byte
-            run, value = header >> 1, levels[pos]
-            inside = at % per_row
-            if not run or at + run > stop or not _run_fits(value, inside, run, per_row):
+            run, value, inside = header >> 1, data[pos], at % per_row
+            if value == 1:  # inside one row
+                fits = inside != 0 and inside + run <= per_row
+            else:  # row starts: one, at a row's first value (or any number, for one-value rows)
+                fits = value == 0 and (per_row == 1 or (run == 1 and inside == 0))
+            if not run or at + run > stop or not fits:
                 raise Unsupported("repetition levels are not rows of equal length")
             pos, at = pos + 1, at + run
-    if pos != len(levels):
+    if pos != end:
         raise Unsupported("repetition levels do not fill their bytes")
 
 
@@ -129,13 +165,7 @@ def _row_bits(at: int, width: int, per_row: int) -> int:
     return bits
 
 
-def _run_fits(value: int, inside: int, run: int, per_row: int) -> bool:
-    if value == 0:  # row starts: one of them, at a row's first value (or every value, for one-value rows)
-        return per_row == 1 or (run == 1 and inside == 0)
-    return value == 1 and inside != 0 and inside + run <= per_row  # inside one row
-
-
-def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+def _varint(data: memoryview | bytes, pos: int) -> tuple[int, int]:
     result, shift = 0, 0
     while True:
         byte = data[pos]
@@ -217,7 +247,15 @@ def _skip_items(data: memoryview, pos: int, kinds: list[int], depth: int) -> int
 
 
 def read_float_column(data: memoryview, metadata: Any, group: int, name: str, values_per_row: int) -> np.ndarray:
-    """Column `name` (a fixed-size list of float32) of row group `group`, as one flat float32 array.
+    """Column `name` (a fixed-size list of float32) of row group `group`, as one new flat float32 array."""
+    pages = float_column_pages(data, metadata, group, name, values_per_row)
+    out = np.empty(pages.firsts[-1], np.float32)
+    pages.copy(0, out)
+    return out
+
+
+def float_column_pages(data: memoryview, metadata: Any, group: int, name: str, values_per_row: int) -> FloatPages:
+    """The pages of column `name` (a fixed-size list of float32) in row group `group`, checked.
 
     `data` is the whole file's bytes (a memory map), `metadata` pyarrow's
     `FileMetaData` of it. Raises `Unsupported` when the column chunk is not
@@ -233,9 +271,7 @@ def read_float_column(data: memoryview, metadata: Any, group: int, name: str, va
     start, size = chunk.data_page_offset, chunk.total_compressed_size
     if start < 0 or size < 0 or start + size > len(data):
         raise Unsupported("column chunk outside the file")
-    out = np.empty(rows * values_per_row, np.float32)
-    copy_float_pages(data[start : start + size], out, values_per_row, max_def)
-    return out
+    return float_pages(data[start : start + size], rows * values_per_row, values_per_row, max_def)
 
 
 def _float_list_leaf(metadata: Any, name: str) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import DatasetError
 from ..schema import DATA_DIR, FILE_SPLIT
 from .parquet import _SHAPED, COLUMNS
-from .parquet_pages import Unsupported, read_float_column
+from .parquet_pages import FloatPages, Unsupported, float_column_pages
 
 _ARROW_NAME = {field: column for column, field in COLUMNS.items()}
 _IMAGE, _LABEL = _ARROW_NAME["image"], _ARROW_NAME["label"]
@@ -37,7 +37,9 @@ class ParquetTable:
     def __init__(self, directory: Path, name: str, dtype: np.dtype) -> None:
         self.dtype = dtype
         self.image_shape: tuple[int, ...] = dtype["image"].shape
-        self._decoded: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # group -> images, labels
+        self._decoded: OrderedDict[int, tuple[np.ndarray | FloatPages, np.ndarray]] = (
+            OrderedDict()
+        )  # group -> images, labels
         self.files = sorted((directory / DATA_DIR).glob(f"{FILE_SPLIT[name]}-*.parquet"))
         self._groups: list[tuple[Path, int, int, int]] = []  # file, row group, first row, rows
         first = 0
@@ -86,40 +88,39 @@ class ParquetTable:
         for a, b in itertools.pairwise(edges):
             group_images, group_labels = self._decode(int(groups[a]))
             local, to = rows[a:b] - self._starts[groups[a]], slots[a:b]
+            labels[to] = group_labels[local]
             if local[-1] - local[0] == b - a - 1 and to[-1] - to[0] == b - a - 1 and _ascending(to):
-                lo, at = int(local[0]), int(to[0])  # a run: two block copies
-                images[at : at + b - a] = group_images[lo : lo + b - a]
-                labels[at : at + b - a] = group_labels[lo : lo + b - a]
+                _copy_rows(group_images, int(local[0]), images[int(to[0]) : int(to[0]) + b - a])  # a run
             else:
-                images[to], labels[to] = group_images[local], group_labels[local]
+                for row, slot in zip(local.tolist(), to.tolist(), strict=True):
+                    _copy_rows(group_images, row, images[slot : slot + 1])
         return images, labels
 
-    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """A row group's images (N, H, W, bands) and labels, decoded once (kept in the cache)."""
+    def _decode(self, index: int) -> tuple[np.ndarray | FloatPages, np.ndarray]:
+        """A row group's images (where its pages lie, or decoded (N, H, W, bands)) and labels, once (cached)."""
         if index in self._decoded:
             self._decoded.move_to_end(index)
             return self._decoded[index]
         path, group, _, rows = self._groups[index]
-        images = self._images_from_pages(path, group)
+        images: np.ndarray | FloatPages | None = self._image_pages(path, group)
         table = _read_group(self._file(path), path, group, [_LABEL] if images is not None else [_IMAGE, _LABEL])
         try:
             if images is None:
                 self.groups_decoded_by_arrow += 1
-                images = _flat(table.column(_IMAGE), np.float32)
+                images = _flat(table.column(_IMAGE), np.float32).reshape(rows, *self.image_shape)
             labels = _flat(table.column(_LABEL), np.int64)
-            images = images.reshape(rows, *self.image_shape)
         except ValueError as exc:
             raise DatasetError(
                 f"{path}: row group {group} does not match the dataset's schema ({_short(exc)})"
             ) from exc
-        size = images.nbytes + labels.nbytes
-        while self._decoded and sum(i.nbytes + k.nbytes for i, k in self._decoded.values()) + size > self.cache_bytes:
+        size = _nbytes(images) + labels.nbytes
+        while self._decoded and sum(_nbytes(i) + k.nbytes for i, k in self._decoded.values()) + size > self.cache_bytes:
             self._decoded.popitem(last=False)
         self._decoded[index] = images, labels
         return images, labels
 
-    def _images_from_pages(self, path: Path, group: int) -> np.ndarray | None:
-        """The image column copied from its data pages (`parquet_pages`); None where pyarrow must decode it."""
+    def _image_pages(self, path: Path, group: int) -> FloatPages | None:
+        """Where the image column's values lie in its data pages (`parquet_pages`); None where pyarrow must decode it."""
         import pyarrow as pa
 
         shard = self._file(path)
@@ -129,11 +130,10 @@ class ParquetTable:
             return None
         if image_type.value_type != pa.float32():
             return None
-        with memoryview(self._maps[path][1]) as data:
-            try:
-                return read_float_column(data, shard.metadata, group, _IMAGE, values_per_row)
-            except Unsupported:
-                return None
+        try:
+            return float_column_pages(memoryview(self._maps[path][1]), shard.metadata, group, _IMAGE, values_per_row)
+        except Unsupported:
+            return None
 
     def _file(self, path: Path) -> pq.ParquetFile:
         """The shard open over a read-only memory map of it (which the page reader reads too)."""
@@ -144,6 +144,8 @@ class ParquetTable:
         return self._open[path]
 
     def _close_shard(self, path: Path) -> None:
+        for index in [i for i in self._decoded if self._groups[i][0] == path]:  # their pages view its map
+            del self._decoded[index]
         self._open.pop(path).close()
         self._maps.pop(path)[0].close()
 
@@ -151,6 +153,18 @@ class ParquetTable:
         while self._open:
             self._close_shard(next(iter(self._open)))
         self._decoded.clear()
+
+
+def _copy_rows(group_images: np.ndarray | FloatPages, first: int, out: np.ndarray) -> None:
+    """Rows [first, first + len(out)) of a row group's images into `out`, from its pages or its decoded array."""
+    if isinstance(group_images, FloatPages):
+        group_images.copy(first * out[0].size, out.reshape(-1))
+    else:
+        out[...] = group_images[first : first + len(out)]
+
+
+def _nbytes(images: np.ndarray | FloatPages) -> int:
+    return images.nbytes if isinstance(images, np.ndarray) else 0  # pages are the memory map's: nothing held
 
 
 def _ascending(values: np.ndarray) -> bool:
