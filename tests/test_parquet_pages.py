@@ -185,3 +185,14 @@ def test_a_shard_with_a_missing_image_is_an_error(parquet_dataset, tmp_path):
     pq.write_table(table.set_column(index, table.schema.field(index), holed), shard, compression="none")
     with open_dataset(directory) as ds, pytest.raises(DatasetError, match="missing images"):
         ds["train"][0:10]
+
+
+def test_remembered_repetition_levels_are_only_taken_for_the_same_place_in_a_row():
+    from cutout_etl.formats.parquet_pages import _check_rep
+
+    levels = memoryview(bytes([0x03, 0b11111110, 0x10, 0x01]))  # one 8-value group (a row start), then 8 ones
+    _check_rep(levels, 16, 0, 16)  # one row of 16 values
+    _check_rep(levels, 16, 0, 16)  # remembered
+    for first, per_row, count in [(1, 16, 16), (0, 8, 16), (0, 16, 15)]:
+        with pytest.raises(Unsupported):
+            _check_rep(levels, count, first, per_row)

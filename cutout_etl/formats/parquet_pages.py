@@ -127,9 +127,25 @@ def _check_def(levels: memoryview, count: int, max_def: int) -> None:
 def _check_rep(levels: memoryview, count: int, first: int, per_row: int) -> None:
     """Repetition levels (bit width 1) must be 0 exactly where a row starts: every `per_row` values.
 
-    Runs over every row (two runs a row, as pyarrow writes them): kept tight.
+    Runs over every row (two runs a row, as pyarrow writes them): kept tight,
+    and remembered: pages that start at the same place in a row with the same
+    count and the same bytes (pyarrow cuts pages at row boundaries, so most do)
+    are checked once per process. The check depends on nothing else.
     """
     data = bytes(levels)
+    key = (per_row, first % per_row, count, data)
+    if key in _CHECKED_REP:
+        return
+    _check_rep_runs(data, count, first, per_row)
+    if len(_CHECKED_REP) >= 256:
+        _CHECKED_REP.clear()
+    _CHECKED_REP[key] = None
+
+
+_CHECKED_REP: dict[tuple[int, int, int, bytes], None] = {}  # repetition levels already checked (keys: see above)
+
+
+def _check_rep_runs(data: bytes, count: int, first: int, per_row: int) -> None:
     at, stop, pos, end = first, first + count, 0, len(data)
     while at < stop:
         header = data[pos]
