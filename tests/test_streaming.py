@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cutout_etl import open_dataset
-from cutout_etl.errors import InputFileError
+from cutout_etl.errors import CutoutEtlError
 from cutout_etl.pipeline import convert
 from cutout_etl.streaming import StreamingBatches, augment_exact, block_order
 
@@ -133,7 +133,8 @@ def test_parquet_gives_the_same_batches(small_dataset, tmp_path):
     convert(small_dataset, tmp_path / "dataset.parquet")
     hdf5 = StreamingBatches(small_dataset, batch_size=30, seed=4, rank=1, world_size=2)
     parquet = StreamingBatches(tmp_path / "dataset.parquet", batch_size=30, seed=4, rank=1, world_size=2)
-    assert hdf5.reader.layout is not None and parquet.reader.layout is None
+    with open_dataset(small_dataset) as ds:
+        assert ds["train"]._table.layout is not None  # HDF5 through its memory map
     for (x, y), (px, py) in zip(hdf5.iter_epoch(0), parquet.iter_epoch(0), strict=True):
         np.testing.assert_array_equal(x, px)
         np.testing.assert_array_equal(y, py)
@@ -149,11 +150,12 @@ def test_bad_arguments_are_value_errors(small_dataset):
 
 
 def test_a_table_cut_short_is_a_one_line_error(small_dataset, tmp_path):
-    batches = StreamingBatches(small_dataset, batch_size=16)
     short = tmp_path / "short.h5"
     short.write_bytes(small_dataset.read_bytes())
-    batches.reader.path = short
+    batches = StreamingBatches(short, batch_size=16)
+    with open_dataset(short) as ds:
+        end = ds["train"].hdf5_table().id.get_offset() + 10
     with open(short, "r+b") as fh:
-        fh.truncate(batches.reader.layout[0] + 10)
-    with pytest.raises(InputFileError, match="truncated"):
+        fh.truncate(end)
+    with pytest.raises(CutoutEtlError, match="truncated"):
         next(iter(batches))

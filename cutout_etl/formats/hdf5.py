@@ -13,8 +13,7 @@ import errno
 import json
 import os
 import shutil
-import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,10 +24,10 @@ from ..errors import DatasetError
 from ..inputs import readers
 from ..inputs.readers import IOV_MAX, FileIdentity, row_runs
 from ..inputs.records import Block, image_cut
-from ..inputs.row_reader import raw_offset
 from ..schema import METADATA_ATTR, column_meta_yaml
 from .atomic import atomic_output, check_writable
 from .base import OutputFormat, Sink, Table, check_metadata, is_our_metadata
+from .hdf5_read import H5Table
 
 if TYPE_CHECKING:
     from typing import Self
@@ -90,59 +89,6 @@ def has_metadata(path: Path) -> bool:
     """Whether an HDF5 file carries cutout-etl metadata (a dataset, not a class file)."""
     with readers.open_h5(path) as f:
         return METADATA_ATTR in f.attrs
-
-
-class H5Table:
-    """One table of an HDF5 dataset, read through the input readers (checked, bit-exact).
-
-    `take` reads images straight from the table's bytes into one C-contiguous
-    array (vectored pread, no intermediate copy) when the table is contiguous
-    and unfiltered, as cutout-etl writes it; otherwise through h5py.
-    """
-
-    def __init__(self, path: Path, table: h5py.Dataset) -> None:
-        self.path = path
-        self.hdf5_table = table  # raw reads (keras) and single-column reads go straight to it
-        self.image_shape = table.dtype["image"].shape
-        self._offset = raw_offset(table) if table.dtype["image"].base == np.float32 else None
-        self._fd: int | None = None
-        self._close_fd: Callable[[], object] = lambda: None
-        if self._offset is not None:
-            fd = self._fd = os.open(path, os.O_RDONLY)
-            self._close_fd = weakref.finalize(self, os.close, fd)  # closed once: by close() or when collected
-            FileIdentity.of_h5(table.file).check_fd(path, fd)  # the file h5py opened, not one renamed over it
-
-    def __len__(self) -> int:
-        return int(self.hdf5_table.shape[0])
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return readers.read_rows(self.path, self.hdf5_table, start, stop)
-
-    def take(self, rows: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Images and labels of `rows` (ascending, repeats allowed), row rows[i] at position slots[i]."""
-        images = np.empty((len(rows), *self.image_shape), np.float32)
-        labels = np.empty(len(rows), np.int64)
-        if self._fd is None or self._offset is None:
-            for a, b in row_runs(rows):
-                data = self.read(int(rows[a]), int(rows[b - 1]) + 1)
-                images[slots[a:b]], labels[slots[a:b]] = data["image"], data["label"]
-            return images, labels
-        cut, size = image_cut(self.hdf5_table.dtype), self.hdf5_table.dtype.itemsize
-        rest = np.empty(len(rows), cut.rest)
-        buffers, per_row = cut.buffers(rest, images, slots.tolist()), cut.buffers_per_row
-        for a, b in row_runs(rows, IOV_MAX // per_row):
-            if (
-                os.preadv(self._fd, buffers[a * per_row : b * per_row], self._offset + int(rows[a]) * size)
-                != (b - a) * size
-            ):
-                raise DatasetError(f"{self.path}: truncated: rows {rows[a]}-{rows[b - 1]} lie past the end of the file")
-        labels[slots] = rest["label"]
-        return images, labels
-
-    def close(self) -> None:
-        """The raw descriptor; the HDF5 file is closed by the dataset."""
-        self._close_fd()
-        self._fd = None
 
 
 def create_tables(path: Path, tables: Mapping[str, int], dtype: np.dtype) -> dict[str, int]:

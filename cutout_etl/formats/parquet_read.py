@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import DatasetError
 from ..schema import DATA_DIR, FILE_SPLIT
 from .parquet import _SHAPED, COLUMNS
+from .parquet_pages import FloatPages, Unsupported, float_column_pages
 
 _ARROW_NAME = {field: column for column, field in COLUMNS.items()}
 _IMAGE, _LABEL = _ARROW_NAME["image"], _ARROW_NAME["label"]
@@ -36,7 +37,9 @@ class ParquetTable:
     def __init__(self, directory: Path, name: str, dtype: np.dtype) -> None:
         self.dtype = dtype
         self.image_shape: tuple[int, ...] = dtype["image"].shape
-        self._decoded: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # group -> images, labels
+        self._decoded: OrderedDict[int, tuple[np.ndarray | FloatPages, np.ndarray]] = (
+            OrderedDict()
+        )  # group -> images, labels
         self.files = sorted((directory / DATA_DIR).glob(f"{FILE_SPLIT[name]}-*.parquet"))
         self._groups: list[tuple[Path, int, int, int]] = []  # file, row group, first row, rows
         first = 0
@@ -49,6 +52,8 @@ class ParquetTable:
         self.rows = first
         self._starts = np.array([g[2] for g in self._groups], dtype=np.int64)
         self._open: dict[Path, pq.ParquetFile] = {}
+        self._maps: dict[Path, tuple[pa.MemoryMappedFile, pa.Buffer]] = {}  # the map, and all its bytes
+        self.groups_decoded_by_arrow = 0  # image columns the page reader left to pyarrow
 
     def __len__(self) -> int:
         return self.rows
@@ -83,46 +88,83 @@ class ParquetTable:
         for a, b in itertools.pairwise(edges):
             group_images, group_labels = self._decode(int(groups[a]))
             local, to = rows[a:b] - self._starts[groups[a]], slots[a:b]
+            labels[to] = group_labels[local]
             if local[-1] - local[0] == b - a - 1 and to[-1] - to[0] == b - a - 1 and _ascending(to):
-                lo, at = int(local[0]), int(to[0])  # a run: two block copies
-                images[at : at + b - a] = group_images[lo : lo + b - a]
-                labels[at : at + b - a] = group_labels[lo : lo + b - a]
+                _copy_rows(group_images, int(local[0]), images[int(to[0]) : int(to[0]) + b - a])  # a run
             else:
-                images[to], labels[to] = group_images[local], group_labels[local]
+                for row, slot in zip(local.tolist(), to.tolist(), strict=True):
+                    _copy_rows(group_images, row, images[slot : slot + 1])
         return images, labels
 
-    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """A row group's images (N, H, W, bands) and labels, decoded once (read-only views of Arrow's buffers)."""
+    def _decode(self, index: int) -> tuple[np.ndarray | FloatPages, np.ndarray]:
+        """A row group's images (where its pages lie, or decoded (N, H, W, bands)) and labels, once (cached)."""
         if index in self._decoded:
             self._decoded.move_to_end(index)
             return self._decoded[index]
         path, group, _, rows = self._groups[index]
-        table = _read_group(self._file(path), path, group, [_IMAGE, _LABEL])
+        images: np.ndarray | FloatPages | None = self._image_pages(path, group)
+        table = _read_group(self._file(path), path, group, [_LABEL] if images is not None else [_IMAGE, _LABEL])
         try:
-            images = _flat(table.column(_IMAGE), np.float32).reshape(rows, *self.image_shape)
+            if images is None:
+                self.groups_decoded_by_arrow += 1
+                images = _flat(table.column(_IMAGE), np.float32).reshape(rows, *self.image_shape)
             labels = _flat(table.column(_LABEL), np.int64)
         except ValueError as exc:
             raise DatasetError(
                 f"{path}: row group {group} does not match the dataset's schema ({_short(exc)})"
             ) from exc
-        size = images.nbytes + labels.nbytes
-        while self._decoded and sum(i.nbytes + k.nbytes for i, k in self._decoded.values()) + size > self.cache_bytes:
+        size = _nbytes(images) + labels.nbytes
+        while self._decoded and sum(_nbytes(i) + k.nbytes for i, k in self._decoded.values()) + size > self.cache_bytes:
             self._decoded.popitem(last=False)
         self._decoded[index] = images, labels
         return images, labels
 
+    def _image_pages(self, path: Path, group: int) -> FloatPages | None:
+        """Where the image column's values lie in its data pages (`parquet_pages`); None where pyarrow must decode it."""
+        import pyarrow as pa
+
+        shard = self._file(path)
+        image_type = shard.schema_arrow.field(_IMAGE).type
+        values_per_row = int(np.prod(self.image_shape))
+        if not (pa.types.is_fixed_size_list(image_type) and image_type.list_size == values_per_row):
+            return None
+        if image_type.value_type != pa.float32():
+            return None
+        try:
+            return float_column_pages(memoryview(self._maps[path][1]), shard.metadata, group, _IMAGE, values_per_row)
+        except Unsupported:
+            return None
+
     def _file(self, path: Path) -> pq.ParquetFile:
+        """The shard open over a read-only memory map of it (which the page reader reads too)."""
         if path not in self._open:
             if len(self._open) >= 4:
-                self._open.pop(next(iter(self._open))).close()
-            self._open[path] = _shard(path)
+                self._close_shard(next(iter(self._open)))
+            self._open[path], self._maps[path] = _mapped_shard(path)
         return self._open[path]
 
+    def _close_shard(self, path: Path) -> None:
+        for index in [i for i in self._decoded if self._groups[i][0] == path]:  # their pages view its map
+            del self._decoded[index]
+        self._open.pop(path).close()
+        self._maps.pop(path)[0].close()
+
     def close(self) -> None:
-        for f in self._open.values():
-            f.close()
-        self._open.clear()
+        while self._open:
+            self._close_shard(next(iter(self._open)))
         self._decoded.clear()
+
+
+def _copy_rows(group_images: np.ndarray | FloatPages, first: int, out: np.ndarray) -> None:
+    """Rows [first, first + len(out)) of a row group's images into `out`, from its pages or its decoded array."""
+    if isinstance(group_images, FloatPages):
+        group_images.copy(first * out[0].size, out.reshape(-1))
+    else:
+        out[...] = group_images[first : first + len(out)]
+
+
+def _nbytes(images: np.ndarray | FloatPages) -> int:
+    return images.nbytes if isinstance(images, np.ndarray) else 0  # pages are the memory map's: nothing held
 
 
 def _ascending(values: np.ndarray) -> bool:
@@ -155,6 +197,24 @@ def _shard(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable Parquet file (truncated or corrupt: {_short(exc)})") from exc
+
+
+def _mapped_shard(path: Path) -> tuple[pq.ParquetFile, tuple[pa.MemoryMappedFile, pa.Buffer]]:
+    """A shard opened over one read-only memory map, the map and its bytes (errors named as `_shard` does)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        source = pa.memory_map(str(path), "r")
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable Parquet file ({_short(exc)})") from exc
+    try:
+        data = source.read_buffer()  # a view of the whole map, no copy
+        source.seek(0)
+        return pq.ParquetFile(source), (source, data)
+    except (pa.ArrowException, OSError) as exc:
+        source.close()
         raise DatasetError(f"{path}: not a readable Parquet file (truncated or corrupt: {_short(exc)})") from exc
 
 
