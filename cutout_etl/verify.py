@@ -17,6 +17,7 @@ from .dataset import Dataset, open_dataset
 from .inputs.scan import ProgressFn, no_progress
 from .steps import sky
 from .steps.checksums import TableChecksums, dataset_digest
+from .steps.sky_level import LEGACY_SKY_METHOD
 from .steps.stats import BandStats
 
 MOMENTS = ("sum", "mean", "m2", "variance", "std")
@@ -33,10 +34,12 @@ def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
             return _result(["no checksums in the metadata: written by an older cutout-etl or altered"], [])
         entries, failures = _stats_entries(meta, ds.splits)
         stats_tables = {table for _, table, _ in entries}
+        # Statistics written before sky_method was recorded used the legacy estimator: recompute them with it.
+        sky_methods = {table: entry.get("sky_method", LEGACY_SKY_METHOD) for _, table, entry in entries}
         recomputed, ids, accs, positions = {}, [], {}, []
         for name in ds.splits:
             block_rows = stored[name]["block_rows"]
-            table_acc = BandStats(n_bands=len(ds.bands)) if name in stats_tables else None
+            table_acc = BandStats(n_bands=len(ds.bands), sky_method=sky_methods[name]) if name in stats_tables else None
             recomputed[name], table_ids, table_positions = _scan_table(
                 ds, name, block_rows, table_acc, failures, progress
             )

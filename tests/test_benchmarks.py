@@ -51,3 +51,28 @@ def test_bench_verify_reports_both_peaks_and_their_ratio(tmp_path):
     assert ratio == figures["points"]["large"]["peak_rss_mb"] / figures["points"]["small"]["peak_rss_mb"]
     assert "RSS(large) / RSS(small)" in done.stdout
     assert list(tmp_path.glob("bench_verify_*")) == []  # cleaned up without --keep
+
+
+PREPROCESSING_BENCHMARK = BENCHMARK.parent / "bench_preprocessing.py"
+
+
+def test_bench_preprocessing_quick_trains_each_method_and_reports_the_table(tmp_path):
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, PREPROCESSING_BENCHMARK, "--quick", "--methods", "asinh", "seed", "photometry"]
+        + ["--workdir", tmp_path, "--json", report],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(report.read_text())
+    assert set(figures["runs"]) == {"asinh", "seed", "photometry"}
+    assert figures["split_rows"]["test"] == sum(figures["test_rows_by_r"].values())
+    for runs in figures["runs"].values():
+        (run,) = runs
+        assert 0 <= run["macro_f1"] <= 1 and set(run["recall"]) == {"GALAXY", "QSO", "STAR"}
+        assert list(run["accuracy_by_r"]) == ["r<19", "19-20", "20-21", "21-22", "r>=22"]
+    assert "paired macro-F1 difference against asinh" in done.stdout and "photometry" in done.stdout
+    assert list(tmp_path.glob("bench_preprocessing_*")) == []  # cleaned up without --keep
