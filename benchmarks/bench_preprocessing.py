@@ -17,7 +17,9 @@ patience 4 keeping the best weights, as ``examples/train_keras.py``) and evaluat
   with p2, p98 that image's 2nd and 98th percentiles in that band;
 * ``seed-noeps``: the same without the 1e-8 epsilon;
 * ``minmax``: per image and band ``(x - min) / (max - min)``;
-* ``none``: raw flux (pixels ~1e-12) into the network;
+* ``none``: `FluxPreprocessing` mode none: no per-band transform, the flux divided by one global constant
+  (the median over bands of the stored sky noise);
+* ``raw``: raw flux (pixels ~1e-12) into the network (what ``none`` was before it had a global scale);
 * ``photometry``: no CNN: scikit-learn's ``HistGradientBoostingClassifier`` on aperture photometry measured
   from the same images (per band: sky from the outer 4-pixel frame, sky-subtracted fluxes in circular
   apertures of radius 2, 3, 5 and 8 px, as asinh magnitudes; colours; concentration ratios). Needs
@@ -53,7 +55,7 @@ from cutout_etl import open_dataset
 from cutout_etl.ml.keras_support import build_model, classification_report, preprocessing_from_dataset
 from cutout_etl.ml.preprocessing import FluxPreprocessing
 
-CNN_METHODS = ("asinh", "robust", "seed", "seed-noeps", "minmax", "none")
+CNN_METHODS = ("asinh", "robust", "seed", "seed-noeps", "minmax", "none", "raw")
 METHODS = (*CNN_METHODS, "photometry")
 R_BINS = (19.0, 20.0, 21.0, 22.0)  # edges: < 19, 19-20, 20-21, 21-22, >= 22
 APERTURES_PX = (2.0, 3.0, 5.0, 8.0)
@@ -116,7 +118,7 @@ def per_image(x: np.ndarray, method: str) -> np.ndarray:
 
 
 def preprocessing_layer(dataset: Path, method: str, softening: float | None) -> FluxPreprocessing:
-    if method not in ("asinh", "robust"):
+    if method not in ("asinh", "robust", "none"):
         return FluxPreprocessing("none", name="flux_preprocessing")  # raw, or scaled before the network
     layer = preprocessing_from_dataset(dataset, method)
     if method == "asinh" and softening is not None:

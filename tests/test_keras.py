@@ -312,8 +312,11 @@ def test_robust_and_none_modes(dataset_path):
     expected[~np.isfinite(expected)] = 0.0
     np.testing.assert_allclose(robust, expected, rtol=1e-5, atol=1e-5)
     assert robust.max() == 50.0
-    raw = keras.ops.convert_to_numpy(preprocessing_from_dataset(dataset_path, "none")(images))
-    np.testing.assert_array_equal(raw, np.nan_to_num(images, nan=0.0))
+    # none: no per-band transform, one global scale (the median of the bands' sky noise), so the network can learn
+    linear = keras.ops.convert_to_numpy(preprocessing_from_dataset(dataset_path, "none")(images))
+    scale = np.float32(np.median([b["sky_sigma"]["p50"] for b in bands]))
+    np.testing.assert_array_equal(linear, np.nan_to_num(images / scale, nan=0.0))
+    assert 0.5 < np.median(np.abs(linear)) < 50  # of order one, not 1e-12
 
 
 def test_missing_or_zero_scale_is_an_error_not_an_epsilon(dataset_path):

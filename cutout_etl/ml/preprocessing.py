@@ -28,7 +28,10 @@ class FluxPreprocessing(keras.layers.Layer):
     """Per-band flux transform with fixed constants, always computed in float32.
 
     ``mode="asinh"``: y = asinh((x - offset_b) / scale_b); ``"robust"``:
-    y = clip((x - offset_b) / scale_b, -clip, clip); ``"none"``: y = x. In
+    y = clip((x - offset_b) / scale_b, -clip, clip); ``"none"``: no per-band
+    transform, y = x / scale with one ``scale`` for every band (a list of one
+    float; without it y = x, which leaves pixels of ~1e-12 that a network
+    initialised for unit inputs does not learn from). In
     every mode pixels that are NaN or +-inf in the input (or overflow) come
     out as 0, the background-subtracted sky level. ``offset`` and ``scale``
     are one float per band (the last axis); scales must be finite and > 0.
@@ -54,7 +57,7 @@ class FluxPreprocessing(keras.layers.Layer):
         self.bands = None if bands is None else [str(b) for b in bands]
         self.clip = None if clip is None else float(clip)
         if mode == "none":
-            self.offset = self.scale = None
+            self.offset, self.scale = None, _global_scale(scale)
         else:
             self.offset, self.scale = _check_constants(mode, offset, scale, self.bands)
             if mode == "robust" and not (self.clip is not None and self.clip > 0 and math.isfinite(self.clip)):
@@ -76,7 +79,7 @@ class FluxPreprocessing(keras.layers.Layer):
     def call(self, inputs: Any) -> Any:
         x = ops.cast(inputs, "float32")
         if self.mode == "none":
-            y = x
+            y = x if self._scale32 is None else x / ops.convert_to_tensor(self._scale32)
         else:
             y = (x - ops.convert_to_tensor(self._offset32)) / ops.convert_to_tensor(self._scale32)
             if self.mode == "asinh":
@@ -93,6 +96,15 @@ class FluxPreprocessing(keras.layers.Layer):
         config = super().get_config()
         config.update(mode=self.mode, offset=self.offset, scale=self.scale, clip=self.clip, bands=self.bands)
         return config
+
+
+def _global_scale(scale: Sequence[float] | None) -> list[float] | None:
+    if scale is None:
+        return None
+    values = [float(v) for v in scale]
+    if len(values) != 1 or not (math.isfinite(values[0]) and values[0] > 0):
+        raise ValueError(f"mode 'none' takes one global scale, finite and > 0 (got {scale!r})")
+    return values
 
 
 def _check_constants(
@@ -140,8 +152,6 @@ def preprocessing_from_dataset(
 
 
 def _preprocessing(ds: Dataset, mode: str, clip: float, name: str) -> FluxPreprocessing:
-    if mode == "none":
-        return FluxPreprocessing("none", bands=ds.bands, name=name)
     stats = ds.stats
     if not stats or "bands" not in stats:
         raise PreprocessingError(f"{ds.path}: no statistics stored; run `cutout-etl stats {ds.path}` first")
@@ -150,6 +160,12 @@ def _preprocessing(ds: Dataset, mode: str, clip: float, name: str) -> FluxPrepro
             f"{ds.path}: stored statistics come from split {stats['split']!r}, expected 'train' "
             f"(constants from other splits leak); run `cutout-etl stats {ds.path} --split train`"
         )
+    if mode == "none":
+        sigmas = [((stats["bands"].get(b) or {}).get("sky_sigma") or {}).get("p50") for b in ds.bands]
+        usable = [v for v in sigmas if v is not None and math.isfinite(v) and v > 0]
+        if not usable:
+            raise PreprocessingError(f"{ds.path}: no band has a sky noise > 0 to scale the flux by (got {sigmas})")
+        return FluxPreprocessing("none", scale=[float(np.median(usable))], bands=ds.bands, name=name)
     offsets, scales = [], []
     for band in ds.bands:
         entry = stats["bands"].get(band)
