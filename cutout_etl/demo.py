@@ -35,7 +35,8 @@ What is NOT realistic:
 * colours, magnitudes, sizes and class fractions are drawn from simple
   uniform-ish distributions, not from luminosity functions or real colour
   distributions; the classes are easier to tell apart than in real data
-  (quasars here never overlap the stellar locus);
+  (quasars here never overlap the stellar locus; `demo-data --preset kids`,
+  `cutout_etl.demo_kids`, makes a hard preset where they do);
 * galaxies have one component and no colour gradients, no bulge/disk mix,
   no spiral arms, no dust lanes; quasars have no host galaxy;
 * no saturation, bleed trails, cosmic rays, NaN or empty cutouts, tile
