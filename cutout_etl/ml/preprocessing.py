@@ -35,7 +35,10 @@ class FluxPreprocessing(keras.layers.Layer):
     every mode pixels that are NaN or +-inf in the input (or overflow) come
     out as 0, the background-subtracted sky level. ``offset`` and ``scale``
     are one float per band (the last axis); scales must be finite and > 0.
-    Build it from a dataset with `preprocessing_from_dataset`.
+    With ``mask_channel=True`` one channel is appended: 1 where any band's
+    input pixel was NaN or +-inf (filled with 0 above), else 0, so the model
+    can tell a filled pixel from sky. Build it from a dataset with
+    `preprocessing_from_dataset`.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class FluxPreprocessing(keras.layers.Layer):
         scale: Sequence[float] | None = None,
         clip: float | None = None,
         bands: Sequence[str] | None = None,
+        mask_channel: bool = False,
         **kwargs: Any,
     ) -> None:
         # Fluxes of 1e-12 underflow in float16: never let a mixed-precision
@@ -56,6 +60,7 @@ class FluxPreprocessing(keras.layers.Layer):
         self.mode = mode
         self.bands = None if bands is None else [str(b) for b in bands]
         self.clip = None if clip is None else float(clip)
+        self.mask_channel = bool(mask_channel)
         if mode == "none":
             self.offset, self.scale = None, _global_scale(scale)
         else:
@@ -87,14 +92,22 @@ class FluxPreprocessing(keras.layers.Layer):
             elif self.clip is not None:  # robust: __init__ checked that clip is set
                 y = ops.clip(y, -self.clip, self.clip)
         valid = ops.logical_and(ops.isfinite(x), ops.isfinite(y))
-        return ops.where(valid, y, ops.zeros_like(y))
+        y = ops.where(valid, y, ops.zeros_like(y))
+        if not self.mask_channel:
+            return y
+        invalid = ops.any(ops.logical_not(ops.isfinite(x)), axis=-1, keepdims=True)
+        return ops.concatenate([y, ops.cast(invalid, "float32")], axis=-1)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return input_shape
+        if not self.mask_channel:
+            return input_shape
+        channels = None if input_shape[-1] is None else input_shape[-1] + 1
+        return (*input_shape[:-1], channels)
 
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(mode=self.mode, offset=self.offset, scale=self.scale, clip=self.clip, bands=self.bands)
+        config.update(mask_channel=self.mask_channel)
         return config
 
 
@@ -133,6 +146,7 @@ def preprocessing_from_dataset(
     mode: str = "asinh",
     clip: float = DEFAULT_ROBUST_CLIP,
     name: str = "flux_preprocessing",
+    mask_channel: bool = False,
 ) -> FluxPreprocessing:
     """The preprocessing layer for a dataset, from its stored training statistics.
 
@@ -140,15 +154,19 @@ def preprocessing_from_dataset(
     (sky median and sky noise of the training split, k = 3 by default).
     ``robust``: offset = median of all training pixels (``quantiles.p50``),
     scale = ``mad_sigma``, clipped to +-``clip``. ``none``: raw flux.
+    ``mask_channel``: append the invalid-pixel channel (see `FluxPreprocessing`).
     Raises `PreprocessingError` when the statistics are missing, come from
     another split than train, or give no usable scale (zero sky noise).
     """
     if mode not in MODES:
         raise PreprocessingError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
     if isinstance(dataset, Dataset):
-        return _preprocessing(dataset, mode, clip, name)
-    with open_dataset(Path(dataset)) as ds:
-        return _preprocessing(ds, mode, clip, name)
+        layer = _preprocessing(dataset, mode, clip, name)
+    else:
+        with open_dataset(Path(dataset)) as ds:
+            layer = _preprocessing(ds, mode, clip, name)
+    layer.mask_channel = bool(mask_channel)  # not built yet: the output shape follows
+    return layer
 
 
 def _preprocessing(ds: Dataset, mode: str, clip: float, name: str) -> FluxPreprocessing:
