@@ -35,7 +35,8 @@ What is NOT realistic:
 * colours, magnitudes, sizes and class fractions are drawn from simple
   uniform-ish distributions, not from luminosity functions or real colour
   distributions; the classes are easier to tell apart than in real data
-  (quasars here never overlap the stellar locus);
+  (quasars here never overlap the stellar locus; `demo-data --preset kids`,
+  `cutout_etl.demo_kids`, makes a hard preset where they do);
 * galaxies have one component and no colour gradients, no bulge/disk mix,
   no spiral arms, no dust lanes; quasars have no host galaxy;
 * no saturation, bleed trails, cosmic rays, NaN or empty cutouts, tile
@@ -67,6 +68,8 @@ import numpy as np
 from astropy.table import Table
 
 from . import __version__
+from .demo_kids import make_kids_table, write_kids_table
+from .demo_kids_sources import Preset
 from .demo_render import render_block
 from .demo_sources import (
     BANDS,
@@ -93,10 +96,13 @@ __all__ = [  # the source models live in demo_sources, the rendering in demo_ren
     "IMAGE_SIZE",
     "NEIGHBOUR_FRACTION",
     "PIXEL_SCALE",
+    "PRESETS",
     "SKY_SIGMA",
     "make_class_table",
     "write_demo_files",
 ]
+
+PRESETS = tuple(p.value for p in Preset)  # kids: the hard preset of cutout_etl.demo_kids (classes overlap as in KiDS)
 
 DEMO_FILES: dict[str, str] = {
     "GALAXY": "image_table_galaxies.hdf5",
@@ -112,6 +118,7 @@ def make_class_table(
     *,
     block: int | None = None,
     id_offset: int = 0,
+    preset: str = "demo",
 ) -> Table:
     """Make one synthetic class table (see the module docstring for realism).
 
@@ -123,7 +130,8 @@ def make_class_table(
     class: rows ``[id_offset, id_offset + rows)`` equal that slice of the
     table made with ``id_offset=0`` (same seed and block), so tables made
     with non-overlapping ranges never share an ID. IDs of different classes
-    never coincide, for any arguments.
+    never coincide, for any arguments. ``preset="kids"`` makes the hard preset
+    (`cutout_etl.demo_kids`): every row a distinct object, so ``block`` must be None.
     """
     key = spectype.strip().upper() if isinstance(spectype, str) else spectype
     if key not in CLASS_CODE:
@@ -131,6 +139,8 @@ def make_class_table(
     _check_int("rows", rows, 0)
     _check_int("seed", seed, 0)
     _check_int("id_offset", id_offset, 0)
+    if _check_preset(preset, block) == "kids":
+        return make_kids_table(key, rows, seed, id_offset)
     if block is None:
         block = max(1, min(rows, DEFAULT_BLOCK))
     _check_int("block", block, 1)
@@ -169,6 +179,7 @@ def write_demo_files(
     *,
     block: int | None = None,
     overwrite: bool = False,
+    preset: str = "demo",
 ) -> list[pathlib.Path]:
     """Write the three class files (``DEMO_FILES``) into ``directory``.
 
@@ -180,22 +191,37 @@ def write_demo_files(
     real class file of the same name is never replaced. The directory is
     created if missing. Returns the paths in the order galaxies, qso, stars.
     Peak memory is about twice the image column of one class (astropy copies
-    the table into a compound array).
+    the table into a compound array); with ``preset="kids"`` files are
+    rendered and written in row chunks, and peak memory does not grow with
+    ``rows``.
     """
+    _check_preset(preset, block)
     out_dir = pathlib.Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / name for name in DEMO_FILES.values()]
     for path in paths:  # refuse before writing any of them
         atomic.check_target(path, overwrite, may_replace=_demo_file)
-    mark = json.dumps({"generator": f"cutout-etl {__version__} demo-data", "rows": rows, "seed": seed, "block": block})
+    fields: dict[str, object] = {"generator": f"cutout-etl {__version__} demo-data", "rows": rows, "seed": seed}
+    fields["block"] = block
+    if str(preset) != "demo":  # the default preset's files stay byte-identical to earlier versions'
+        fields["preset"] = str(preset)
+    mark = json.dumps(fields)
     for spectype, path in zip(DEMO_FILES, paths):
-        table = make_class_table(spectype, rows, seed, block=block)
         with atomic.atomic_output(path, overwrite, may_replace=_demo_file) as tmp:  # no half-written file
-            write_class_table(tmp, table)
-            del table
+            _write_class_file(tmp, spectype, rows, seed, block, preset)
             with h5py.File(tmp, "r+") as f:
                 f.attrs[DEMO_ATTR] = mark
     return paths
+
+
+def _write_class_file(path: pathlib.Path, spectype: str, rows: int, seed: int, block: int | None, preset: str) -> None:
+    if str(preset) == "kids":
+        _check_int("rows", rows, 0)
+        _check_int("seed", seed, 0)
+        write_kids_table(path, spectype, rows, seed)
+        return
+    table = make_class_table(spectype, rows, seed, block=block)
+    write_class_table(path, table)
 
 
 DEMO_ATTR = "cutout_etl_demo"  # root attribute marking a file demo-data wrote (JSON: generator, rows, seed)
@@ -210,6 +236,15 @@ def _demo_file(path: pathlib.Path) -> None:
         marked = False
     if not marked:
         raise ForeignOutputError(f"{path}: not a demo file written by cutout-etl demo-data; refusing to replace it")
+
+
+def _check_preset(preset: str, block: int | None) -> str:
+    preset = str(preset)
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)} (got {preset!r})")
+    if preset == "kids" and block is not None:
+        raise ValueError("the kids preset renders every row as its own object: block must be None")
+    return preset
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

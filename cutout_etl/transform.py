@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +38,14 @@ class FluxTransform:
     """Per-band flux transform with fixed constants, computed in float32 (picklable: use it in DataLoader workers).
 
     ``mode="asinh"``: y = asinh((x - offset_b) / scale_b); ``"robust"``:
-    y = clip((x - offset_b) / scale_b, -clip, clip); ``"none"``: y = x. In
-    every mode pixels that are NaN or +-inf in the input (or overflow) come
-    out as 0, the background-subtracted sky level. Bands are the last axis.
+    y = clip((x - offset_b) / scale_b, -clip, clip); ``"none"``: no per-band
+    transform, y = x / scale with one ``scale`` for every band (a tuple of one
+    float; without it y = x, which leaves pixels of ~1e-12 that a network
+    initialised for unit inputs does not learn from). In every mode pixels
+    that are NaN or +-inf in the input (or overflow) come out as 0, the
+    background-subtracted sky level. Bands are the last axis. With
+    ``mask_channel`` one channel is appended: 1 where any band's input pixel
+    was NaN or +-inf (filled with 0), else 0.
     """
 
     mode: str = "asinh"
@@ -48,13 +53,14 @@ class FluxTransform:
     scale: tuple[float, ...] | None = None
     clip: float | None = None
     bands: tuple[str, ...] | None = None
+    mask_channel: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)} (got {self.mode!r})")
-        if self.mode == "none":  # constants unused, not kept
+        if self.mode == "none":  # one global scale at most; offsets unused, not kept
             object.__setattr__(self, "offset", None)
-            object.__setattr__(self, "scale", None)
+            object.__setattr__(self, "scale", global_scale(self.scale))
             return
         offset, scale = check_constants(self.mode, self.offset, self.scale, self.bands)
         object.__setattr__(self, "offset", tuple(offset))
@@ -64,30 +70,38 @@ class FluxTransform:
 
     @classmethod
     def from_dataset(
-        cls, dataset: Dataset | str | os.PathLike[str], mode: str = "asinh", clip: float = DEFAULT_ROBUST_CLIP
+        cls,
+        dataset: Dataset | str | os.PathLike[str],
+        mode: str = "asinh",
+        clip: float = DEFAULT_ROBUST_CLIP,
+        mask_channel: bool = False,
     ) -> FluxTransform:
         """The transform of a dataset, from its stored training statistics.
 
         ``asinh``: per band offset m_b and scale k * sigma_b from ``transform``
         (sky median and sky noise of the training split, k = 3 by default).
         ``robust``: offset = median of all training pixels (``quantiles.p50``),
-        scale = ``mad_sigma``, clipped to +-``clip``. ``none``: raw flux.
+        scale = ``mad_sigma``, clipped to +-``clip``. ``none``: the flux divided
+        by one constant, the median over bands of the training sky noise.
         Raises `PreprocessingError` when the statistics are missing, come from
         another split than train, or give no usable scale (zero sky noise).
         """
         if mode not in MODES:
             raise PreprocessingError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
         if isinstance(dataset, Dataset):
-            return _from_dataset(dataset, mode, clip)
-        with open_dataset(Path(dataset)) as ds:
-            return _from_dataset(ds, mode, clip)
+            transform = _from_dataset(dataset, mode, clip)
+        else:
+            with open_dataset(Path(dataset)) as ds:
+                transform = _from_dataset(ds, mode, clip)
+        return replace(transform, mask_channel=mask_channel)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """The transformed images: float32, the input's shape, every value finite."""
+        """The transformed images: float32, every value finite; the input's shape (one more channel with the mask)."""
         x = np.asarray(images, dtype=np.float32)
-        if self.mode == "none" or self.offset is None or self.scale is None:
-            y = x.copy()
-        else:
+        if self.mode == "none":
+            with np.errstate(over="ignore", invalid="ignore"):
+                y = x.copy() if self.scale is None else x / np.float32(self.scale[0])
+        elif self.offset is not None and self.scale is not None:
             offset, scale = np.asarray(self.offset, np.float32), np.asarray(self.scale, np.float32)
             if x.shape[-1:] != offset.shape:
                 raise ValueError(f"constants for {len(offset)} bands, got input with {x.shape[-1:]} on the last axis")
@@ -98,7 +112,20 @@ class FluxTransform:
                 elif self.clip is not None:  # robust: __post_init__ checked that clip is set
                     y = np.clip(y, np.float32(-self.clip), np.float32(self.clip))
         y[~(np.isfinite(x) & np.isfinite(y))] = 0
-        return y
+        if not self.mask_channel:
+            return y
+        invalid = ~np.isfinite(x).all(axis=-1, keepdims=True)
+        return np.concatenate([y, invalid.astype(np.float32)], axis=-1)
+
+
+def global_scale(scale: Sequence[float] | None) -> tuple[float] | None:
+    """Mode none's one scale for every band, as a tuple of one float; ValueError unless finite and > 0."""
+    if scale is None:
+        return None
+    values = [float(v) for v in scale]
+    if len(values) != 1 or not (math.isfinite(values[0]) and values[0] > 0):
+        raise ValueError(f"mode 'none' takes one global scale, finite and > 0 (got {scale!r})")
+    return (values[0],)
 
 
 def check_constants(
@@ -125,8 +152,6 @@ def check_constants(
 
 def _from_dataset(ds: Dataset, mode: str, clip: float) -> FluxTransform:
     bands = tuple(ds.bands)
-    if mode == "none":
-        return FluxTransform("none", bands=bands)
     stats = ds.stats
     if not stats or "bands" not in stats:
         raise PreprocessingError(f"{ds.path}: no statistics stored; run `cutout-etl stats {ds.path}` first")
@@ -135,8 +160,18 @@ def _from_dataset(ds: Dataset, mode: str, clip: float) -> FluxTransform:
             f"{ds.path}: stored statistics come from split {stats['split']!r}, expected 'train' "
             f"(constants from other splits leak); run `cutout-etl stats {ds.path} --split train`"
         )
+    if mode == "none":
+        return FluxTransform("none", scale=(_sky_noise_scale(ds, stats),), bands=bands)
     offsets, scales = zip(*(_band_constants(ds, stats, band, mode) for band in bands))
     return FluxTransform(mode, offsets, scales, clip if mode == "robust" else None, bands)
+
+
+def _sky_noise_scale(ds: Dataset, stats: dict) -> float:
+    sigmas = [((stats["bands"].get(b) or {}).get("sky_sigma") or {}).get("p50") for b in ds.bands]
+    usable = [v for v in sigmas if v is not None and math.isfinite(v) and v > 0]
+    if not usable:
+        raise PreprocessingError(f"{ds.path}: no band has a sky noise > 0 to scale the flux by (got {sigmas})")
+    return float(np.median(usable))
 
 
 def _band_constants(ds: Dataset, stats: dict, band: str, mode: str) -> tuple[float, float]:

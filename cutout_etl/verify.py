@@ -20,6 +20,7 @@ from .inputs.pixel_facts import aperture_band_index, aperture_flux, image_digest
 from .inputs.scan import ProgressFn, no_progress
 from .steps import sky
 from .steps.checksums import TableChecksums, dataset_digest
+from .steps.sky_level import LEGACY_SKY_METHOD
 from .steps.split_methods import FAINT_TABLE
 from .steps.stats import BandStats
 from .verify_images import faintest_held, shared_images
@@ -38,10 +39,12 @@ def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
             return _result(["no checksums in the metadata: written by an older cutout-etl or altered"], [])
         entries, failures = _stats_entries(meta, ds.splits)
         stats_tables = {table for _, table, _ in entries}
+        # Statistics written before sky_method was recorded used the legacy estimator: recompute them with it.
+        sky_methods = {table: entry.get("sky_method", LEGACY_SKY_METHOD) for _, table, entry in entries}
         recomputed, ids, accs, positions, pixels = {}, [], {}, [], []
         for name in ds.splits:
             block_rows = stored[name]["block_rows"]
-            table_acc = BandStats(n_bands=len(ds.bands)) if name in stats_tables else None
+            table_acc = BandStats(n_bands=len(ds.bands), sky_method=sky_methods[name]) if name in stats_tables else None
             recomputed[name], table_ids, table_positions, table_pixels = _scan_table(
                 ds, name, block_rows, table_acc, failures, progress
             )

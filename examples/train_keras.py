@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--patience", type=int, default=4, help="epochs without val-loss improvement before stopping (default 4)"
     )
     parser.add_argument("--preprocessing", choices=MODES, default="asinh", help="flux transform (default asinh)")
+    parser.add_argument(
+        "--mask-channel", action="store_true", help="add a channel marking NaN/inf input pixels (filled with 0)"
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     return parser.parse_args(argv)
 
@@ -77,7 +80,11 @@ def run(argv: list[str] | None = None) -> tuple[keras.Model, dict]:
     val = CutoutPyDataset(ds, "val", args.batch_size, shuffle=False)
     test = CutoutPyDataset(ds, "test", args.batch_size, shuffle=False)
 
-    model = build_model(preprocessing_from_dataset(ds, args.preprocessing), ds.image_shape, len(ds.classes))
+    model = build_model(
+        preprocessing_from_dataset(ds, args.preprocessing, mask_channel=args.mask_channel),
+        ds.image_shape,
+        len(ds.classes),
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
         loss="sparse_categorical_crossentropy",

@@ -84,6 +84,7 @@ def test_bench_loader_reports_every_reader_and_ratio(tmp_path):
     assert "Keras loader / in memory (numpy)" in done.stdout and "streaming iterator" in done.stdout
     assert all(reason[:40] in done.stdout for reason in unavailable.values())  # unavailable rows say why
 
+
 INGEST_BENCHMARK = BENCHMARK.parent / "bench_ingest.py"
 
 
@@ -102,3 +103,28 @@ def test_bench_ingest_reports_files_and_mb_per_second_against_the_astropy_loop(t
     assert set(figures["runs"]) == {"astropy loop", "ingest, 1 process", "ingest, pool"}
     assert all(run["files_per_s"] > 0 and run["mb_per_s"] > 0 for run in figures["runs"].values())
     assert list(tmp_path.glob("bench_ingest_*")) == []  # cleaned up without --keep
+
+
+PREPROCESSING_BENCHMARK = BENCHMARK.parent / "bench_preprocessing.py"
+
+
+def test_bench_preprocessing_quick_trains_each_method_and_reports_the_table(tmp_path):
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, PREPROCESSING_BENCHMARK, "--quick", "--methods", "asinh", "seed", "photometry"]
+        + ["--workdir", tmp_path, "--json", report],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(report.read_text())
+    assert set(figures["runs"]) == {"asinh", "seed", "photometry"}
+    assert figures["split_rows"]["test"] == sum(figures["test_rows_by_r"].values())
+    for runs in figures["runs"].values():
+        (run,) = runs
+        assert 0 <= run["macro_f1"] <= 1 and set(run["recall"]) == {"GALAXY", "QSO", "STAR"}
+        assert list(run["accuracy_by_r"]) == ["r<19", "19-20", "20-21", "21-22", "r>=22"]
+    assert "paired macro-F1 difference against asinh" in done.stdout and "photometry" in done.stdout
+    assert list(tmp_path.glob("bench_preprocessing_*")) == []  # cleaned up without --keep

@@ -21,7 +21,19 @@ from cutout_etl.inputs.scan import ReadOptions
 
 from .conftest import DEMO_ROWS, invoke, make_table, write_table
 
-COMMANDS = ["inspect", "merge", "split", "stats", "build", "convert", "verify", "info", "preview", "demo-data", "ingest"]
+COMMANDS = [
+    "inspect",
+    "merge",
+    "split",
+    "stats",
+    "build",
+    "convert",
+    "verify",
+    "info",
+    "preview",
+    "demo-data",
+    "ingest",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -27,6 +27,7 @@ from cutout_etl.ml.keras_support import (
     CutoutPyDataset,
     FluxPreprocessing,
     PreprocessingError,
+    build_model,
     classification_report,
     load_model,
     preprocessing_from_dataset,
@@ -315,8 +316,11 @@ def test_robust_and_none_modes(dataset_path):
     expected[~np.isfinite(expected)] = 0.0
     np.testing.assert_allclose(robust, expected, rtol=1e-5, atol=1e-5)
     assert robust.max() == 50.0
-    raw = keras.ops.convert_to_numpy(preprocessing_from_dataset(dataset_path, "none")(images))
-    np.testing.assert_array_equal(raw, np.nan_to_num(images, nan=0.0))
+    # none: no per-band transform, one global scale (the median of the bands' sky noise), so the network can learn
+    linear = keras.ops.convert_to_numpy(preprocessing_from_dataset(dataset_path, "none")(images))
+    scale = np.float32(np.median([b["sky_sigma"]["p50"] for b in bands]))
+    np.testing.assert_array_equal(linear, np.nan_to_num(images / scale, nan=0.0))
+    assert 0.5 < np.median(np.abs(linear)) < 50  # of order one, not 1e-12
 
 
 def test_missing_or_zero_scale_is_an_error_not_an_epsilon(dataset_path):
@@ -364,3 +368,23 @@ def test_classification_report_matches_scikit_learn():
             (precision[i], recall[i], f1[i], support[i])
         )
     assert report["confusion_matrix"]["counts"] == metrics.confusion_matrix(y_true, y_pred).tolist()
+
+
+def test_mask_channel_marks_invalid_pixels_and_survives_saving(dataset_path, tmp_path):
+    images = _images(dataset_path, stop=4)
+    images[0, 3, 5, 1] = np.nan
+    images[2, 0, 0, 3] = -np.inf
+    layer = preprocessing_from_dataset(dataset_path, "asinh", mask_channel=True)
+    out = keras.ops.convert_to_numpy(layer(images))
+    assert out.shape == (*images.shape[:-1], images.shape[-1] + 1)
+    expected_mask = np.zeros(images.shape[:-1], np.float32)
+    expected_mask[0, 3, 5] = expected_mask[2, 0, 0] = 1.0
+    np.testing.assert_array_equal(out[..., -1], expected_mask)
+    plain = keras.ops.convert_to_numpy(preprocessing_from_dataset(dataset_path, "asinh")(images))
+    np.testing.assert_array_equal(out[..., :-1], plain)
+    with open_dataset(dataset_path) as ds:
+        model = build_model(layer, ds.image_shape, len(ds.classes))
+    model.save(tmp_path / "m.keras")
+    reloaded = load_model(tmp_path / "m.keras")
+    assert reloaded.get_layer("flux_preprocessing").mask_channel
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-6)

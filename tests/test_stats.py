@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -211,8 +212,8 @@ def test_counts_on_planted_data():
             "cutouts_with_invalid": 1,
             "cutouts_no_finite": 0,
             "saturated_pixels": 2,
-            "sky_cutouts": 10,
-            "sky_cutouts_skipped": 0,
+            "sky_cutouts": 9,  # cutout 3 is all zeros in i: no coverage, no sky (the legacy "mad" method counted it)
+            "sky_cutouts_skipped": 1,
         },
     }
     for band, counts in expected.items():
@@ -238,20 +239,33 @@ def test_extremes_ignore_invalid_pixels_when_all_values_share_a_bin():
     assert stats["min"] == stats["max"] == np.float32(3.45e-9)
 
 
-def frame_reference(images: np.ndarray, border: int, band: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cutout median and MAD sigma of the finite frame pixels in float64, by masking.
+def frame_reference(images: np.ndarray, border: int, band: int, method: str = "lag2") -> tuple[np.ndarray, np.ndarray]:
+    """Per-cutout sky median and noise sigma of the frame in float64, by masking (see sky_level's docstring).
 
-    Cutouts whose frame has no finite pixel are left out.
+    ``mad``: median and MAD sigma of the finite frame pixels. ``lag2``: median of the frame pixels that are
+    finite and not 0; sigma 1.4826 * MAD / sqrt(2) of differences of valid pixels two apart along each side.
+    Cutouts without a median or sigma are left out.
     """
     h, w = images.shape[1:3]
+    x = images[..., band].astype(np.float64)
+    x[~np.isfinite(x) | ((x == 0) if method == "lag2" else False)] = np.nan
     mask = np.ones((h, w), bool)
     mask[border : h - border, border : w - border] = False
-    frame = images[:, mask, band].astype(np.float64)  # (N, K)
-    frame[~np.isfinite(frame)] = np.nan
-    frame = frame[~np.isnan(frame).all(axis=1)]
-    median = np.nanmedian(frame, axis=1)
-    sigma = MAD_TO_SIGMA * np.nanmedian(np.abs(frame - median[:, None]), axis=1)
-    return median, sigma
+    frame = x[:, mask]  # (N, K)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: left out below
+        median = np.nanmedian(frame, axis=1)
+        if method == "mad":
+            sigma = MAD_TO_SIGMA * np.nanmedian(np.abs(frame - median[:, None]), axis=1)
+        else:
+            top, bottom, middle = x[:, :border], x[:, h - border :], x[:, border : h - border]
+            left, right = middle[:, :, :border], middle[:, :, w - border :]
+            steps = [s[:, :, 2:] - s[:, :, :-2] for s in (top, bottom)] + [s[:, 2:] - s[:, :-2] for s in (left, right)]
+            d = np.concatenate([s.reshape(len(x), -1) for s in steps], axis=1)
+            d_median = np.nanmedian(d, axis=1)
+            sigma = MAD_TO_SIGMA * np.nanmedian(np.abs(d - d_median[:, None]), axis=1) / np.sqrt(2)
+    keep = np.isfinite(median) & np.isfinite(sigma)
+    return median[keep], sigma[keep]
 
 
 def test_sky_recovers_known_noise():
@@ -280,18 +294,54 @@ def test_sky_recovers_known_noise():
         }
 
 
-def test_sky_ignores_invalid_frame_pixels():
+@pytest.mark.parametrize("method", ["lag2", "mad"])
+def test_sky_ignores_invalid_frame_pixels(method):
     rng = np.random.default_rng(5)
     images = (2e-12 * rng.standard_normal((50, 12, 12, 1))).astype(np.float32)
     images[::3, 0, :5] = np.nan
     images[1::4, -1, 2:9] = -np.inf
     images[2] = np.nan
-    stats = accumulate(images, border=3).summary()["bands"]["b0"]
-    median, sigma = frame_reference(images, 3, 0)
+    summary = accumulate(images, border=3, sky_method=method).summary()
+    assert summary["sky_method"] == method
+    stats = summary["bands"]["b0"]
+    median, sigma = frame_reference(images, 3, 0, method)
     assert stats["sky_cutouts"] == len(median) == 49 and stats["sky_cutouts_skipped"] == 1
     for key, values in (("sky_median", median), ("sky_sigma", sigma)):
         exact = exact_quantile(values.astype(np.float32), 0.5)
         assert abs(stats[key]["p50"] - exact) <= quantile_bound(exact) + 1e-6 * abs(exact)
+
+
+def galaxy_reaching_the_frame(n: int, sigma: float, seed: int) -> np.ndarray:
+    """Noise of `sigma` plus an extended exponential profile (scale 8 px, 30 sigma at the centre) on 36x36 cutouts."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:36, :36] - 17.5
+    profile = 30 * sigma * np.exp(-np.hypot(yy, xx) / 8.0)
+    return (profile[None, :, :, None] + sigma * rng.standard_normal((n, 36, 36, 1))).astype(np.float32)
+
+
+def test_lag2_sky_noise_is_robust_to_light_of_an_extended_source_in_the_frame():
+    sigma = 1.7e-12
+    images = galaxy_reaching_the_frame(200, sigma, seed=8)
+    lag2 = accumulate(images).summary()["bands"]["b0"]["sky_sigma"]["p50"]
+    legacy = accumulate(images, sky_method="mad").summary()["bands"]["b0"]["sky_sigma"]["p50"]
+    assert legacy > 1.3 * sigma  # the pixels' MAD counts the galaxy's light across the frame as noise
+    assert lag2 == pytest.approx(sigma, rel=0.04)
+
+
+def test_exact_zero_frame_pixels_are_no_coverage_not_sky():
+    sigma = 2e-12
+    images = (sigma * np.random.default_rng(9).standard_normal((100, 36, 36, 1))).astype(np.float32)
+    images[:, :, :20] = 0.0  # the left part of every cutout had no exposure
+    stats = accumulate(images).summary()["bands"]["b0"]
+    assert stats["sky_sigma"]["p50"] == pytest.approx(sigma, rel=0.05)
+    assert accumulate(images, sky_method="mad").summary()["bands"]["b0"]["sky_sigma"]["p50"] < 0.5 * sigma
+
+
+def test_sky_methods_do_not_merge_and_unknown_ones_are_refused():
+    with pytest.raises(ValueError, match="sky_method"):
+        BandStats(1).merge(BandStats(1, sky_method="mad"))
+    with pytest.raises(ValueError, match="sky_method must be one of"):
+        BandStats(1, sky_method="clipped")
 
 
 def assert_same(a: BandStats, b: BandStats, rel: float = 1e-12) -> None:

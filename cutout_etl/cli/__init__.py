@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from .. import __version__, interrupts, pipeline
+from ..demo_kids_sources import Preset
 from ..errors import CutoutEtlError, Interrupted
 from ..viz.preview import preview as draw_preview
 from . import render
@@ -328,17 +329,24 @@ def demo_data(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace demo files written earlier by demo-data (never other files).")
     ] = False,
+    preset: Annotated[
+        Preset,
+        typer.Option(
+            help="demo: easy, classes well apart, tiled beyond 2000 rows per class. kids: hard, KiDS-like "
+            "(faint-heavy r 17-23, per-band PSF and sky noise, overlapping colours), every row its own object."
+        ),
+    ] = Preset.DEMO,
     **opts: Any,
 ) -> None:
     """Write three synthetic class files in the users' format (for demos and tests).
 
-    Example: cutout-etl demo-data demo/ --rows 1000
+    Example: cutout-etl demo-data demo/ --rows 1000 --preset kids
     """
     from ..demo import write_demo_files
 
-    write = lambda p: write_demo_files(directory, rows=rows, seed=seed, overwrite=overwrite)
+    write = lambda p: write_demo_files(directory, rows=rows, seed=seed, overwrite=overwrite, preset=preset.value)
     paths = _run(write, opts, interrupted="no partial file written")
-    result = {"files": [str(p) for p in paths], "rows_per_class": rows, "seed": seed}
+    result = {"files": [str(p) for p in paths], "rows_per_class": rows, "seed": seed, "preset": preset.value}
     _show(result, opts, render.demo_summary, output=directory)
 
 

@@ -21,12 +21,16 @@ class FluxPreprocessing(keras.layers.Layer):
     """Per-band flux transform with fixed constants, always computed in float32.
 
     ``mode="asinh"``: y = asinh((x - offset_b) / scale_b); ``"robust"``:
-    y = clip((x - offset_b) / scale_b, -clip, clip); ``"none"``: y = x. In
+    y = clip((x - offset_b) / scale_b, -clip, clip); ``"none"``: y = x / scale
+    with one global ``scale`` (a list of one float; without it y = x). In
     every mode pixels that are NaN or +-inf in the input (or overflow) come
     out as 0, the background-subtracted sky level. ``offset`` and ``scale``
     are one float per band (the last axis); scales must be finite and > 0.
-    Build it from a dataset with `preprocessing_from_dataset`. The numpy
-    `cutout_etl.transform.FluxTransform` computes the same values outside Keras.
+    With ``mask_channel=True`` one channel is appended: 1 where any band's
+    input pixel was NaN or +-inf (filled with 0), else 0, so the model can
+    tell a filled pixel from sky. Build it from a dataset with
+    `preprocessing_from_dataset`. The numpy `cutout_etl.transform.FluxTransform`
+    computes the same values outside Keras.
     """
 
     def __init__(
@@ -36,6 +40,7 @@ class FluxPreprocessing(keras.layers.Layer):
         scale: Sequence[float] | None = None,
         clip: float | None = None,
         bands: Sequence[str] | None = None,
+        mask_channel: bool = False,
         **kwargs: Any,
     ) -> None:
         # Fluxes of 1e-12 underflow in float16: never let a mixed-precision
@@ -43,6 +48,7 @@ class FluxPreprocessing(keras.layers.Layer):
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         checked = FluxTransform(mode, _tuple(offset), _tuple(scale), clip, _tuple(bands))  # the checks, in one place
+        self.mask_channel = bool(mask_channel)
         self.mode = mode
         self.bands = None if bands is None else [str(b) for b in bands]
         self.clip = None if clip is None else float(clip)
@@ -65,7 +71,7 @@ class FluxPreprocessing(keras.layers.Layer):
     def call(self, inputs: Any) -> Any:
         x = ops.cast(inputs, "float32")
         if self.mode == "none":
-            y = x
+            y = x if self._scale32 is None else x / ops.convert_to_tensor(self._scale32)
         else:
             y = (x - ops.convert_to_tensor(self._offset32)) / ops.convert_to_tensor(self._scale32)
             if self.mode == "asinh":
@@ -73,14 +79,22 @@ class FluxPreprocessing(keras.layers.Layer):
             elif self.clip is not None:  # robust: __init__ checked that clip is set
                 y = ops.clip(y, -self.clip, self.clip)
         valid = ops.logical_and(ops.isfinite(x), ops.isfinite(y))
-        return ops.where(valid, y, ops.zeros_like(y))
+        y = ops.where(valid, y, ops.zeros_like(y))
+        if not self.mask_channel:
+            return y
+        invalid = ops.any(ops.logical_not(ops.isfinite(x)), axis=-1, keepdims=True)
+        return ops.concatenate([y, ops.cast(invalid, "float32")], axis=-1)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return input_shape
+        if not self.mask_channel:
+            return input_shape
+        channels = None if input_shape[-1] is None else input_shape[-1] + 1
+        return (*input_shape[:-1], channels)
 
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(mode=self.mode, offset=self.offset, scale=self.scale, clip=self.clip, bands=self.bands)
+        config.update(mask_channel=self.mask_channel)
         return config
 
 
@@ -93,19 +107,22 @@ def preprocessing_from_dataset(
     mode: str = "asinh",
     clip: float = DEFAULT_ROBUST_CLIP,
     name: str = "flux_preprocessing",
+    mask_channel: bool = False,
 ) -> FluxPreprocessing:
     """The preprocessing layer for a dataset, from its stored training statistics.
 
     The constants are `FluxTransform.from_dataset`'s (`cutout_etl.transform`
     says where each comes from); raises `PreprocessingError` when the
-    statistics cannot give them.
+    statistics cannot give them. ``mask_channel``: append the invalid-pixel
+    channel (see `FluxPreprocessing`).
     """
-    transform = FluxTransform.from_dataset(dataset, mode, clip)
+    transform = FluxTransform.from_dataset(dataset, mode, clip, mask_channel)
     return FluxPreprocessing(
         transform.mode,
         offset=transform.offset,
         scale=transform.scale,
         clip=transform.clip,
         bands=transform.bands,
+        mask_channel=transform.mask_channel,
         name=name,
     )

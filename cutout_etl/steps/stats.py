@@ -37,7 +37,7 @@ from .sketch import (
     sketch_mad,
     sketch_quantiles,
 )
-from .sky_level import MAD_TO_SIGMA, chunk_sky
+from .sky_level import DEFAULT_SKY_METHOD, MAD_TO_SIGMA, SKY_METHODS, chunk_sky
 
 # MAD_TO_SIGMA and quantile_bound are part of what the statistics mean: importable from here.
 __all__ = ["MAD_TO_SIGMA", "QUANTILES", "QUANTILE_METHOD", "SKY_QUANTILES", "BandStats", "quantile_bound"]
@@ -160,7 +160,11 @@ class BandStats:
     compares float32 pixels with a Python float.
     """
 
-    def __init__(self, n_bands: int, border: int = 4, saturation: float = 1.5e-8) -> None:
+    def __init__(
+        self, n_bands: int, border: int = 4, saturation: float = 1.5e-8, sky_method: str = DEFAULT_SKY_METHOD
+    ) -> None:
+        if sky_method not in SKY_METHODS:
+            raise ValueError(f"sky_method must be one of {', '.join(SKY_METHODS)} (got {sky_method!r})")
         if n_bands < 1:
             raise ValueError(f"n_bands must be at least 1 (got {n_bands})")
         if border < 1:
@@ -169,6 +173,7 @@ class BandStats:
             raise ValueError(f"saturation must be positive (got {saturation})")
         self.n_bands = n_bands
         self.border = border
+        self.sky_method = sky_method
         self.saturation = float(saturation)
         self._saturation32 = np.float32(saturation)
         self._saturation_key = int(self._saturation32.view(np.uint32) >> 16)
@@ -202,7 +207,7 @@ class BandStats:
         # and moments (~1.5x faster per chunk on 2 cores); the thread lives
         # only for this call.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            sky = pool.submit(chunk_sky, images, self.border)
+            sky = pool.submit(chunk_sky, images, self.border, self.sky_method)
             hist = bit_histogram(images)
             nonfinite = np.array([c[NONFINITE_POSITIVE].sum() + c[NONFINITE_NEGATIVE].sum() for c in hist])
             n_finite = images[..., 0].size - nonfinite
@@ -285,13 +290,13 @@ class BandStats:
     def merge(self, other: BandStats) -> BandStats:
         """Add `other` into this accumulator in place and return self.
 
-        Raises ValueError if n_bands, border or saturation differ.
+        Raises ValueError if n_bands, border, saturation or sky_method differ.
         """
-        mine = (self.n_bands, self.border, self.saturation)
-        theirs = (other.n_bands, other.border, other.saturation)
+        mine = (self.n_bands, self.border, self.saturation, self.sky_method)
+        theirs = (other.n_bands, other.border, other.saturation, other.sky_method)
         if mine != theirs:
             raise ValueError(
-                f"cannot merge BandStats with different (n_bands, border, saturation) (got {theirs} and {mine})"
+                f"cannot merge BandStats with different (n_bands, border, saturation, sky_method) (got {theirs} and {mine})"
             )
         n_self = self._counts["finite_pixels"].copy()
         self._mean, self._m2 = _combine(
@@ -327,6 +332,7 @@ class BandStats:
         return {
             "n_cutouts": self.n_cutouts,
             "quantile_method": QUANTILE_METHOD,
+            "sky_method": self.sky_method,
             "bands": {name: self._band_summary(i, softening_k) for i, name in enumerate(names)},
         }
 
