@@ -38,22 +38,7 @@ def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
         if not stored:
             return _result(["no checksums in the metadata: written by an older cutout-etl or altered"], [])
         entries, failures = _stats_entries(meta, ds.splits)
-        stats_tables = {table for _, table, _ in entries}
-        # Statistics written before sky_method was recorded used the legacy estimator: recompute them with it.
-        sky_methods = {table: entry.get("sky_method", LEGACY_SKY_METHOD) for _, table, entry in entries}
-        recomputed, ids, accs, positions, pixels = {}, [], {}, [], []
-        for name in ds.splits:
-            block_rows = stored[name]["block_rows"]
-            table_acc = BandStats(n_bands=len(ds.bands), sky_method=sky_methods[name]) if name in stats_tables else None
-            recomputed[name], table_ids, table_positions, table_pixels = _scan_table(
-                ds, name, block_rows, table_acc, failures, progress
-            )
-            pixels.append(table_pixels)
-            ids.append(table_ids)
-            positions.append(table_positions)
-            if table_acc is not None:
-                accs[name] = table_acc
-            failures += _compare_blocks(name, stored[name], recomputed[name], block_rows)
+        recomputed, ids, accs, positions, pixels = _scan_tables(ds, stored, entries, failures, progress)
     checks = [
         "block checksums",
         "row and class counts",
@@ -76,11 +61,34 @@ def verify(path: str | Path, progress: ProgressFn = no_progress) -> dict:
     if dataset_digest(meta, recomputed) != meta.get("digest"):
         failures.append("content digest differs from the stored one")
     failures += _provenance(meta)
-    pixels = math.prod((meta.get("image_shape") or [0, 0])[:2])
+    pixel_count = math.prod((meta.get("image_shape") or [0, 0])[:2])
     for label, table, entry in entries:
         checks.append(f"statistics of {table}")
-        failures += _compare_stats(label, entry, accs[table].summary(bands=meta["bands"]), pixels)
+        failures += _compare_stats(label, entry, accs[table].summary(bands=meta["bands"]), pixel_count)
     return _result(failures, checks)
+
+
+def _scan_tables(
+    ds: Dataset, stored: dict, entries: list[tuple[str, str, dict]], failures: list[str], progress: ProgressFn
+) -> tuple[dict, list, dict, list, list]:
+    """One pass over every table: block checksums, IDs, positions, pixel facts and the statistics to compare."""
+    stats_tables = {table for _, table, _ in entries}
+    # Statistics written before sky_method was recorded used the legacy estimator: recompute them with it.
+    sky_methods = {table: entry.get("sky_method", LEGACY_SKY_METHOD) for _, table, entry in entries}
+    recomputed, ids, accs, positions, pixels = {}, [], {}, [], []
+    for name in ds.splits:
+        block_rows = stored[name]["block_rows"]
+        table_acc = BandStats(n_bands=len(ds.bands), sky_method=sky_methods[name]) if name in stats_tables else None
+        recomputed[name], table_ids, table_positions, table_pixels = _scan_table(
+            ds, name, block_rows, table_acc, failures, progress
+        )
+        pixels.append(table_pixels)
+        ids.append(table_ids)
+        positions.append(table_positions)
+        if table_acc is not None:
+            accs[name] = table_acc
+        failures += _compare_blocks(name, stored[name], recomputed[name], block_rows)
+    return recomputed, ids, accs, positions, pixels
 
 
 def _stats_entries(meta: dict, splits: list[str]) -> tuple[list[tuple[str, str, dict]], list[str]]:

@@ -40,9 +40,9 @@ def workers(options: ClusterOptions, tasks: int) -> Iterator[tuple[Submit, int]]
     if not options.is_local:
         options.check()
         with dask_cluster.connect(options) as client:
-            cores: dict[str, int] = client.ncores()  # type: ignore[attr-defined]
+            cores: dict[str, int] = client.ncores()
             slots = max(1, sum(cores.values()))
-            yield (lambda fn, *args: client.submit(fn, *args, pure=False)), 2 * slots  # type: ignore[attr-defined]
+            yield (lambda fn, *args: client.submit(fn, *args, pure=False)), 2 * slots
         return
     processes = default_processes() if options.workers is None else options.workers
     if processes < 1:
