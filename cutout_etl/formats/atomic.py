@@ -75,7 +75,11 @@ def _remove(path: Path) -> None:
 
 
 def check_writable(target: Path) -> None:
-    """Claim and release a temporary beside `target`: OutputWriteError now, not after the work, if it cannot be."""
+    """Claim and release a temporary beside `target`: OutputWriteError now, not after the work, if it cannot be.
+
+    Dead runs' temporaries are removed first, so a run never holds its own temporary beside theirs.
+    """
+    remove_stale_temps(target)
     tmp = temp_path_for(target)
     try:
         _claim(tmp, target, directory=False)
