@@ -28,9 +28,8 @@ runs under ``KERAS_BACKEND=jax`` or ``torch`` with that backend installed.
 Load a saved model with `load_model` (safe mode), or import this module before
 ``keras.saving.load_model``: importing it registers ``FluxPreprocessing``.
 
-This module gathers the public names; each lives where its concern does: `preprocessing` (the layer), `photometry`
-(the aperture fluxes),
-`batch_loader` (the streaming loader), `model` (the CNN, loading, predicting) and `metrics` (numpy only).
+This module gathers the public names; each lives where its concern does: `preprocessing` (the layer),
+`photometry` (the aperture fluxes), `batch_loader` (the streaming loader), `model` (the CNN, loading, predicting) and `metrics` (numpy only).
 """
 
 from __future__ import annotations
