@@ -20,7 +20,7 @@ pytestmark = [
 SIZE, BANDS = 36, 4
 OFFSET = [1e-13, -2e-13, 0.0, 5e-13]
 SIGMA = [4e-12, 1.8e-12, 1.7e-12, 6.9e-12]
-RADII = [2.0, 3.0, 5.0]
+RADII = [2.0, 3.0, 5.0, 8.0]
 
 
 def planted_images(seed: int = 0) -> np.ndarray:

@@ -26,8 +26,9 @@ def build_model(
 
     With ``apertures`` (radii in pixels; ``None`` turns it off) the raw input also goes through
     `ApertureFluxes` (central aperture fluxes and colours in units of the preprocessing's per-band scale)
-    and a small dense layer, concatenated with the pooled features before the softmax: the photometry
-    a gradient-boosting baseline classifies from, which the convolutions alone learn slowly.
+    and a small dense layer, concatenated with the pooled features, then one hidden dense layer before the
+    softmax: the photometry a gradient-boosting baseline classifies from, which the convolutions alone
+    learn slowly.
     """
     inputs = keras.Input(shape=tuple(image_shape), name="flux")
     x = preprocessing(inputs)
@@ -42,6 +43,7 @@ def build_model(
         photometry = ApertureFluxes(offset, scale, apertures, name="aperture_fluxes")(inputs)
         photometry = keras.layers.Dense(32, activation="relu", name="photometry_dense")(photometry)
         x = keras.layers.Concatenate(name="features")([x, photometry])
+        x = keras.layers.Dense(64, activation="relu", name="head")(x)  # lets colours and morphology combine
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="class_probabilities")(x)
     return keras.Model(inputs, outputs, name="cutout_cnn")

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-DEFAULT_RADII = (2.0, 3.0, 5.0)
+DEFAULT_RADII = (2.0, 3.0, 5.0, 8.0)
 
 
 @keras.saving.register_keras_serializable(package="cutout_etl")
