@@ -61,8 +61,8 @@ def test_aperture_fluxes_equal_a_numpy_measurement_on_planted_sources():
     # asinh magnitudes are O(1-10): float32 sums of ~80 terms of O(1) agree to ~1e-5 relative
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     assert np.all(np.isfinite(got))
-    # the planted source is seen: brightest in the first image, above the noise in every band
-    assert np.all(got[0, : len(RADII) * BANDS] > 3) and np.all(got[0] != got[2])
+    # the planted source is seen: brightest in the first image, above the noise (asinh 2: 3.6 noise units) in every band and aperture
+    assert np.all(got[0, : len(RADII) * BANDS] > 2) and np.all(got[0] != got[2])
 
 
 def test_aperture_fluxes_have_no_weights_and_reject_unusable_scales():
