@@ -8,7 +8,8 @@ Writes the hard synthetic preset (``cutout-etl demo-data --preset kids``, --rows
 (``cutout-etl build``: split 70/15/15, train-only statistics), loads the splits into memory (the benchmark's
 sizes fit; the tool itself streams) and, for every method and seed, trains the same reference CNN
 (`cutout_etl.ml.model.build_model`, Adam 1e-3, batch 128, class weights, early stopping on the val loss with
-patience 4 keeping the best weights, as ``examples/train_keras.py``) and evaluates it on the test split:
+patience 4 keeping the best weights, as ``examples/train_keras.py``; for ``asinh``, ``robust`` and ``none``
+with its central aperture-flux input unless ``--no-apertures``) and evaluates it on the test split:
 
 * ``asinh``: the default `FluxPreprocessing`, asinh((x - m_b) / (k sigma_b)) from the stored statistics
   (``--softening K`` replaces the stored k);
