@@ -2,7 +2,7 @@
 
     python benchmarks/bench_preprocessing.py [--rows 2000] [--epochs 20] [--seeds 0 1 2]
         [--methods asinh robust seed seed-noeps minmax none photometry] [--augment] [--softening K]
-        [--data-seed 0] [--workdir DIR] [--keep] [--json PATH] [--quick]
+        [--no-apertures] [--data-seed 0] [--workdir DIR] [--keep] [--json PATH] [--quick]
 
 Writes the hard synthetic preset (``cutout-etl demo-data --preset kids``, --rows per class), builds it
 (``cutout-etl build``: split 70/15/15, train-only statistics), loads the splits into memory (the benchmark's
