@@ -2,13 +2,14 @@
 
     python benchmarks/bench_preprocessing.py [--rows 2000] [--epochs 20] [--seeds 0 1 2]
         [--methods asinh robust seed seed-noeps minmax none photometry] [--augment] [--softening K]
-        [--data-seed 0] [--workdir DIR] [--keep] [--json PATH] [--quick]
+        [--no-apertures] [--data-seed 0] [--workdir DIR] [--keep] [--json PATH] [--quick]
 
 Writes the hard synthetic preset (``cutout-etl demo-data --preset kids``, --rows per class), builds it
 (``cutout-etl build``: split 70/15/15, train-only statistics), loads the splits into memory (the benchmark's
 sizes fit; the tool itself streams) and, for every method and seed, trains the same reference CNN
 (`cutout_etl.ml.model.build_model`, Adam 1e-3, batch 128, class weights, early stopping on the val loss with
-patience 4 keeping the best weights, as ``examples/train_keras.py``) and evaluates it on the test split:
+patience 4 keeping the best weights, as ``examples/train_keras.py``; for ``asinh``, ``robust`` and ``none``
+with its central aperture-flux input unless ``--no-apertures``) and evaluates it on the test split:
 
 * ``asinh``: the default `FluxPreprocessing`, asinh((x - m_b) / (k sigma_b)) from the stored statistics
   (``--softening K`` replaces the stored k);
@@ -53,6 +54,7 @@ import numpy as np
 
 from cutout_etl import open_dataset
 from cutout_etl.ml.keras_support import build_model, classification_report, preprocessing_from_dataset
+from cutout_etl.ml.photometry import DEFAULT_RADII
 from cutout_etl.ml.preprocessing import FluxPreprocessing
 
 CNN_METHODS = ("asinh", "robust", "seed", "seed-noeps", "minmax", "none", "raw")
@@ -71,6 +73,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="default: all")
     parser.add_argument("--augment", action="store_true", help="random exact flips and 90-degree rotations")
     parser.add_argument("--softening", type=float, help="asinh softening k in sky sigmas (default: stored, 3)")
+    parser.add_argument(
+        "--no-apertures",
+        action="store_true",
+        help="the CNN without its aperture-flux input (build_model apertures=None)",
+    )
     parser.add_argument("--patience", type=int, default=4, help="early-stopping patience (default 4)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data (default 0)")
     parser.add_argument("--workdir", type=Path, help="where to write the data (default: a temporary directory)")
@@ -160,7 +167,10 @@ def train_cnn(dataset: Path, splits: dict, classes: list[str], method: str, seed
     if method in ("seed", "seed-noeps", "minmax"):
         x = {name: per_image(images, method) for name, images in x.items()}
     y = {name: split[1] for name, split in splits.items()}
-    model = build_model(preprocessing_layer(dataset, method, args.softening), x["train"].shape[1:], len(classes))
+    # the aperture fluxes need the stored constants: not for the per-image scalings and raw flux
+    apertures = None if args.no_apertures or method not in ("asinh", "robust", "none") else DEFAULT_RADII
+    layer = preprocessing_layer(dataset, method, args.softening)
+    model = build_model(layer, x["train"].shape[1:], len(classes), apertures=apertures)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     counts = np.bincount(y["train"], minlength=len(classes))
     weights = {c: len(y["train"]) / (len(classes) * n) if n else 0.0 for c, n in enumerate(counts)}

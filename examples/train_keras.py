@@ -4,7 +4,9 @@
 
 Needs ``pip install 'cutout-etl[keras,plot]'``. Streams the train and val
 splits with `CutoutPyDataset`, normalises inside the model with the stored
-training statistics (`FluxPreprocessing`, asinh by default), weights classes
+training statistics (`FluxPreprocessing`, asinh by default), gives the model
+central aperture fluxes and colours measured from the raw flux beside its
+convolutions (`ApertureFluxes`; ``--no-apertures`` turns them off), weights classes
 by their stored counts, stops early on the val loss (keeping the best
 weights), saves ``model.keras``, reloads it in safe mode and evaluates the
 reloaded model on the test split. Writes to ``--out``: ``metrics.json``
@@ -39,6 +41,7 @@ from cutout_etl.ml.keras_support import (
     predict_split,
     preprocessing_from_dataset,
 )
+from cutout_etl.ml.photometry import DEFAULT_RADII
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--mask-channel", action="store_true", help="add a channel marking NaN/inf input pixels (filled with 0)"
     )
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument(
+        "--no-apertures", action="store_true", help="the CNN alone, without its central aperture-flux input"
+    )
     return parser.parse_args(argv)
 
 
@@ -84,6 +90,7 @@ def run(argv: list[str] | None = None) -> tuple[keras.Model, dict]:
         preprocessing_from_dataset(ds, args.preprocessing, mask_channel=args.mask_channel),
         ds.image_shape,
         len(ds.classes),
+        apertures=None if args.no_apertures else DEFAULT_RADII,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),

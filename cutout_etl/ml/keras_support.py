@@ -18,6 +18,10 @@ runs under ``KERAS_BACKEND=jax`` or ``torch`` with that backend installed.
   clipped (``robust``) or the raw flux (``none``); then pixels that are
   not finite become 0. No per-image scaling and no epsilon: a missing or
   zero scale is an error.
+* `ApertureFluxes` measures per-band central aperture fluxes and their
+  colours from the raw flux (asinh of the flux in noise units, float32, no
+  weights); `build_model` concatenates them with the CNN's pooled features
+  (``apertures=None`` turns this off).
 * `build_model`, `class_weights` and `classification_report` are what the
   example ``examples/train_keras.py`` is made of.
 
@@ -25,7 +29,7 @@ Load a saved model with `load_model` (safe mode), or import this module before
 ``keras.saving.load_model``: importing it registers ``FluxPreprocessing``.
 
 This module gathers the public names; each lives where its concern does: `preprocessing` (the layer),
-`batch_loader` (the streaming loader), `model` (the CNN, loading, predicting) and `metrics` (numpy only).
+`photometry` (the aperture fluxes), `batch_loader` (the streaming loader), `model` (the CNN, loading, predicting) and `metrics` (numpy only).
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ from __future__ import annotations
 from .batch_loader import CutoutPyDataset
 from .metrics import class_weights, classification_report
 from .model import build_model, load_model, predict_split
+from .photometry import ApertureFluxes
 from .preprocessing import DEFAULT_ROBUST_CLIP, MODES, FluxPreprocessing, PreprocessingError, preprocessing_from_dataset
 
 __all__ = [
     "DEFAULT_ROBUST_CLIP",
     "MODES",
+    "ApertureFluxes",
     "CutoutPyDataset",
     "FluxPreprocessing",
     "PreprocessingError",

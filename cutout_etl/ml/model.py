@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from .batch_loader import CutoutPyDataset
+from .photometry import DEFAULT_RADII, ApertureFluxes
 from .preprocessing import FluxPreprocessing
 
 
@@ -19,8 +20,16 @@ def build_model(
     n_classes: int,
     filters: Sequence[int] = (16, 32, 64),
     dropout: float = 0.3,
+    apertures: Sequence[float] | None = DEFAULT_RADII,
 ) -> keras.Model:
-    """A small CNN: preprocessing, per width two 3x3 convolutions and a 2x2 max-pool, global pooling, softmax."""
+    """A small CNN: preprocessing, per width two 3x3 convolutions and a 2x2 max-pool, global pooling, softmax.
+
+    With ``apertures`` (radii in pixels; ``None`` turns it off) the raw input also goes through
+    `ApertureFluxes` (central aperture fluxes and colours in units of the preprocessing's per-band scale)
+    and a small dense layer, concatenated with the pooled features, then one hidden dense layer before the
+    softmax: the photometry a gradient-boosting baseline classifies from, which the convolutions alone
+    learn slowly.
+    """
     inputs = keras.Input(shape=tuple(image_shape), name="flux")
     x = preprocessing(inputs)
     for i, width in enumerate(filters):
@@ -29,9 +38,26 @@ def build_model(
         if i < len(filters) - 1:
             x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
+    if apertures is not None:
+        offset, scale = aperture_constants(preprocessing, image_shape[-1])
+        photometry = ApertureFluxes(offset, scale, apertures, name="aperture_fluxes")(inputs)
+        photometry = keras.layers.Dense(32, activation="relu", name="photometry_dense")(photometry)
+        x = keras.layers.Concatenate(name="features")([x, photometry])
+        x = keras.layers.Dense(64, activation="relu", name="head")(x)  # lets colours and morphology combine
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="class_probabilities")(x)
     return keras.Model(inputs, outputs, name="cutout_cnn")
+
+
+def aperture_constants(preprocessing: FluxPreprocessing, n_bands: int) -> tuple[list[float], list[float]]:
+    """Per-band offset and noise scale for `ApertureFluxes`, taken from the preprocessing's stored constants."""
+    if preprocessing.scale is None:
+        raise ValueError(
+            "the aperture fluxes need the preprocessing's scale (mode none without one): pass apertures=None"
+        )
+    if preprocessing.offset is None:  # mode none: one global scale, no offset
+        return [0.0] * n_bands, preprocessing.scale * n_bands
+    return list(preprocessing.offset), list(preprocessing.scale)
 
 
 def load_model(path: str | os.PathLike[str], **kwargs: Any) -> keras.Model:
