@@ -84,9 +84,8 @@ from .demo_sources import (
     format_ids,
     sky_cells,
 )
-from .errors import ForeignOutputError
 from .formats import atomic
-from .formats.class_file import write_class_table
+from .formats.class_file import replace_only_marked, write_class_table
 
 __all__ = [  # the source models live in demo_sources, the rendering in demo_render; this module writes the files
     "BANDS",
@@ -227,15 +226,7 @@ def _write_class_file(path: pathlib.Path, spectype: str, rows: int, seed: int, b
 DEMO_ATTR = "cutout_etl_demo"  # root attribute marking a file demo-data wrote (JSON: generator, rows, seed)
 
 
-def _demo_file(path: pathlib.Path) -> None:
-    """Allow replacing only a file demo-data wrote."""
-    try:
-        with h5py.File(path, "r") as f:
-            marked = DEMO_ATTR in f.attrs
-    except OSError:
-        marked = False
-    if not marked:
-        raise ForeignOutputError(f"{path}: not a demo file written by cutout-etl demo-data; refusing to replace it")
+_demo_file = replace_only_marked(DEMO_ATTR, "demo file", "demo-data")  # --overwrite replaces only our files
 
 
 def _check_preset(preset: str, block: int | None) -> str:

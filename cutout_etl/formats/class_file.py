@@ -14,11 +14,14 @@ is astropy's own (its metadata too) and memory stays at one block of rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import h5py
 from astropy.table import Table
+
+from ..errors import ForeignOutputError
 
 TABLE_PATH = "data"
 STREAM_CHUNK_ROWS = 64  # HDF5 chunk of a streamed file: 64 rows of 36x36x4 float32 = 1.3 MB
@@ -35,6 +38,21 @@ def write_class_table(path: Path, table: Table, **create_dataset: Any) -> None:
         return
     with h5py.File(path, "w") as f:
         table.write(f, format="hdf5", path=TABLE_PATH, serialize_meta=True, **create_dataset)
+
+
+def replace_only_marked(attr: str, kind: str, writer: str) -> Callable[[Path], None]:
+    """A `may_replace` guard: only a file whose root carries `attr` (the mark `writer` leaves) may be replaced."""
+
+    def guard(path: Path) -> None:
+        try:
+            with h5py.File(path, "r") as f:
+                marked = attr in f.attrs
+        except OSError:
+            marked = False
+        if not marked:
+            raise ForeignOutputError(f"{path}: not a {kind} written by cutout-etl {writer}; refusing to replace it")
+
+    return guard
 
 
 class ClassFileWriter:

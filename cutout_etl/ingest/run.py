@@ -23,10 +23,10 @@ import numpy as np
 
 from .. import __version__
 from ..choices import Choice
-from ..errors import ForeignOutputError, UsageError
+from ..errors import UsageError
 from ..execution.dask_cluster import ClusterOptions
 from ..formats import atomic
-from ..formats.class_file import ClassFileWriter
+from ..formats.class_file import ClassFileWriter, replace_only_marked
 from ..inputs.scan import ProgressFn, no_progress
 from ..schema import Columns
 from .catalogue import read_catalogue
@@ -181,15 +181,7 @@ def _targets(out_dir: Path, classes: np.ndarray, overwrite: bool, inputs: list[P
     return targets
 
 
-def _ingested_file(path: Path) -> None:
-    """Allow replacing only a class file ingest wrote."""
-    try:
-        with h5py.File(path, "r") as f:
-            ours = INGEST_ATTR in f.attrs
-    except OSError:
-        ours = False
-    if not ours:
-        raise ForeignOutputError(f"{path}: not a class file written by cutout-etl ingest; refusing to replace it")
+_ingested_file = replace_only_marked(INGEST_ATTR, "class file", "ingest")  # --overwrite replaces only ours
 
 
 def _mark(catalogue_path: Path, options: IngestOptions) -> str:
