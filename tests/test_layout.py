@@ -66,3 +66,12 @@ def test_no_module_shadows_the_standard_library_or_a_dependency():
         _name(p) for p in PACKAGE.rglob("*") if p.is_dir() and p.name in sys.stdlib_module_names | DEPENDENCIES
     ]
     assert shadowing == []
+
+
+def test_the_cli_starts_without_the_heavy_libraries():
+    """Every command pays the CLI's import time: astropy, scipy, keras and dask load only in the command that uses them."""
+    import subprocess
+
+    code = "import sys, cutout_etl.cli; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert not loaded & {"astropy", "scipy", "keras", "tensorflow", "dask", "distributed", "torch", "pyarrow"}

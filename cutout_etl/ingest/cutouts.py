@@ -20,18 +20,10 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ..errors import CutoutFileError
+from .options import Policies
 
 BAND_KEYWORDS = ("FILTER", "FILTNAME", "FILTER1", "BAND")
 _ORIGIN_SLACK = 1e-6  # pixels: a position this close to a pixel edge may round either way in Cutout2D
-
-
-@dataclass(frozen=True)
-class Policies:
-    """What happens to a cutout of the wrong size, and to a band without a file."""
-
-    smaller: str  # "pad" (NaN where the tile ended) or "drop"
-    larger: str  # "crop" (around the object) or "drop"
-    missing: str  # "nan" or "drop"
 
 
 @dataclass
