@@ -73,5 +73,7 @@ def test_the_cli_starts_without_the_heavy_libraries():
     import subprocess
 
     code = "import sys, cutout_etl.cli; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
     assert not loaded & {"astropy", "scipy", "keras", "tensorflow", "dask", "distributed", "torch", "pyarrow"}
