@@ -1,18 +1,32 @@
-"""Benchmark `cutout-etl build` against `cp` (the I/O floor) and the by-hand way.
+"""Benchmark `cutout-etl build`, warm and cold, against `cp`, SHA-256 and the by-hand way; memory growth.
 
-    python benchmarks/bench_build.py --rows 30000 [--repeat 3] [--workdir DIR] [--keep] [--scaling] [--json PATH]
+    python benchmarks/bench_build.py --rows 30000 [--repeat 3] [--scaling] [--workdir DIR] [--keep] [--json PATH]
 
-Generates N demo rows per class once, then times, in each of `--repeat`
-rounds, `cp`, `cutout-etl build` (HDF5 and Parquet), the by-hand astropy +
-scikit-learn script and the SHA-256 of the inputs alone, on the same files,
-each in its own process so that its peak RSS is its own. Medians over the
-rounds are reported, with their range.
+Generates N demo rows per class once (tiled: see `build_children.generate`),
+then runs `--repeat` rounds. Each round times, each step in its own process
+(so that its peak RSS is its own):
+
+* warm (inputs in the page cache): `cp` of the inputs, their SHA-256 alone,
+  `cutout-etl build` to HDF5 and to Parquet, the by-hand astropy +
+  scikit-learn script;
+* cold (the inputs evicted from the page cache before each step with
+  posix_fadvise DONTNEED, no root needed): `cp`, SHA-256, build HDF5 and Parquet.
+
+Ratios are taken within a round, then their median and range over rounds
+are printed against the targets. Once, after the rounds: the training
+statistics' cost per GB of pixels (`bench_stats.py`), `inspect` against the
+scan pass of build, and build's write pass gathering rows from cold inputs
+(what inputs larger than memory cost) against a cold sequential read.
+`--scaling` builds 10^4 and 3 x 10^5 rows per class (18.7 GB of input; skipped
+with a message when the disk lacks room) and compares peak RSS.
+
+Builds run with `--keep-duplicate-images`: the demo tiles 2,000 distinct
+objects per class, and without it build would drop the tiled copies and
+write a fraction of the rows. Every row is written, as with real data.
 
 This launcher never imports numpy, astropy or cutout_etl itself: Linux carries
 a process's RSS high-water mark over fork+exec into the child's ru_maxrss, so
-a big launcher would inflate every measured peak. Generation, the by-hand
-script and the correctness check therefore run as children too
-(`--generate`, `--by-hand`, `--check`).
+a big launcher would inflate every measured peak.
 """
 
 from __future__ import annotations
@@ -34,11 +48,16 @@ from pathlib import Path
 
 MB = 1e6
 CLI = Path(sys.executable).parent / "cutout-etl"
-SCRIPT = Path(__file__).resolve()
-SCALING_ROWS = (10_000, 100_000)
-SCALING_FREE_BYTES = 20e9
-BUILD_RSS_LIMIT_MB = 500.0
+HERE = Path(__file__).resolve().parent
+CHILDREN = HERE / "build_children.py"
+SCALING_ROWS = (10_000, 300_000)
+ROW_BYTES = 20_800  # one input row of 36x36x4 float32 plus its columns, for the disk check
+RSS_LIMIT_MB = 300.0
+STATS_ROWS = 5_000  # rows per class bench_stats.py measures the statistics on
 OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt}
+BUILD = ("--quiet", "--on-conflict", "drop", "--keep-duplicate-images")
+WARM = ("cp", "sha256", "build", "build parquet", "by-hand")
+COLD = ("cold cp", "cold sha256", "cold build", "cold build parquet")
 
 
 class BenchError(Exception):
@@ -88,106 +107,69 @@ def run(cmd: list[str | Path]) -> Run:
         return Run(wall, usage.ru_maxrss * 1024 / MB, out.read().decode())
 
 
+def child(mode: str, *args: str | Path) -> Run:
+    return run([sys.executable, CHILDREN, mode, *args])
+
+
 def generate(directory: Path, rows: int) -> tuple[list[Path], float]:
-    """Write the three class files in a child; return their paths and the time."""
     print(f"generating {rows} rows per class in {directory} ...", file=sys.stderr, flush=True)
-    gen = run([sys.executable, SCRIPT, "--generate", directory, "--rows", str(rows)])
+    gen = child("generate", directory, str(rows))
     os.sync()
     return [Path(line) for line in gen.stdout.splitlines()], gen.wall_s
 
 
-def build(files: list[Path], out: Path, *options: str) -> Run:
-    # At 10^5 rows per class the random demo positions put a few objects of
-    # different classes within 1 arcsec: drop those (counted) as a user would.
-    return run([CLI, "build", *files, "-o", out, "--quiet", "--on-conflict", "drop", *options])
-
-
-def count_rows(dataset: Path) -> int:
-    return int(run([sys.executable, SCRIPT, "--check", dataset]).stdout)
-
-
-def require_free_disk(where: Path, needed: float) -> None:
+def require_free_disk(where: Path, rows: int) -> None:
+    needed = 2 * 3 * rows * ROW_BYTES * 1.05  # inputs and one output
     free = shutil.disk_usage(where).free
     if free < needed:
         raise BenchError(
-            f"--scaling needs {needed / 1e9:.0f} GB free in {where} "
-            f"(100,000 rows per class is 6.2 GB of input plus 6.2 GB of output); "
-            f"found {free / 1e9:.1f} GB"
+            f"{rows} rows per class needs {needed / 1e9:.0f} GB free in {where}; found {free / 1e9:.1f} GB"
         )
 
 
-def measure_main(workdir: Path, rows: int, repeat: int) -> dict:
-    """Steps 1-4: generate once, then `repeat` rounds of cp, build, build parquet, by-hand and SHA-256.
-
-    Each round runs every step once, so a slow spell of this shared machine
-    hits all of them; ratios are taken within a round, then the median over rounds.
-    """
-    files, gen_s = generate(workdir / "inputs", rows)
-    input_bytes = sum(f.stat().st_size for f in files)
-    print(f"generation: {gen_s:.1f} s for 3 x {rows} rows ({input_bytes / MB:.0f} MB)")
-    rounds = []
-    for number in range(1, repeat + 1):
-        print(f"round {number} of {repeat} ...", file=sys.stderr, flush=True)
-        rounds.append(measure_round(workdir, files, check=number == 1))
-    total = rounds[0].pop("rows_found")
-    print(
-        f"correctness: {total} rows accounted for (kept or dropped with a reason), expected {3 * rows}: "
-        f"{'OK' if total == 3 * rows else 'MISMATCH'}"
-    )
-    return {
-        "rows_per_class": rows,
-        "input_mb": input_bytes / MB,
-        "generation_s": gen_s,
-        "rows_found": total,
-        "rows_ok": total == 3 * rows,
-        "rounds": rounds,
-    }
-
-
-def measure_round(workdir: Path, files: list[Path], check: bool) -> dict:
-    runs: dict = {}
-    (workdir / "cp").mkdir()
-    runs["cp"] = run(["cp", *files, workdir / "cp"])
-    shutil.rmtree(workdir / "cp")
-    os.sync()  # untimed: keeps one step's writeback out of the next step's time
-
-    (workdir / "build").mkdir()
-    out = workdir / "build" / "dataset.h5"
-    runs["build"] = build(files, out)
-    if check:
-        runs["rows_found"] = count_rows(out)
-    shutil.rmtree(workdir / "build")
-    os.sync()
-
-    runs["build parquet"] = build(files, workdir / "dataset_parquet", "--format", "parquet")
-    shutil.rmtree(workdir / "dataset_parquet")
-    os.sync()
-
-    by_hand_dir = workdir / "by_hand"
-    by_hand_dir.mkdir()
-    runs["by-hand"] = run([sys.executable, SCRIPT, "--by-hand", *files, "--out", by_hand_dir])
-    shutil.rmtree(by_hand_dir)
-    os.sync()
-
-    runs["sha256 only"] = run([sys.executable, SCRIPT, "--sha256", *files])
+def measure_round(workdir: Path, files: list[Path]) -> dict[str, Run]:
+    """One round: every warm step, then every cold step, each after an untimed sync."""
+    runs: dict[str, Run] = {}
+    for cold in (False, True):
+        for step in COLD if cold else WARM:
+            os.sync()  # untimed: keeps one step's writeback out of the next step's time
+            if cold:
+                child("evict", *files)
+            runs[step] = measure_step(step.removeprefix("cold "), workdir, files)
     return runs
 
 
-def main_ratios(runs: dict[str, Run]) -> list[Ratio]:
-    cp, built, manual = runs["cp"], runs["build"], runs["by-hand"]
+def measure_step(step: str, workdir: Path, files: list[Path]) -> Run:
+    out = workdir / "out"
+    out.mkdir()
+    try:
+        if step == "cp":
+            return run(["cp", *files, out])
+        if step == "sha256":
+            return child("sha256", *files)
+        if step == "by-hand":
+            return child("by-hand", out, *files)
+        extra = ("--format", "parquet") if step == "build parquet" else ()
+        return run([CLI, "build", *files, "-o", out / "dataset", *BUILD, *extra])
+    finally:
+        shutil.rmtree(out)
+
+
+def round_ratios(runs: dict[str, Run]) -> list[Ratio]:
+    wall = {name: r.wall_s for name, r in runs.items()}
     return [
-        Ratio("build time / cp time", built.wall_s / cp.wall_s, "<=", 2.0),
-        Ratio("by-hand time / build time", manual.wall_s / built.wall_s, ">=", 5.0),
-        Ratio("by-hand RSS / build RSS", manual.peak_rss_mb / built.peak_rss_mb, ">=", 5.0),
-        Ratio("build RSS MB", built.peak_rss_mb, "<", BUILD_RSS_LIMIT_MB),
-        Ratio("parquet throughput / hdf5 throughput", built.wall_s / runs["build parquet"].wall_s, ">=", 0.5),
-        Ratio("build parquet RSS MB", runs["build parquet"].peak_rss_mb, "<", BUILD_RSS_LIMIT_MB),
+        Ratio("warm: build / (cp + SHA-256)", wall["build"] / (wall["cp"] + wall["sha256"]), "<=", 1.5),
+        Ratio("warm: by-hand / build", wall["by-hand"] / wall["build"], ">=", 6.0),
+        Ratio("warm: Parquet / HDF5 throughput", wall["build"] / wall["build parquet"], ">=", 0.8),
+        Ratio("cold: build / (cp + SHA-256)", wall["cold build"] / (wall["cold cp"] + wall["cold sha256"]), "<=", 2.0),
+        Ratio("build peak RSS MB", runs["build"].peak_rss_mb, "<", RSS_LIMIT_MB),
+        Ratio("build parquet peak RSS MB", runs["build parquet"].peak_rss_mb, "<", RSS_LIMIT_MB),
     ]
 
 
-def median_ratios(rounds: list[dict]) -> tuple[list[Ratio], dict[str, tuple[float, float]]]:
+def median_ratios(rounds: list[dict[str, Run]]) -> tuple[list[Ratio], dict[str, tuple[float, float]]]:
     """Each ratio's median over the rounds, and its range."""
-    per_round = [main_ratios(r) for r in rounds]
+    per_round = [round_ratios(r) for r in rounds]
     medians, ranges = [], {}
     for i, first in enumerate(per_round[0]):
         values = [ratios[i].value for ratios in per_round]
@@ -196,198 +178,175 @@ def median_ratios(rounds: list[dict]) -> tuple[list[Ratio], dict[str, tuple[floa
     return medians, ranges
 
 
-def print_main(result: dict, ratios: list[Ratio], ranges: dict) -> None:
-    rounds = result["rounds"]
+def once_figures(workdir: Path, files: list[Path], rows: int) -> tuple[list[Ratio], dict]:
+    """Statistics cost, inspect against build's scan pass, and the write pass from cold inputs."""
+    inspect_s, scan_s = map(float, child("inspect-vs-scan", *files).stdout.split())
+    warm_s, cold_s, read_s, size = map(float, child("write-pass-cold", *files).stdout.split())
+    stats_json = workdir / "stats.json"
+    run([sys.executable, HERE / "bench_stats.py", "--rows", str(min(rows, STATS_ROWS)), "--json", stats_json])
+    stats = json.loads(stats_json.read_text())
+    figures = {
+        "inspect_s": inspect_s,
+        "build_scan_pass_s": scan_s,
+        "write_pass_warm_s": warm_s,
+        "write_pass_cold_s": cold_s,
+        "cold_sequential_read_s": read_s,
+        "input_bytes": size,
+        "stats": stats,
+    }
+    ratios = [
+        Ratio("stats GB/s per core", stats["gb_per_cpu_s"], ">=", 1.0),
+        Ratio("inspect / scan pass of build", inspect_s / scan_s, "<=", 1.5),
+    ]
+    return ratios, figures
+
+
+def print_steps(rounds: list[dict[str, Run]], input_mb: float) -> None:
     print(f"\nmedian of {len(rounds)} rounds (range in brackets)")
-    print(f"{'step':<15}{'wall s':>10}{'':>16}{'input MB/s':>12}{'peak RSS MB':>14}")
+    print(f"{'step':<20}{'wall s':>8}{'':>16}{'input MB/s':>12}{'peak RSS MB':>14}")
     for name in rounds[0]:
         walls = [r[name].wall_s for r in rounds]
         wall = statistics.median(walls)
-        spread = f"[{min(walls):.2f}-{max(walls):.2f}]"
         rss = statistics.median(r[name].peak_rss_mb for r in rounds)
-        print(f"{name:<15}{wall:>10.2f}{spread:>16}{result['input_mb'] / wall:>12.0f}{rss:>14.1f}")
-    sha = statistics.median(r["sha256 only"].wall_s / r["cp"].wall_s for r in rounds)
-    print(f"\nSHA-256 of the inputs alone (build must store it) takes {sha:.2f}x the cp time.")
-    print()
-    print_ratios(ratios, ranges)
+        spread = f"[{min(walls):.2f}-{max(walls):.2f}]"
+        print(f"{name:<20}{wall:>8.2f}{spread:>16}{input_mb / wall:>12.0f}{rss:>14.1f}")
+
+
+def print_once(figures: dict) -> None:
+    size = figures["input_bytes"] / MB
+    print(
+        f"\nwrite pass alone (pass 2 of build, {size:.0f} MB): warm {figures['write_pass_warm_s']:.2f} s; inputs"
+        f" evicted after pass 1 (as when they exceed memory) {figures['write_pass_cold_s']:.2f} s; a cold sequential"
+        f" read of the inputs {figures['cold_sequential_read_s']:.2f} s"
+    )
+    print(f"inspect {figures['inspect_s']:.2f} s against build's scan pass {figures['build_scan_pass_s']:.2f} s")
+    stats = figures["stats"]
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in stats.get("parts_gb_per_cpu_s", {}).items())
+    print(
+        f"training statistics: {stats['gb_per_cpu_s']:.2f} GB of pixels per CPU-second"
+        + (f" ({parts})" if parts else "")
+    )
 
 
 def print_ratios(ratios: list[Ratio], ranges: dict | None = None) -> None:
     for r in ratios:
         target = f"{r.op} {r.target:g}"
-        spread = f"[{ranges[r.name][0]:.2f}-{ranges[r.name][1]:.2f}]" if ranges else ""
-        print(f"{r.name:<38}{r.value:>8.2f} {spread:<14} target {target:<8}{'PASS' if r.passed else 'MISS'}")
+        spread = f"[{ranges[r.name][0]:.2f}-{ranges[r.name][1]:.2f}]" if ranges and r.name in ranges else ""
+        print(f"{r.name:<38}{r.value:>8.2f} {spread:<16} target {target:<8}{'PASS' if r.passed else 'MISS'}")
 
 
 def measure_scaling(base: Path) -> dict:
-    """Step 6: peak RSS of build at 10k and 100k rows per class."""
-    require_free_disk(base, SCALING_FREE_BYTES)
+    """Peak RSS of build at 10^4 and 3 x 10^5 rows per class."""
     points = {}
     for rows in SCALING_ROWS:
+        try:
+            require_free_disk(base, rows)
+        except BenchError as exc:
+            print(f"scaling: skipped {rows} rows per class: {exc}")
+            continue
         workdir = Path(tempfile.mkdtemp(prefix=f"bench_build_{rows}_", dir=base))
         try:
             files, gen_s = generate(workdir / "inputs", rows)
-            print(f"generation: {gen_s:.1f} s for 3 x {rows} rows")
-            built = build(files, workdir / "dataset.h5")
-            total = count_rows(workdir / "dataset.h5")
+            print(f"generation: {gen_s:.1f} s for 3 x {rows} rows", file=sys.stderr)
+            built = run([CLI, "build", *files, "-o", workdir / "dataset.h5", *BUILD])
+            total = int(child("count", workdir / "dataset.h5").stdout)
         finally:
             shutil.rmtree(workdir)
-        points[rows] = {
-            "wall_s": built.wall_s,
-            "peak_rss_mb": built.peak_rss_mb,
-            "rows_found": total,
-            "rows_ok": total == 3 * rows,
-        }
-    small, big = (points[r]["peak_rss_mb"] for r in SCALING_ROWS)
-    ratio = Ratio(f"RSS({SCALING_ROWS[1] // 1000}k) / RSS({SCALING_ROWS[0] // 1000}k)", big / small, "<=", 1.25)
+        points[rows] = {"wall_s": built.wall_s, "peak_rss_mb": built.peak_rss_mb, "rows_ok": total == 3 * rows}
     print(f"\n{'rows/class':<12}{'wall s':>10}{'peak RSS MB':>14}{'rows ok':>9}")
     for rows, p in points.items():
         print(f"{rows:<12}{p['wall_s']:>10.2f}{p['peak_rss_mb']:>14.1f}{'yes' if p['rows_ok'] else 'NO':>9}")
+    if len(points) < 2:
+        return {"builds": points}
+    small, big = (points[r]["peak_rss_mb"] for r in SCALING_ROWS)
+    ratios = [
+        Ratio(f"RSS({SCALING_ROWS[1]:.0e}) / RSS({SCALING_ROWS[0]:.0e})", big / small, "<=", 1.25),
+        Ratio(f"RSS MB at {SCALING_ROWS[1]:.0e} rows/class", big, "<", RSS_LIMIT_MB),
+    ]
     print()
-    print_ratios([ratio])
-    return {"builds": points, "ratio": ratio.as_dict()}
-
-
-def print_notes() -> None:
-    launcher_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
-    print(
-        "\nnotes: MB = 10^6 bytes; MB/s is input size / wall time. The page cache was not dropped"
-        " (needs root): the inputs are warm in it for cp, build and by-hand alike. os.sync() ran"
-        " untimed before each step. Wall time includes interpreter start-up. Linux counts the"
-        f" launcher's own peak ({launcher_mb:.0f} MB) in every child's peak RSS, so cp's figure is a floor."
-    )
+    print_ratios(ratios)
+    return {"builds": points, "ratios": {r.name: r.as_dict() for r in ratios}}
 
 
 def benchmark(args: argparse.Namespace) -> int:
     base = Path(args.workdir) if args.workdir else Path(tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
-    if args.scaling:
-        require_free_disk(base, SCALING_FREE_BYTES)  # fail before minutes of work, not after
     workdir = Path(tempfile.mkdtemp(prefix="bench_build_", dir=base))
     try:
-        result = measure_main(workdir, args.rows, args.repeat)
+        files, gen_s = generate(workdir / "inputs", args.rows)
+        input_mb = sum(f.stat().st_size for f in files) / MB
+        print(f"generation: {gen_s:.1f} s for 3 x {args.rows} rows ({input_mb:.0f} MB)")
+        rounds = []
+        for number in range(1, args.repeat + 1):
+            print(f"round {number} of {args.repeat} ...", file=sys.stderr, flush=True)
+            rounds.append(measure_round(workdir, files))
+        once, figures = once_figures(workdir, files, args.rows)
+        out = workdir / "check.h5"
+        run([CLI, "build", *files, "-o", out, *BUILD])
+        found = int(child("count", out).stdout)
     finally:
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir)
-    ratios, ranges = median_ratios(result["rounds"])
-    print_main(result, ratios, ranges)
+    rows_ok = found == 3 * args.rows
+    print(f"correctness: {found} rows accounted for (kept or dropped with a reason), expected {3 * args.rows}: "
+          f"{'OK' if rows_ok else 'MISMATCH'}")  # fmt: skip
+    ratios, ranges = median_ratios(rounds)
+    print_steps(rounds, input_mb)
+    print_once(figures)
+    print()
+    print_ratios(ratios + once, ranges)
     report = {
-        **result,
-        "rounds": [
-            {k: {"wall_s": r.wall_s, "peak_rss_mb": r.peak_rss_mb} for k, r in runs.items()}
-            for runs in result["rounds"]
-        ],
-        "ratios": {r.name: {**r.as_dict(), "range": ranges[r.name]} for r in ratios},
+        "rows_per_class": args.rows,
+        "input_mb": input_mb,
+        "generation_s": gen_s,
+        "rows_found": found,
+        "rows_ok": rows_ok,
+        "rounds": [{k: {"wall_s": r.wall_s, "peak_rss_mb": r.peak_rss_mb} for k, r in rr.items()} for rr in rounds],
+        "ratios": {r.name: {**r.as_dict(), "range": ranges.get(r.name)} for r in ratios + once},
+        "once": figures,
     }
     if args.scaling:
         report["scaling"] = measure_scaling(base)
     print_notes()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    ok = report["rows_ok"] and all(p["rows_ok"] for p in report.get("scaling", {}).get("builds", {}).values())
-    return 0 if ok else 1
+    return 0 if rows_ok and all(p["rows_ok"] for p in report.get("scaling", {}).get("builds", {}).values()) else 1
 
 
-# --- children: each runs in its own process --------------------------------------------------
-
-
-def write_inputs(directory: Path, rows: int) -> None:
-    from cutout_etl.demo import write_demo_files
-
-    for path in write_demo_files(directory, rows, seed=0):
-        print(path)
-
-
-def print_row_count(dataset: Path) -> None:
-    import cutout_etl
-
-    with cutout_etl.open_dataset(dataset) as ds:  # every row accounted for: kept, or dropped with a reason
-        print(sum(len(ds[s]) for s in ds.splits) + sum(ds.metadata["report"]["dropped"].values()))
-
-
-def sha256_only(files: list[Path]) -> None:
-    """The SHA-256 of every input, read in 4 MiB blocks as build does: the part of build no code can skip."""
-    import hashlib
-
-    for f in files:
-        digest = hashlib.sha256()
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 22):
-                digest.update(block)
-
-
-def by_hand(files: list[Path], out_dir: Path) -> None:
-    """What users do today: whole tables in memory, scikit-learn splits, astropy writes."""
-    import numpy as np
-    from astropy.table import Table, vstack
-    from sklearn.model_selection import train_test_split
-
-    table = vstack([Table.read(f, path="data") for f in files])
-    images = np.array(table["image"])
-    names = np.char.upper(np.char.strip(np.asarray(table["SPECTYPE"]).astype(str)))
-    classes, labels = np.unique(names, return_inverse=True)
-    table["label"] = labels
-    rows = np.arange(len(table))
-    train, rest = train_test_split(rows, test_size=0.3, stratify=labels, random_state=0)
-    val, test = train_test_split(rest, test_size=0.5, stratify=labels[rest], random_state=0)
-    mean = np.nanmean(images[train], axis=(0, 1, 2))
-    std = np.nanstd(images[train], axis=(0, 1, 2))
-    out = out_dir / "by_hand.h5"
-    for name, idx in (("train", train), ("val", val), ("test", test)):
-        part = table[idx]
-        if name == "train":
-            part.meta.update(classes=classes.tolist(), mean=mean.tolist(), std=std.tolist())
-        part.write(out, path=name, serialize_meta=True, append=name != "train")
+def print_notes() -> None:
+    launcher_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
+    print(
+        "\nnotes: MB = 10^6 bytes; MB/s is input size / wall time; wall time includes interpreter start-up."
+        " os.sync() ran untimed before each step. 'cold' steps start with the inputs evicted from the page"
+        " cache; at this size build's pass 1 reads them back, so its pass 2 is warm (the write-pass line shows"
+        f" what colder inputs cost). Linux counts the launcher's own peak ({launcher_mb:.0f} MB) in every"
+        " child's peak RSS, so cp's figure is a floor."
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, help="rows per class (e.g. 30000)")
+    parser.add_argument("--rows", type=int, required=True, help="rows per class (e.g. 30000)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of every step; medians are reported (default 3)")
     parser.add_argument("--workdir", help="where to put the temporary files (default: the system temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files and outputs")
-    parser.add_argument(
-        "--scaling",
-        action="store_true",
-        help=f"also build {SCALING_ROWS[0]} and {SCALING_ROWS[1]} rows per class and compare peak RSS",
-    )
+    parser.add_argument("--scaling", action="store_true", help="also compare peak RSS at 10^4 and 3x10^5 rows/class")
     parser.add_argument("--json", metavar="PATH", help="also write all numbers as JSON to PATH")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of every step; medians are reported (default 3)")
-    parser.add_argument(
-        "--by-hand", nargs="+", type=Path, metavar="FILE", help="run only the by-hand script on FILEs (needs --out)"
-    )
-    parser.add_argument("--out", type=Path, help="output directory of --by-hand")
-    parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--check", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--sha256", nargs="+", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.by_hand and args.out is None:
-        parser.error("--by-hand needs --out DIR")
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    if not (args.by_hand or args.check or args.sha256) and (args.rows is None or args.rows < 1):
-        parser.error("--rows N (N >= 1) is required")
+    if args.repeat < 1 or args.rows < 1:
+        parser.error("--rows and --repeat must be at least 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.by_hand:
-            by_hand(args.by_hand, args.out)
-        elif args.generate:
-            write_inputs(args.generate, args.rows)
-        elif args.check:
-            print_row_count(args.check)
-        elif args.sha256:
-            sha256_only(args.sha256)
-        else:
-            return benchmark(args)
+        return benchmark(args)
     except BenchError as exc:
         print(f"bench_build: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

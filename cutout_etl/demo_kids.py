@@ -42,8 +42,8 @@ rows ``[id_offset, id_offset + rows)`` equal that slice of a table made from row
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-import h5py
 import numpy as np
 from astropy.table import Table
 
@@ -65,6 +65,7 @@ from .demo_sources import (
     format_ids,
     sky_cells,
 )
+from .formats.class_file import write_class_table_in_chunks
 
 WRITE_CHUNK = 4 * BLOCK  # rows rendered and written at a time (~21 MB of images)
 
@@ -141,26 +142,10 @@ def make_kids_table(key: str, rows: int, seed: int, id_offset: int = 0) -> Table
 
 
 def write_kids_table(path: str | os.PathLike[str], key: str, rows: int, seed: int) -> None:
-    """Write one class file of the kids preset in row chunks (peak memory ~ one chunk, whatever ``rows``).
-
-    Astropy writes the first row, with its serialized column metadata; the table is then grown to
-    ``rows`` rows of the same compound type with h5py and filled chunk by chunk.
-    """
+    """Write one class file of the kids preset in row chunks (peak memory ~ one chunk, whatever ``rows``)."""
     ra_ms, dec_cell = sky_cells(seed, CLASS_CODE[key], rows)
-    head = Table(_columns(key, seed, ra_ms, dec_cell, 0, min(rows, 1)), copy=False)
-    head.write(path, format="hdf5", path="data", serialize_meta=True, overwrite=True)
-    if rows <= 1:
-        return
-    with h5py.File(path, "r+") as f:
-        dtype, attrs = f["data"].dtype, dict(f["data"].attrs)
-        del f["data"]
-        data = f.create_dataset("data", shape=(rows,), dtype=dtype)
-        for name, value in attrs.items():
-            data.attrs[name] = value
-        for start in range(0, rows, WRITE_CHUNK):
-            stop = min(rows, start + WRITE_CHUNK)
-            columns = _columns(key, seed, ra_ms, dec_cell, start, stop)
-            chunk = np.empty(stop - start, dtype=dtype)
-            for name in dtype.names:
-                chunk[name] = columns[name]
-            data[start:stop] = chunk
+
+    def make(start: int, stop: int) -> Table:
+        return Table(_columns(key, seed, ra_ms, dec_cell, start, stop), copy=False)
+
+    write_class_table_in_chunks(Path(path), rows, WRITE_CHUNK, make)

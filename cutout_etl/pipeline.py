@@ -267,10 +267,12 @@ def _write_dataset(
     scan = plan.scan
     if fmt.text_ids:
         _refuse_non_utf8_ids(plan)
-    dtype = _row_dtype(scan)
-    with contextlib.closing(open_sink(tmp, fmt, layout.rows(), dtype, scan.classes, output)) as sink:
+    dtype, rows = _row_dtype(scan), layout.rows()
+    tables = execution.tables_in_order(scan, layout)
+    _release_rows(plan, layout)  # pass 2 needs only `tables`: the rest of pass 1's per-row facts go before it
+    with contextlib.closing(open_sink(tmp, fmt, rows, dtype, scan.classes, output)) as sink:
         acc, checksums = execution.write_tables(
-            scan, layout, sink, dtype, read.chunk_rows, progress, carry_provenance, stats_table, client
+            scan, tables, sink, dtype, read.chunk_rows, progress, carry_provenance, stats_table, client
         )
         if acc is not None and stats_table is not None:
             store_stats(metadata, stats_entry(stats_table, acc, metadata["bands"]))
@@ -280,6 +282,15 @@ def _write_dataset(
         record_provenance(metadata, scan.files, carry_provenance)
         sink.finish(seal(metadata, checksums))
     return metadata
+
+
+def _release_rows(plan: Plan, layout: Layout) -> None:
+    """Free the plan's per-row arrays (in place: the callers' references go empty too); its files stay."""
+    for holder in (plan.scan, plan, layout):
+        for name, value in vars(holder).items():
+            if isinstance(value, np.ndarray):
+                setattr(holder, name, np.zeros(0, dtype=value.dtype))
+    plan.dropped = {reason: np.zeros(0, dtype=bool) for reason in plan.dropped}
 
 
 def _refuse_non_utf8_ids(plan: Plan) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from cutout_etl import open_dataset, pipeline
 from cutout_etl.errors import DatasetError, InputFileError
-from cutout_etl.inputs import readers
+from cutout_etl.inputs import readers, row_reader
 from cutout_etl.schema import Columns
 
 from .conftest import make_table, run_cli, write_table
@@ -218,3 +218,19 @@ def test_a_sidecar_that_is_not_text_is_a_dataset_error(parquet_dataset):
     (parquet_dataset / "cutout_etl.json").write_bytes(b"\xff\xfe{")
     with pytest.raises(DatasetError, match="unreadable cutout-etl metadata"):
         open_dataset(parquet_dataset)
+
+
+def test_advise_asks_the_kernel_for_exactly_the_rows_of_the_coming_block(tmp_path, monkeypatch):
+    """The write pass prefetches the next block (posix_fadvise WILLNEED): cold inputs are read ahead, not row by row."""
+    path = write_table(make_table(30, b"STAR", seed=1), tmp_path / "stars.hdf5")
+    calls = []
+    monkeypatch.setattr(
+        row_reader.os, "posix_fadvise", lambda fd, offset, length, advice: calls.append((offset, length))
+    )
+    with h5py.File(path) as f:
+        info = readers.inspect_table(path, f, None, Columns())
+        reader = readers.RowReader(info, f)
+        reader.advise(np.array([2, 3, 4, 9, 20]))
+        offset, size = f["data"].id.get_offset(), info.dtype.itemsize
+        reader.close()
+    assert calls == [(offset + 2 * size, 3 * size), (offset + 9 * size, size), (offset + 20 * size, size)]

@@ -26,7 +26,8 @@ import numpy as np
 from ..formats import Sink
 from ..formats.hdf5 import HDF5Sink
 from ..formats.parquet import ParquetSink
-from ..inputs.records import Block, RecordFiller, RowFacts, open_row_readers
+from ..inputs.records import Block, RecordFiller, RowFacts, advise_reads, open_row_readers
+from ..inputs.row_reader import RowReader
 from ..inputs.scan import ProgressFn, Scan
 from ..steps.checksums import TableChecksums
 from ..steps.split import Layout
@@ -66,7 +67,7 @@ def tables_in_order(scan: Scan, layout: Layout) -> list[TableRows]:
 
 def write_tables(
     scan: Scan,
-    layout: Layout,
+    tables: list[TableRows],
     sink: Sink,
     dtype: np.dtype,
     chunk_rows: int,
@@ -75,13 +76,12 @@ def write_tables(
     stats_table: str | None = None,
     cluster: Cluster | None = None,
 ) -> tuple[BandStats | None, dict[str, dict]]:
-    """Write every table in stored order, gathering its rows from the inputs.
+    """Write every table (`tables_in_order`) in stored order, gathering its rows from the inputs.
 
-    Returns the statistics of `stats_table` (None without one) and every
+    Only `scan`'s files, classes and image shape are used. Returns the statistics of `stats_table` (None without one) and every
     table's checksums, both accumulated in stored order, so they do not
     depend on the order of the inputs.
     """
-    tables = tables_in_order(scan, layout)
     if cluster is not None:
         acc, checksums = _write_on_dask(
             cluster, scan, tables, sink, dtype, chunk_rows, progress, carry_provenance, stats_table
@@ -141,9 +141,12 @@ def _write_here(
         write = stack.enter_context(_Background(store))
         add_stats = [stack.enter_context(_Background(lane.update)) for lane in lanes]
         sources = open_row_readers([f.info for f in scan.files], stack)
-        for t, first in interleaved_blocks([len(facts) for _, facts, _ in tables], chunk_rows):
+        blocks = interleaved_blocks([len(facts) for _, facts, _ in tables], chunk_rows)
+        for i, (t, first) in enumerate(blocks):
             name, facts, positions = tables[t]
             block = slice(first, first + chunk_rows)
+            if i + 1 < len(blocks):
+                _advise_block(tables, blocks[i + 1], chunk_rows, sources)
             rows = fill(facts.take(block), sources)
             write(name, positions[block], rows)
             if name == stats_table:
@@ -154,6 +157,11 @@ def _write_here(
     for lane in lanes[1:]:
         lanes[0].merge(lane)
     return lanes[0], checksums
+
+
+def _advise_block(tables: list[TableRows], block: tuple[int, int], chunk_rows: int, sources: list[RowReader]) -> None:
+    t, first = block
+    advise_reads(tables[t][1].take(slice(first, first + chunk_rows)), sources)
 
 
 def interleaved_blocks(table_rows: Sequence[int], chunk_rows: int) -> list[tuple[int, int]]:

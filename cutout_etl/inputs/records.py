@@ -137,6 +137,12 @@ class RecordFiller:
         return block
 
 
+def advise_reads(facts: RowFacts, sources: Sequence[readers.RowReader]) -> None:
+    """Start reading the rows of a coming block (`RowReader.advise`), one input at a time."""
+    for file_index in np.unique(facts.file_index):
+        sources[file_index].advise(np.sort(facts.row[facts.file_index == file_index]))
+
+
 def image_hashes(scan: Scan, rows: np.ndarray) -> np.ndarray:
     """A 64-bit xxh3 of the image of each scan row in `rows`, read again from its input (`merge.ImageHashes`)."""
     hashes = np.empty(len(rows), dtype=np.uint64)

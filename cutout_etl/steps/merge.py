@@ -296,16 +296,25 @@ def _copy_order(scan: Scan, rows: np.ndarray, image_hashes: ImageHashes) -> np.n
     column, so they change provenance only. Only the repeated IDs' images are
     read again.
     """
-    ids = scan.ids[rows]
-    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    repeated = np.flatnonzero(counts[inverse] > 1)
-    content = np.zeros(len(rows), dtype=np.uint64)
+    repeated = _repeated(scan.ids[rows])
+    rank = np.zeros(len(rows), dtype=np.int64)  # a row whose ID is unique is alone in its group: any rank will do
     if len(repeated):
-        content[repeated] = image_hashes(scan, rows[repeated])
-    rank = np.empty(len(rows), dtype=np.int64)
-    keys = (scan.row[rows], scan.file_index[rows], scan.dec[rows], scan.ra[rows], content)  # last key first
-    rank[np.lexsort(keys)] = np.arange(len(rows))
+        copies = rows[repeated]
+        content = image_hashes(scan, copies)
+        keys = (scan.row[copies], scan.file_index[copies], scan.dec[copies], scan.ra[copies], content)  # last key first
+        rank[repeated[np.lexsort(keys)]] = np.arange(len(repeated))
     return rank
+
+
+def _repeated(ids: np.ndarray) -> np.ndarray:
+    """Indices of the IDs that occur more than once, ascending."""
+    order = np.argsort(ids, kind="stable")
+    ranked = ids[order]
+    same = ranked[1:] == ranked[:-1]
+    repeated = np.zeros(len(ids), dtype=bool)
+    repeated[order[1:][same]] = True
+    repeated[order[:-1][same]] = True
+    return np.flatnonzero(repeated)
 
 
 def _resolve_images(scan: Scan, keep: np.ndarray, dropped: dict, options: MergePolicy) -> DuplicateReport:
