@@ -161,7 +161,7 @@ def _scan_chunk(entry: InputFile, index: int, start: int, chunk: np.ndarray, cla
     entry.label_counts.update(_count(labels))
     if (codes == UNKNOWN).any():
         entry.unknown_labels.update(_count(labels[codes == UNKNOWN]))
-    images = chunk[columns.image]
+    images = np.ascontiguousarray(chunk[columns.image])  # one copy out of the records, shared by the facts below
     all_finite, no_finite = _finiteness(images)
     entry.rows_no_finite += int(no_finite.sum())
     entry.rows_partly_nonfinite += int((~all_finite & ~no_finite).sum())
