@@ -196,6 +196,13 @@ def records_to_table(records: np.ndarray | Block, schema: pa.Schema) -> pa.Table
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def _release_arrow_memory() -> None:
+    """Hand freed memory back: Arrow's allocator keeps the freed row groups, ~50 MB of the build's peak RSS."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
 def first_non_utf8(ids: np.ndarray) -> int | None:
     """Index of the first ID (bytes) that is not UTF-8 text, or None. Pure-ASCII IDs are cleared at once."""
     codes = np.ascontiguousarray(ids).view(np.uint8)
@@ -276,6 +283,8 @@ class ParquetSink:
             self._writer(name, shard).write_table(table.slice(offset, take), row_group_size=take)
             offset += take
         self._written[name] = start + len(records)
+        del table
+        _release_arrow_memory()
 
     def finish(self, metadata: Mapping) -> None:
         text = json.dumps(metadata)
