@@ -20,10 +20,18 @@ from pathlib import Path
 GENERATE_CHUNK = 30_000  # rows rendered and written at a time: ~1.3 GB of memory in the generator
 DEMO_BLOCK = 2_000  # distinct objects per class; rows beyond it tile them (cutout_etl.demo)
 READ_BLOCK = 1 << 22  # 4 MiB, as build's hasher reads
+COPY_SCALE = 1e-6  # copy k of a rendered object is scaled by 1 + k * COPY_SCALE: a distinct image
 
 
 def generate(directory: Path, rows: int) -> None:
-    """The demo's three class files, any size: rows [a, b) of each are the demo's rows [a, b), written in chunks."""
+    """The demo's three class files, any size, written in chunks; every image distinct, as in real data.
+
+    The demo renders 2,000 objects per class and tiles them (`cutout_etl.demo`); copy k of an
+    object here is its image times 1 + k * 1e-6, so no two rows share an image and build
+    writes every row, as it would for real inputs (rows of copy 0 are the demo's own).
+    """
+    import numpy as np
+
     from cutout_etl.demo import DEMO_FILES, make_class_table
     from cutout_etl.formats.class_file import write_class_table_in_chunks
 
@@ -32,7 +40,10 @@ def generate(directory: Path, rows: int) -> None:
     for spectype, name in DEMO_FILES.items():
 
         def make(start: int, stop: int, spectype: str = spectype):
-            return make_class_table(spectype, stop - start, 0, block=block, id_offset=start)
+            table = make_class_table(spectype, stop - start, 0, block=block, id_offset=start)
+            copy = np.arange(start, stop) // block
+            table["image"] *= (1 + copy * COPY_SCALE).astype(np.float32)[:, None, None, None]
+            return table
 
         write_class_table_in_chunks(directory / name, rows, GENERATE_CHUNK, make)
         print(directory / name)
@@ -100,7 +111,7 @@ def count(dataset: Path) -> None:
 def _build_options():
     from cutout_etl.pipeline import MergeOptions
 
-    return MergeOptions(on_conflict="drop", keep_duplicate_images=True)  # as bench_build's CLI builds
+    return MergeOptions(on_conflict="drop")  # as bench_build's CLI builds
 
 
 def inspect_vs_scan(files: list[Path]) -> None:
