@@ -12,9 +12,15 @@ ARCSEC_PER_DEG = 3600.0
 
 
 def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
-    cos_dec = np.cos(dec)
-    return np.column_stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)])
+    """(N, 3) unit vectors, computed in place: the KD-tree's input is the planning's memory peak."""
+    out = np.empty((len(ra_deg), 3))
+    dec = np.radians(dec_deg)
+    np.sin(dec, out=out[:, 2])
+    cos_dec = np.cos(dec, out=dec)
+    ra = np.radians(ra_deg)
+    np.multiply(cos_dec, np.cos(ra), out=out[:, 0])
+    np.multiply(cos_dec, np.sin(ra, out=ra), out=out[:, 1])
+    return out
 
 
 def pairs_within(ra_deg: np.ndarray, dec_deg: np.ndarray, radius_arcsec: float) -> np.ndarray:
@@ -25,9 +31,12 @@ def pairs_within(ra_deg: np.ndarray, dec_deg: np.ndarray, radius_arcsec: float) 
     from scipy.spatial import cKDTree  # scipy costs 0.25 s to import: only when matching
 
     chord = 2 * np.sin(np.radians(radius_arcsec / ARCSEC_PER_DEG) / 2)
-    tree = cKDTree(unit_vectors(ra_deg[finite], dec_deg[finite]))
+    everywhere = len(finite) == len(ra_deg)  # the usual case: no copies of the positions
+    tree = cKDTree(unit_vectors(ra_deg, dec_deg) if everywhere else unit_vectors(ra_deg[finite], dec_deg[finite]))
     pairs = tree.query_pairs(chord, output_type="ndarray").astype(np.int64)
-    return np.sort(finite[pairs], axis=1) if len(pairs) else np.zeros((0, 2), dtype=np.int64)
+    if len(pairs) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.sort(pairs if everywhere else finite[pairs], axis=1)
 
 
 def separation_arcsec(ra1, dec1, ra2, dec2) -> np.ndarray:
