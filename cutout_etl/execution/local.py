@@ -42,6 +42,7 @@ Cluster = tuple[object, ClusterOptions]  # a Dask client and its options
 TableRows = tuple[str, RowFacts, np.ndarray]  # a table's name, its rows' facts and their positions, in stored order
 
 STATS_LANES = 2  # statistics are the slowest step: blocks alternate between two accumulators
+RING_BLOCKS = 2 + STATS_LANES  # blocks in flight: one filling, one writing, one per statistics lane
 
 
 @contextlib.contextmanager
@@ -141,16 +142,18 @@ def _write_here(
         write = stack.enter_context(_Background(store))
         add_stats = [stack.enter_context(_Background(lane.update)) for lane in lanes]
         sources = open_row_readers([f.info for f in scan.files], stack)
+        ring = _BlockRing(RING_BLOCKS, chunk_rows, fill.dtype)
         blocks = interleaved_blocks([len(facts) for _, facts, _ in tables], chunk_rows)
         for i, (t, first) in enumerate(blocks):
             name, facts, positions = tables[t]
             block = slice(first, first + chunk_rows)
             if i + 1 < len(blocks):
                 _advise_block(tables, blocks[i + 1], chunk_rows, sources)
-            rows = fill(facts.take(block), sources)
-            write(name, positions[block], rows)
+            slot, buffer = ring.take()
+            rows = fill(facts.take(block), sources, buffer)
+            ring.used_by(slot, write(name, positions[block], rows))
             if name == stats_table:
-                add_stats[stats_blocks % STATS_LANES](rows.images)
+                ring.used_by(slot, add_stats[stats_blocks % STATS_LANES](rows.images))
                 stats_blocks += 1
             done += len(rows)
             progress("write", done, total)
@@ -198,6 +201,29 @@ def table_stats(
     return dask_cluster.table_stats(client, path, table, rows, n_bands, chunk_rows, options, progress, checksums)
 
 
+class _BlockRing:
+    """A few blocks reused in turn: a block is filled again only once the work handed its rows is done.
+
+    A fresh block each time would fault in new pages (10.6 MB a block) and let
+    memory follow how far the writer and the statistics lag; the ring bounds both.
+    """
+
+    def __init__(self, count: int, rows: int, dtype: np.dtype) -> None:
+        self._blocks = [Block.empty(rows, dtype) for _ in range(count)]
+        self._users: list[list[Future]] = [[] for _ in range(count)]
+        self._next = 0
+
+    def take(self) -> tuple[int, Block]:
+        slot, self._next = self._next, (self._next + 1) % len(self._blocks)
+        for future in self._users[slot]:
+            future.result()
+        self._users[slot] = []
+        return slot, self._blocks[slot]
+
+    def used_by(self, slot: int, future: Future) -> None:
+        self._users[slot].append(future)
+
+
 class _Background:
     """Calls `fn` in a worker thread, in submission order, at most `depth` calls behind.
 
@@ -211,10 +237,12 @@ class _Background:
         self._pending: deque[Future] = deque()
         self._depth = depth
 
-    def __call__(self, *args: object) -> None:
-        self._pending.append(self._pool.submit(self._fn, *args))
+    def __call__(self, *args: object) -> Future:
+        future = self._pool.submit(self._fn, *args)
+        self._pending.append(future)
         while len(self._pending) > self._depth:
             self._pending.popleft().result()
+        return future
 
     def __enter__(self) -> Self:
         return self

@@ -90,6 +90,10 @@ class Block:
     def __len__(self) -> int:
         return len(self.columns)
 
+    def head(self, n: int) -> Block:
+        """The first `n` rows, as views: writing them writes this block."""
+        return Block(self.columns[:n], self.images[:n])
+
     @overload
     def __getitem__(self, key: str) -> np.ndarray: ...
     @overload
@@ -115,8 +119,9 @@ class RecordFiller:
         self.carry_provenance = carry_provenance
         self.class_names = np.array([c.encode() for c in classes])
 
-    def __call__(self, facts: RowFacts, sources: Sequence[readers.RowReader]) -> Block:
-        block = Block.empty(len(facts), self.dtype)
+    def __call__(self, facts: RowFacts, sources: Sequence[readers.RowReader], into: Block | None = None) -> Block:
+        """The block of `facts`' rows; in the first rows of `into` (a block to reuse) if given."""
+        block = Block.empty(len(facts), self.dtype) if into is None else into.head(len(facts))
         columns = block.columns
         columns["ID"] = facts.ids
         columns["label"] = facts.codes
