@@ -141,7 +141,7 @@ def _file_section(file: dict) -> str:
         for band, s in file["pixels"].items()
     ]
     out.append(
-        _table(["band", "min", "median", "max", "NaN pixels", "inf pixels", "cutouts with no finite pixel"], pixels)
+        _table(["band", "min", "median (≈, within 2^-8 relative)", "max", "NaN pixels", "inf pixels", "cutouts with no finite pixel"], pixels)
     )
     dup = file.get("duplicate_ids", {})
     out.append(
