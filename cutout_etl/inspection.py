@@ -5,11 +5,14 @@ file gets a report, and problems are listed as errors or warnings. An error is
 whatever would make `build` with default options fail, named with the option
 that resolves it; a warning is what build handles by itself but deserves a look.
 The rules build applies (`merge.resolve_duplicates`, `validate`) are the ones
-used here, on the same per-row facts, so inspect predicts build.
+used here, on the same per-row facts (`scan.scan_chunk`, build's pass 1), so
+inspect predicts build. The per-band pixel summary (`steps/pixel_summary`)
+runs on a second thread beside the scan; its median is a sketch median.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +48,8 @@ def inspect_files(
     class_list = parse_classes(classes, DEFAULT_CLASSES)
     paths = [Path(p) for p in paths]
     reports, problems, rows_of = [], [], []
+    preload = threading.Thread(target=_import_sky_matching, name="import-scipy")
+    preload.start()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspect-pixels") as pool:
         for path in paths:
             report, file_problems, rows = _inspect_one(path, read, class_list, progress, pool)
@@ -54,6 +59,7 @@ def inspect_files(
     parts = [rows for rows in rows_of if rows is not None]
     problems += _repeated_files(paths, rows_of)
     problems += _across_files(reports, parts)
+    preload.join()
     build, duplicates, build_problems = predict_build(parts, class_list, match_radius)
     problems += build_problems
     positions = _positions(reports, parts, match_radius, pixel_scale, duplicates)
@@ -67,6 +73,15 @@ def inspect_files(
         "warnings": sum(p["level"] == "warning" for p in problems),
         "ok": not any(p["level"] == "error" for p in problems),
     }
+
+
+def _import_sky_matching() -> None:
+    """scipy takes 0.3-0.5 s to import: on its own thread it loads while the files are read, not after."""
+    try:
+        import scipy.sparse.csgraph
+        import scipy.spatial  # noqa: F401
+    except ImportError:  # raised where sky matching needs it
+        pass
 
 
 def _inspect_one(path: Path, read: ReadOptions, classes: list[str], progress: ProgressFn, pool: ThreadPoolExecutor):

@@ -160,7 +160,7 @@ def inspect_report(console: Console, report: dict) -> None:
             highlight=False,
         )
         console.print("labels: " + ", ".join(f"{k} {v}" for k, v in file["labels"].items()), highlight=False)
-        grid = Table(show_edge=False, caption=APPROXIMATE_MEDIAN, caption_justify="left")
+        grid = Table(show_edge=False)
         for col in ("band", "min", "≈ median", "max", "NaN", "inf", "no finite"):
             grid.add_column(col, justify="right")
         for band, s in file["pixels"].items():
@@ -174,6 +174,7 @@ def inspect_report(console: Console, report: dict) -> None:
                 str(s["cutouts_no_finite"]),
             )
         console.print(grid)
+        console.print(APPROXIMATE_MEDIAN, highlight=False)
     positions = report.get("positions") or {}
     if positions:
         console.rule("positions")

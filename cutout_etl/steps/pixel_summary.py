@@ -106,4 +106,3 @@ class PixelSummary:
             "inf_pixels": int(self._inf[band]),
             "cutouts_no_finite": int(self._no_finite[band]),
         }
-
