@@ -99,14 +99,15 @@ def _duplicate_images(ids, codes, digests, files, classes: list[str], keep: np.n
     groups = _image_groups(digests[candidates])
     across = [g for g in groups if len(set(files[candidates[g]].tolist())) > 1]
     shown = [
-        " = ".join(f"'{kept_ids[i].decode(errors='replace')}' ({files[candidates[i]]})" for i in g[:3]) for g in groups
+        " = ".join(f"'{kept_ids[i].decode(errors='replace')}' ({files[candidates[i]]})" for i in g[:3])
+        for g in groups[:MAX_EXAMPLES]
     ]
     summary = {
         "groups_same_label": report.same_label_groups,
         "groups_conflicting": report.conflict_groups,
         "groups_across_files": len(across),
         "rows_dropped_by_build": int(extra.sum() + conflicting.sum()),
-        "examples": shown[:MAX_EXAMPLES],
+        "examples": shown,
     }
     problems = []
     if report.same_label_groups:
