@@ -57,9 +57,11 @@ def predict_build(parts: list[FileRows], classes: list[str], match_radius: float
     problems = _conflicting_ids(ids, codes, classes, keep)
     files = np.concatenate([np.full(len(p.ids), p.name, dtype=object) for p in parts])
     digests = np.concatenate([p.image_digest for p in parts])
-    images, image_problems = _duplicate_images(ids, codes, digests, files, classes, keep)
+    rank = np.empty(len(ids), np.int64)
+    rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))  # ID order: the smallest ID is kept, as in merge
+    images, image_problems = _duplicate_images(ids, rank, codes, digests, files, classes, keep)
     problems += image_problems
-    positions, position_problems = _duplicate_positions(ids, codes, ra, dec, classes, keep, match_radius)
+    positions, position_problems = _duplicate_positions(ids, rank, codes, ra, dec, classes, keep, match_radius)
     problems += position_problems
     counts = {c: int(n) for c, n in zip(classes, np.bincount(codes[keep], minlength=len(classes)))}
     read = np.bincount(codes[codes != UNKNOWN], minlength=len(classes))
@@ -82,14 +84,16 @@ def _conflicting_ids(ids: np.ndarray, codes: np.ndarray, classes: list[str], kee
     return [problem("error", None, message, report.conflict_groups)]
 
 
-def _duplicate_images(ids, codes, digests, files, classes: list[str], keep: np.ndarray) -> tuple[dict, list[dict]]:
+def _duplicate_images(
+    ids, rank, codes, digests, files, classes: list[str], keep: np.ndarray
+) -> tuple[dict, list[dict]]:
     """Identical images under different IDs, within and across files: as `merge._resolve_images`. Updates `keep`."""
     candidates = np.flatnonzero(keep)
     kept_ids = ids[candidates]
     extra, conflicting, report = resolve_duplicates(
         digests[candidates],
         codes[candidates],
-        np.argsort(np.argsort(kept_ids, kind="stable")),
+        rank[candidates],
         classes,
         "drop",
         lambda i: "",
@@ -142,7 +146,7 @@ def _image_groups_shown(mask, digests, ids, files) -> list[str]:
 
 
 def _duplicate_positions(
-    ids, codes, ra, dec, classes: list[str], keep: np.ndarray, match_radius: float
+    ids, rank, codes, ra, dec, classes: list[str], keep: np.ndarray, match_radius: float
 ) -> tuple[dict, list[dict]]:
     """Objects within the match radius under different IDs are one object: as `merge._resolve_positions`."""
     candidates = np.flatnonzero(keep)
@@ -154,7 +158,7 @@ def _duplicate_positions(
     extra, conflicting, report = resolve_duplicates(
         sky.components(len(candidates), pairs),
         codes[candidates],
-        np.argsort(np.argsort(kept_ids, kind="stable")),
+        rank[candidates],
         classes,
         "drop",
         lambda i: "",
