@@ -137,8 +137,8 @@ def _read_contents(report, info, f, read: ReadOptions, classes, progress, pool: 
     empty, bad_position = empty_ids(ids), invalid_positions(ra, dec)
     report["rows_empty_id"], report["rows_invalid_position"] = int(empty.sum()), int(bad_position.sum())
     digests, no_finite_rows = facts["image_digest"], facts["no_finite"]
-    identical = _duplicated(digests[~no_finite_rows])  # images with no finite pixel are dropped anyway
-    report["identical_images"] = {"groups": len(identical), "rows_in_groups": int(np.isin(digests, identical).sum())}
+    _, copies = np.unique(digests[~no_finite_rows], return_counts=True)  # images with no finite pixel are dropped
+    report["identical_images"] = {"groups": int((copies > 1).sum()), "rows_in_groups": int(copies[copies > 1].sum())}
     rows = FileRows(info.name, ids, row_labels, ra, dec, no_finite_rows, empty | bad_position, digests)
     problems = _file_problems(report, info, classes, duplicates) + _invalid_rows(info.name, empty, bad_position)
     return problems, rows

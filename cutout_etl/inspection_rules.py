@@ -54,11 +54,12 @@ def predict_build(parts: list[FileRows], classes: list[str], match_radius: float
     ids, labels, ra, dec = (np.concatenate([getattr(p, k) for p in parts]) for k in ("ids", "labels", "ra", "dec"))
     codes = encode_labels(labels, classes) if len(labels) else np.zeros(0, np.int16)
     keep = (codes != UNKNOWN) & ~np.concatenate([p.no_finite | p.invalid for p in parts])
-    problems = _conflicting_ids(ids, codes, classes, keep)
+    # IDs as integers in ID order, sorted once: the keys of the ID rule and the tie-break of the others
+    # (the smallest ID is kept, as in merge), which then sort integers instead of strings
+    rank = np.unique(ids, return_inverse=True)[1].reshape(-1) if len(ids) else np.zeros(0, np.int64)
+    problems = _conflicting_ids(ids, rank, codes, classes, keep)
     files = np.concatenate([np.full(len(p.ids), p.name, dtype=object) for p in parts])
     digests = np.concatenate([p.image_digest for p in parts])
-    rank = np.empty(len(ids), np.int64)
-    rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))  # ID order: the smallest ID is kept, as in merge
     images, image_problems = _duplicate_images(ids, rank, codes, digests, files, classes, keep)
     problems += image_problems
     positions, position_problems = _duplicate_positions(ids, rank, codes, ra, dec, classes, keep, match_radius)
@@ -70,11 +71,17 @@ def predict_build(parts: list[FileRows], classes: list[str], match_radius: float
     return build, positions, problems
 
 
-def _conflicting_ids(ids: np.ndarray, codes: np.ndarray, classes: list[str], keep: np.ndarray) -> list[dict]:
+def _conflicting_ids(ids: np.ndarray, rank: np.ndarray, codes, classes: list[str], keep: np.ndarray) -> list[dict]:
     """One ID with different labels, in one file or across files: build refuses it. Updates `keep` as build does."""
     candidates = np.flatnonzero(keep)
     extra, conflicting, report = resolve_duplicates(
-        ids[candidates], codes[candidates], np.arange(len(candidates)), classes, "drop", lambda i: ""
+        rank[candidates],
+        codes[candidates],
+        np.arange(len(candidates)),
+        classes,
+        "drop",
+        lambda i: "",
+        shown=ids[candidates],
     )
     keep[candidates[extra | conflicting]] = False
     if not report.conflict_groups:
