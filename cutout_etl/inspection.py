@@ -5,27 +5,31 @@ file gets a report, and problems are listed as errors or warnings. An error is
 whatever would make `build` with default options fail, named with the option
 that resolves it; a warning is what build handles by itself but deserves a look.
 The rules build applies (`merge.resolve_duplicates`, `validate`) are the ones
-used here, on the same per-row facts, so inspect predicts build.
+used here, on the same per-row facts (`scan.scan_chunk`, build's pass 1), so
+inspect predicts build. The per-band pixel summary (`steps/pixel_summary`)
+runs on a second thread beside the scan; its median is a sketch median.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import threading
 from collections.abc import Sequence
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from .errors import CutoutEtlError
 from .inputs import readers
-from .inputs.pixel_facts import image_digests
-from .inputs.scan import ProgressFn, ReadOptions, no_progress
+from .inputs.scan import InputFile, ProgressFn, ReadOptions, no_progress, scan_chunk
 from .inputs.validate import empty_ids, invalid_positions
 from .inspection_rules import FileRows, examples, predict_build, problem
-from .schema import DEFAULT_CLASSES, as_bytes, band_names
+from .schema import DEFAULT_CLASSES, band_names
 from .steps import sky
 from .steps.merge import normalize_labels, parse_classes
-from .steps.stats import BandStats
+from .steps.pixel_summary import PixelSummary
 
 # what an unreadable file may raise besides our own errors: h5py and astropy turn corruption into these
 READ_FAILURES = (CutoutEtlError, OSError, RuntimeError, ValueError, KeyError, TypeError)
@@ -42,15 +46,20 @@ def inspect_files(
     """Report on each file and across files; never raises for bad input."""
     read = read or ReadOptions()
     class_list = parse_classes(classes, DEFAULT_CLASSES)
-    reports, problems, parts = [], [], []
-    for path in map(Path, paths):
-        report, file_problems, rows = _inspect_one(path, read, class_list, progress)
-        reports.append(report)
-        problems += file_problems
-        if rows is not None:
-            parts.append(rows)
-    problems += _repeated_files([Path(p) for p in paths])
+    paths = [Path(p) for p in paths]
+    reports, problems, rows_of = [], [], []
+    preload = threading.Thread(target=_import_sky_matching, name="import-scipy")
+    preload.start()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="inspect-pixels") as pool:
+        for path in paths:
+            report, file_problems, rows = _inspect_one(path, read, class_list, progress, pool)
+            reports.append(report)
+            problems += file_problems
+            rows_of.append(rows)
+    parts = [rows for rows in rows_of if rows is not None]
+    problems += _repeated_files(paths, rows_of)
     problems += _across_files(reports, parts)
+    preload.join()
     build, duplicates, build_problems = predict_build(parts, class_list, match_radius)
     problems += build_problems
     positions = _positions(reports, parts, match_radius, pixel_scale, duplicates)
@@ -66,14 +75,23 @@ def inspect_files(
     }
 
 
-def _inspect_one(path: Path, read: ReadOptions, classes: list[str], progress: ProgressFn):
+def _import_sky_matching() -> None:
+    """scipy takes 0.3-0.5 s to import: on its own thread it loads while the files are read, not after."""
+    try:
+        import scipy.sparse.csgraph
+        import scipy.spatial  # noqa: F401
+    except ImportError:  # raised where sky matching needs it
+        pass
+
+
+def _inspect_one(path: Path, read: ReadOptions, classes: list[str], progress: ProgressFn, pool: ThreadPoolExecutor):
     report: dict = {"path": str(path), "name": path.name, "usable": False}
     try:
         with readers.open_h5(path) as f:
             report["tables"] = {t: int(f[t].shape[0]) for t in readers.find_tables(f)}
             info = readers.inspect_table(path, f, read.table_path, read.columns)
             report.update(_describe_table(info))
-            problems, rows = _read_contents(report, info, f, read, classes, progress)
+            problems, rows = _read_contents(report, info, f, read, classes, progress, pool)
     except READ_FAILURES as exc:  # one bad file must not stop the others being inspected
         return report, [problem("error", path.name, _one_line(path, exc))], None
     report["usable"] = True
@@ -106,44 +124,49 @@ def _describe_table(info: readers.TableInfo) -> dict:
     }
 
 
-def _read_contents(report, info, f, read: ReadOptions, classes, progress):
-    labels: Counter = Counter()
-    acc = BandStats(n_bands=info.image_shape[-1])
-    id_parts, label_parts, ra_parts, dec_parts, no_finite_parts, no_finite, partly = [], [], [], [], [], 0, 0
-    digest_parts = []
-    for start, chunk in readers.iter_chunks(info, f, read.chunk_rows):
-        normalised = normalize_labels(chunk[info.columns.label])
-        values, counts = np.unique(normalised, return_counts=True)
-        labels.update({v.decode("utf-8", "replace"): int(c) for v, c in zip(values, counts)})
-        images = chunk[info.columns.image]
-        acc.update(images.astype(np.float32, copy=False))
-        finite = np.isfinite(images)
-        any_finite, all_finite = finite.any(axis=(1, 2, 3)), finite.all(axis=(1, 2, 3))
-        no_finite += int((~any_finite).sum())
-        partly += int((any_finite & ~all_finite).sum())
-        no_finite_parts.append(~any_finite)
-        digest_parts.append(image_digests(images))
-        id_parts.append(as_bytes(chunk[info.columns.id]))
-        label_parts.append(normalised)
-        ra_parts.append(chunk[info.columns.ra].astype(np.float64))
-        dec_parts.append(chunk[info.columns.dec].astype(np.float64))
-        progress(f"inspect {info.name}", start + len(chunk), info.rows)
-    ids, row_labels = np.concatenate(id_parts), np.concatenate(label_parts)
-    report["labels"] = dict(labels.most_common())
-    report["pixels"] = _pixel_summary(acc, info)
-    report["rows_no_finite_pixel"] = no_finite
-    report["rows_partly_nonfinite"] = partly
+def _read_contents(report, info, f, read: ReadOptions, classes, progress, pool: ThreadPoolExecutor):
+    entry, pixels = InputFile(info=info), PixelSummary(n_bands=info.image_shape[-1])
+    facts, row_labels = _scan_file(entry, pixels, f, read, classes, progress, pool)
+    report["labels"] = dict(entry.label_counts.most_common())
+    report["pixels"] = pixels.summary(band_names(info.image_shape[-1]))
+    report["rows_no_finite_pixel"] = entry.rows_no_finite
+    report["rows_partly_nonfinite"] = entry.rows_partly_nonfinite
+    ids, ra, dec = facts["ids"], facts["ra"], facts["dec"]
     duplicates = _duplicated(ids)
     report["duplicate_ids"] = {"ids": len(duplicates), "examples": examples(duplicates)}
-    ra, dec = np.concatenate(ra_parts), np.concatenate(dec_parts)
     empty, bad_position = empty_ids(ids), invalid_positions(ra, dec)
     report["rows_empty_id"], report["rows_invalid_position"] = int(empty.sum()), int(bad_position.sum())
-    digests, no_finite_rows = np.concatenate(digest_parts), np.concatenate(no_finite_parts)
-    identical = _duplicated(digests[~no_finite_rows])  # images with no finite pixel are dropped anyway
-    report["identical_images"] = {"groups": len(identical), "rows_in_groups": int(np.isin(digests, identical).sum())}
+    digests, no_finite_rows = facts["image_digest"], facts["no_finite"]
+    _, copies = np.unique(digests[~no_finite_rows], return_counts=True)  # images with no finite pixel are dropped
+    report["identical_images"] = {"groups": int((copies > 1).sum()), "rows_in_groups": int(copies[copies > 1].sum())}
     rows = FileRows(info.name, ids, row_labels, ra, dec, no_finite_rows, empty | bad_position, digests)
     problems = _file_problems(report, info, classes, duplicates) + _invalid_rows(info.name, empty, bad_position)
     return problems, rows
+
+
+def _scan_file(entry: InputFile, pixels: PixelSummary, f, read: ReadOptions, classes, progress, pool):
+    """Build's pass 1 over one file (`scan_chunk`, the same per-row facts) and the normalised labels.
+
+    The pixel summary of a chunk runs on `pool`'s thread while the next chunk is read and scanned;
+    one chunk is in flight at a time, so memory stays bounded.
+    """
+    info, parts, labels, pending = entry.info, [], [], None
+    try:
+        for start, chunk in readers.iter_chunks(info, f, read.chunk_rows):
+            part = scan_chunk(entry, 0, start, chunk, classes, info.columns)
+            labels.append(normalize_labels(chunk[info.columns.label]))
+            parts.append({k: part[k] for k in ("ids", "no_finite", "ra", "dec", "image_digest")})
+            if pending is not None:
+                pending.result()
+            all_finite = ~(part["no_finite"] | part["partly_nonfinite"])
+            pending = pool.submit(pixels.update, chunk[info.columns.image], all_finite)
+            progress(f"inspect {info.name}", start + len(chunk), info.rows)
+        if pending is not None:
+            pending.result()
+    finally:
+        if pending is not None:
+            futures.wait([pending])  # a failed file leaves no work behind for the next one
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, np.concatenate(labels)
 
 
 def _invalid_rows(name: str, empty: np.ndarray, bad_position: np.ndarray) -> list[dict]:
@@ -158,14 +181,6 @@ def _invalid_rows(name: str, empty: np.ndarray, bad_position: np.ndarray) -> lis
             message = f"{n} rows with {what}, e.g. row {int(np.argmax(mask))}; build needs --drop-invalid to drop them"
             problems.append(problem("error", name, message, n))
     return problems
-
-
-def _pixel_summary(acc: BandStats, info: readers.TableInfo) -> dict:
-    summary = acc.summary(bands=band_names(info.image_shape[-1]))["bands"]
-    keys = ("min", "max", "nan_pixels", "inf_pixels", "cutouts_no_finite")
-    return {
-        band: {**{k: values[k] for k in keys}, "median": values["quantiles"]["p50"]} for band, values in summary.items()
-    }
 
 
 def _duplicated(ids: np.ndarray) -> np.ndarray:
@@ -214,21 +229,23 @@ def _file_problems(report: dict, info, classes: list[str], duplicates: np.ndarra
     return problems
 
 
-def _repeated_files(paths: list[Path]) -> list[dict]:
+def _repeated_files(paths: list[Path], rows_of: list[FileRows | None]) -> list[dict]:
     """The same file twice, or two files with identical content: build refuses both.
 
-    Only files of equal size are hashed.
+    Only files that can be identical are hashed: of equal size, and with equal per-row facts
+    (IDs, labels, positions, image digests) or both unreadable.
     """
-    sizes: dict[int, list[Path]] = {}
-    for path in paths:
+    groups: dict[tuple, list[tuple[int, Path]]] = {}
+    for position, (path, rows) in enumerate(zip(paths, rows_of)):
         try:
-            sizes.setdefault(path.stat().st_size, []).append(path)
+            size = path.stat().st_size
         except OSError:
             continue  # reported with the file
-    problems = []
-    for group in sizes.values():
+        groups.setdefault((size, _facts_key(rows)), []).append((position, path))
+    found = []
+    for group in groups.values():
         seen: dict[str, Path] = {}
-        for path in group if len(group) > 1 else []:
+        for position, path in group if len(group) > 1 else []:
             try:
                 digest, _ = readers.sha256_file(path)
             except OSError:
@@ -236,10 +253,20 @@ def _repeated_files(paths: list[Path]) -> list[dict]:
             if digest in seen:
                 what = "the same file as" if readers.same_file(path, seen[digest]) else "identical content to"
                 message = f"{path}: {what} {seen[digest]}, given twice; give each file once"
-                problems.append(problem("error", path.name, message))
+                found.append((position, problem("error", path.name, message)))
             else:
                 seen[digest] = path
-    return problems
+    return [p for _, p in sorted(found, key=lambda item: item[0])]
+
+
+def _facts_key(rows: FileRows | None) -> bytes | None:
+    """Equal for files with identical content (None for an unreadable file)."""
+    if rows is None:
+        return None
+    digest = xxhash.xxh3_128()
+    for values in (rows.ids, rows.labels, rows.ra, rows.dec, rows.image_digest):
+        digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.digest()
 
 
 def _across_files(reports: list[dict], parts: list[FileRows]) -> list[dict]:

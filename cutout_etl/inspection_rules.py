@@ -54,12 +54,15 @@ def predict_build(parts: list[FileRows], classes: list[str], match_radius: float
     ids, labels, ra, dec = (np.concatenate([getattr(p, k) for p in parts]) for k in ("ids", "labels", "ra", "dec"))
     codes = encode_labels(labels, classes) if len(labels) else np.zeros(0, np.int16)
     keep = (codes != UNKNOWN) & ~np.concatenate([p.no_finite | p.invalid for p in parts])
-    problems = _conflicting_ids(ids, codes, classes, keep)
+    # IDs as integers in ID order, sorted once: the keys of the ID rule and the tie-break of the others
+    # (the smallest ID is kept, as in merge), which then sort integers instead of strings
+    rank = np.unique(ids, return_inverse=True)[1].reshape(-1) if len(ids) else np.zeros(0, np.int64)
+    problems = _conflicting_ids(ids, rank, codes, classes, keep)
     files = np.concatenate([np.full(len(p.ids), p.name, dtype=object) for p in parts])
     digests = np.concatenate([p.image_digest for p in parts])
-    images, image_problems = _duplicate_images(ids, codes, digests, files, classes, keep)
+    images, image_problems = _duplicate_images(ids, rank, codes, digests, files, classes, keep)
     problems += image_problems
-    positions, position_problems = _duplicate_positions(ids, codes, ra, dec, classes, keep, match_radius)
+    positions, position_problems = _duplicate_positions(ids, rank, codes, ra, dec, classes, keep, match_radius)
     problems += position_problems
     counts = {c: int(n) for c, n in zip(classes, np.bincount(codes[keep], minlength=len(classes)))}
     read = np.bincount(codes[codes != UNKNOWN], minlength=len(classes))
@@ -68,11 +71,17 @@ def predict_build(parts: list[FileRows], classes: list[str], match_radius: float
     return build, positions, problems
 
 
-def _conflicting_ids(ids: np.ndarray, codes: np.ndarray, classes: list[str], keep: np.ndarray) -> list[dict]:
+def _conflicting_ids(ids: np.ndarray, rank: np.ndarray, codes, classes: list[str], keep: np.ndarray) -> list[dict]:
     """One ID with different labels, in one file or across files: build refuses it. Updates `keep` as build does."""
     candidates = np.flatnonzero(keep)
     extra, conflicting, report = resolve_duplicates(
-        ids[candidates], codes[candidates], np.arange(len(candidates)), classes, "drop", lambda i: ""
+        rank[candidates],
+        codes[candidates],
+        np.arange(len(candidates)),
+        classes,
+        "drop",
+        lambda i: "",
+        shown=ids[candidates],
     )
     keep[candidates[extra | conflicting]] = False
     if not report.conflict_groups:
@@ -82,14 +91,16 @@ def _conflicting_ids(ids: np.ndarray, codes: np.ndarray, classes: list[str], kee
     return [problem("error", None, message, report.conflict_groups)]
 
 
-def _duplicate_images(ids, codes, digests, files, classes: list[str], keep: np.ndarray) -> tuple[dict, list[dict]]:
+def _duplicate_images(
+    ids, rank, codes, digests, files, classes: list[str], keep: np.ndarray
+) -> tuple[dict, list[dict]]:
     """Identical images under different IDs, within and across files: as `merge._resolve_images`. Updates `keep`."""
     candidates = np.flatnonzero(keep)
     kept_ids = ids[candidates]
     extra, conflicting, report = resolve_duplicates(
         digests[candidates],
         codes[candidates],
-        np.argsort(np.argsort(kept_ids, kind="stable")),
+        rank[candidates],
         classes,
         "drop",
         lambda i: "",
@@ -99,14 +110,15 @@ def _duplicate_images(ids, codes, digests, files, classes: list[str], keep: np.n
     groups = _image_groups(digests[candidates])
     across = [g for g in groups if len(set(files[candidates[g]].tolist())) > 1]
     shown = [
-        " = ".join(f"'{kept_ids[i].decode(errors='replace')}' ({files[candidates[i]]})" for i in g[:3]) for g in groups
+        " = ".join(f"'{kept_ids[i].decode(errors='replace')}' ({files[candidates[i]]})" for i in g[:3])
+        for g in groups[:MAX_EXAMPLES]
     ]
     summary = {
         "groups_same_label": report.same_label_groups,
         "groups_conflicting": report.conflict_groups,
         "groups_across_files": len(across),
         "rows_dropped_by_build": int(extra.sum() + conflicting.sum()),
-        "examples": shown[:MAX_EXAMPLES],
+        "examples": shown,
     }
     problems = []
     if report.same_label_groups:
@@ -141,7 +153,7 @@ def _image_groups_shown(mask, digests, ids, files) -> list[str]:
 
 
 def _duplicate_positions(
-    ids, codes, ra, dec, classes: list[str], keep: np.ndarray, match_radius: float
+    ids, rank, codes, ra, dec, classes: list[str], keep: np.ndarray, match_radius: float
 ) -> tuple[dict, list[dict]]:
     """Objects within the match radius under different IDs are one object: as `merge._resolve_positions`."""
     candidates = np.flatnonzero(keep)
@@ -153,7 +165,7 @@ def _duplicate_positions(
     extra, conflicting, report = resolve_duplicates(
         sky.components(len(candidates), pairs),
         codes[candidates],
-        np.argsort(np.argsort(kept_ids, kind="stable")),
+        rank[candidates],
         classes,
         "drop",
         lambda i: "",

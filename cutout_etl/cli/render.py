@@ -139,6 +139,10 @@ def split_counts(console: Console, metadata: dict) -> None:
         console.print("rows per split: " + ", ".join(parts), highlight=False)
 
 
+# inspect's median comes from the 65,536-bin sketch (steps/pixel_summary.py); min and max are exact
+APPROXIMATE_MEDIAN = "≈ median: from a 65,536-bin histogram, within 2^-8 × |median| of the exact median"
+
+
 def inspect_report(console: Console, report: dict) -> None:
     for file in report["files"]:
         console.rule(file["name"])
@@ -157,7 +161,7 @@ def inspect_report(console: Console, report: dict) -> None:
         )
         console.print("labels: " + ", ".join(f"{k} {v}" for k, v in file["labels"].items()), highlight=False)
         grid = Table(show_edge=False)
-        for col in ("band", "min", "median", "max", "NaN", "inf", "no finite"):
+        for col in ("band", "min", "≈ median", "max", "NaN", "inf", "no finite"):
             grid.add_column(col, justify="right")
         for band, s in file["pixels"].items():
             grid.add_row(
@@ -170,6 +174,7 @@ def inspect_report(console: Console, report: dict) -> None:
                 str(s["cutouts_no_finite"]),
             )
         console.print(grid)
+        console.print(APPROXIMATE_MEDIAN, highlight=False)
     positions = report.get("positions") or {}
     if positions:
         console.rule("positions")

@@ -146,7 +146,7 @@ def scan_inputs(
             for start, chunk in readers.iter_chunks(info, f, options.chunk_rows):
                 if on_chunk is not None:
                     on_chunk(index, start, chunk)
-                parts.append(_scan_chunk(entry, index, start, chunk, classes, options.columns))
+                parts.append(scan_chunk(entry, index, start, chunk, classes, options.columns))
                 done += len(chunk)
                 progress("scan", done, total)
             inputs.append(entry)
@@ -155,7 +155,8 @@ def scan_inputs(
     return _canonical(inputs, parts, list(classes), opened[0][0].image_shape)
 
 
-def _scan_chunk(entry: InputFile, index: int, start: int, chunk: np.ndarray, classes, columns: Columns) -> dict:
+def scan_chunk(entry: InputFile, index: int, start: int, chunk: np.ndarray, classes, columns: Columns) -> dict:
+    """The per-row facts of one chunk (pass 1 of build, and `inspect`); adds the chunk's counts to `entry`."""
     labels = normalize_labels(chunk[columns.label])
     codes = encode_labels(labels, classes)
     entry.label_counts.update(_count(labels))
