@@ -114,29 +114,6 @@ def _build_options():
     return MergeOptions(on_conflict="drop")  # as bench_build's CLI builds
 
 
-def inspect_vs_scan(files: list[Path]) -> None:
-    """Wall time of `inspect` against the scan pass of `build` (its 'scan' progress stage), warm, in this process."""
-    from cutout_etl import pipeline
-    from cutout_etl.inspection import inspect_files
-
-    sequential_read_s(files)  # warm, as for both
-    start = time.perf_counter()
-    inspect_files(files)
-    inspect_s = time.perf_counter() - start
-    last: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(dir=files[0].parent.parent) as tmp:
-        start = time.perf_counter()
-        pipeline.build(files, Path(tmp) / "d.h5", merge_options=_build_options(), progress=_stamp(last))
-    print(f"{inspect_s} {last['scan'] - start}")
-
-
-def _stamp(last: dict[str, float]):
-    def progress(stage: str, done: int, total: int) -> None:
-        last[stage] = time.perf_counter()
-
-    return progress
-
-
 def write_pass_cold(files: list[Path]) -> None:
     """Build's pass 2 reading inputs that are not in the page cache, as with inputs larger than memory.
 
@@ -193,9 +170,7 @@ def main(argv: list[str]) -> None:
     elif mode == "count":
         count(args[0])
     else:
-        {"sha256": sha256, "evict": evict, "inspect-vs-scan": inspect_vs_scan, "write-pass-cold": write_pass_cold}[
-            mode
-        ](args)
+        {"sha256": sha256, "evict": evict, "write-pass-cold": write_pass_cold}[mode](args)
 
 
 if __name__ == "__main__":

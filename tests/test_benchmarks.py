@@ -26,7 +26,7 @@ def test_bench_build_reports_every_step_and_ratio(tmp_path):
     assert "correctness: 120 rows accounted for" in done.stdout and "OK" in done.stdout
     figures = json.loads(report.read_text())
     warm = {"cp", "sha256", "build", "build parquet", "by-hand"}
-    assert set(figures["rounds"][0]) == warm | {f"cold {step}" for step in warm - {"by-hand"}}
+    assert set(figures["rounds"][0]) == warm | {f"cold {step}" for step in warm - {"by-hand"}} | {"inspect / scan"}
     assert all(run["wall_s"] > 0 and run["peak_rss_mb"] > 0 for rnd in figures["rounds"] for run in rnd.values())
     every_target = {
         "warm: build / (cp + SHA-256)", "warm: by-hand / build", "warm: Parquet / HDF5 throughput",
