@@ -55,6 +55,19 @@ _MIDPOINTS = _bin_midpoints()
 _FINITE_MIDPOINTS = _MIDPOINTS[_FINITE_ASCENDING]
 
 
+def _bin_edges() -> tuple[np.ndarray, np.ndarray]:
+    """The least and the greatest float32 value of each finite bin, in ascending bin order, as float64."""
+    keys = _FINITE_ASCENDING.astype(np.uint32) << 16
+    smallest_magnitude, largest_magnitude = keys.view(np.float32), (keys | 0xFFFF).view(np.float32)
+    negative = (_FINITE_ASCENDING & 0x8000) != 0
+    low = np.where(negative, largest_magnitude, smallest_magnitude).astype(np.float64)
+    high = np.where(negative, smallest_magnitude, largest_magnitude).astype(np.float64)
+    return low, high
+
+
+_FINITE_LOW_EDGES, _FINITE_HIGH_EDGES = _bin_edges()
+
+
 def quantile_bound(value: float) -> float:
     """Absolute error bound of a sketch quantile whose exact value is `value`.
 
@@ -110,6 +123,20 @@ def chunk_shift(hist: list[np.ndarray]) -> np.ndarray:
     """Per-band sketch median of a chunk (0 for an empty band), as float32."""
     medians = [sketch_quantiles(row, [0.5])[0] for row in hist]
     return np.array([0.0 if m is None else m for m in medians], np.float32)
+
+
+def may_extend_range(hist: list[np.ndarray], low: np.ndarray, high: np.ndarray) -> bool:
+    """Whether a chunk with these per-band counts may hold a finite value <= low or >= high of its band.
+
+    False only if every occupied finite bin lies strictly between: then no pixel can change the extremes.
+    """
+    for counts, band_low, band_high in zip(hist, low, high):
+        occupied = np.flatnonzero(counts[_FINITE_ASCENDING])
+        if len(occupied) and not (
+            _FINITE_LOW_EDGES[occupied[0]] > band_low and _FINITE_HIGH_EDGES[occupied[-1]] < band_high
+        ):
+            return True
+    return False
 
 
 def sketch_mad(counts: np.ndarray, median: float) -> float:

@@ -33,6 +33,7 @@ from .sketch import (
     bit_histogram,
     chunk_shift,
     count_into,
+    may_extend_range,
     quantile_bound,
     sketch_mad,
     sketch_quantiles,
@@ -86,6 +87,8 @@ _COUNTS = (
 
 def _band_total(mask: np.ndarray, n_bands: int) -> np.ndarray:
     """Count True in (N, ..., B) per band, long contiguous axis first."""
+    if np.count_nonzero(mask) <= mask.size // 16:  # sparse (a few no-coverage strips): index the True ones
+        return np.bincount(np.flatnonzero(mask) % n_bands, minlength=n_bands)
     as_bytes = mask.reshape(len(mask), -1).view(np.uint8)  # ~2x faster than bool
     per_position = as_bytes.sum(axis=0, dtype=np.int64)
     return per_position.reshape(-1, n_bands).sum(axis=0)
@@ -105,21 +108,26 @@ def _combine(
     return mean_a + delta * weight_b, m2_a + m2_b + delta * delta * n_a * weight_b
 
 
-def _shifted_sums(flat: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band float64 sums of (x - shift) and (x - shift)**2 of (N, H*W*B).
+def _shifted_sums(flat: np.ndarray, shift: np.ndarray, invalid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band float64 sums of (x - shift) and (x - shift)**2 of (N, H*W*B), skipping the sorted flat indices `invalid`.
 
     The shift (a chunk median) keeps S2 - S1**2/n well conditioned when the
-    mean is large compared with the spread.
+    mean is large compared with the spread. An invalid pixel adds exactly 0.
     """
-    n_bands = len(shift)
-    shift_row = np.tile(shift, flat.shape[1] // n_bands)
-    rows = max(1, _BLOCK_BYTES // (8 * flat.shape[1]))
-    scratch = np.empty((rows, flat.shape[1]))
-    s1 = np.zeros(flat.shape[1])
-    s2 = np.zeros(flat.shape[1])
+    n_bands, width = len(shift), flat.shape[1]
+    shift_row = np.tile(shift, width // n_bands)
+    rows = max(1, _BLOCK_BYTES // (8 * width))
+    scratch = np.empty((rows, width))
+    s1 = np.zeros(width)
+    s2 = np.zeros(width)
     for start in range(0, len(flat), rows):
         block = scratch[: len(flat[start : start + rows])]
-        np.subtract(flat[start : start + rows], shift_row, out=block)
+        # Cast, then subtract in float64: the same values as a mixed-type subtract, ~2x faster.
+        np.copyto(block, flat[start : start + rows])
+        np.subtract(block, shift_row, out=block)
+        if invalid is not None:
+            first, stop = np.searchsorted(invalid, [start * width, (start + len(block)) * width])
+            block.reshape(-1)[invalid[first:stop] - start * width] = 0.0
         s1 += block.sum(axis=0)
         s2 += np.einsum("ij,ij->j", block, block)
     return s1.reshape(-1, n_bands).sum(axis=0), s2.reshape(-1, n_bands).sum(axis=0)
@@ -224,19 +232,25 @@ class BandStats:
     def _update_moments(
         self, images: np.ndarray, hist: list[np.ndarray], n: np.ndarray, bad: np.ndarray | None
     ) -> None:
-        n_bands = self.n_bands
-        # A float32 shift, so that invalid pixels set to it add exactly 0 below.
+        # A float32 shift, so that invalid pixels set to it (for the extremes) add exactly 0.
         shift = chunk_shift(hist)
         flat = images.reshape(len(images), -1)
-        if bad is not None:
-            flat = flat.copy()
-            flat.reshape(-1)[bad] = shift[bad % n_bands]
-        s1, s2 = _shifted_sums(flat, shift.astype(np.float64))
+        s1, s2 = _shifted_sums(flat, shift.astype(np.float64), bad)
         safe_n = np.maximum(n, 1)
         chunk_mean = shift + s1 / safe_n
         chunk_m2 = np.maximum(s2 - s1 * s1 / safe_n, 0.0)
         self._mean, self._m2 = _combine(self._counts["finite_pixels"], self._mean, self._m2, n, chunk_mean, chunk_m2)
         self._sum += shift * n + s1
+        # Most chunks cannot move the extremes: their occupied bins lie strictly inside (min, max).
+        if may_extend_range(hist, self._min, self._max):
+            self._update_extremes(images, n, shift, bad)
+
+    def _update_extremes(self, images: np.ndarray, n: np.ndarray, shift: np.ndarray, bad: np.ndarray | None) -> None:
+        n_bands = self.n_bands
+        flat = images.reshape(len(images), -1)
+        if bad is not None:
+            flat = flat.copy()
+            flat.reshape(-1)[bad] = shift[bad % n_bands]
         low, high = _extremes(flat, n_bands)
         if bad is not None and ((low == shift) | (high == shift)).any():
             # The fill value is a bin midpoint and may lie outside the finite range.
