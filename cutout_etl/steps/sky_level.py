@@ -18,12 +18,15 @@ the two middle float32 values, in float64). Sky noise, by method:
   recomputes those with it).
 
 Deviations are formed in float32 (~1e-7 relative rounding, far below 2**-8).
-How: the frame is gathered once as (cutout x band, pixel) rows, invalid pixels set to NaN, and rows
-sorted (numpy's SIMD sort beats a partition per row; NaN sorts last); a median is then read off, and a
-MAD is the k-th smallest deviation from a sorted row, found without sorting the deviations (see
-`_kth_deviation`).
 These float64 values are cast to float32 and sketched the same way, so the
 statement above holds for the float32-cast per-cutout values.
+
+How: the frame is gathered once as (cutout x band, pixel) rows, invalid pixels set to NaN, and the rows
+sorted (numpy's SIMD sort costs less than a partition per row; NaN sorts last). A median is read off a
+sorted row; a MAD is the k-th smallest deviation from it, found by a binary search on the sorted row
+(`_kth_deviation`) instead of sorting the deviations. In ``mad``, where -0 and +0 both count, the sign of
+a zero median from a tie of the two is whichever the sort leaves in the middle (as with the partition
+before).
 """
 
 from __future__ import annotations
@@ -79,8 +82,10 @@ def _unpaired(h: int, w: int, border: int) -> np.ndarray:
 
 
 def _lag2_differences(frame: np.ndarray, unpaired: np.ndarray) -> np.ndarray:
-    """x[j + 2] - x[j] along the frame rows, NaN where either pixel is NaN, the pair is not on one line,
-    or the difference overflows float32."""
+    """x[j + 2] - x[j] along the frame rows.
+
+    NaN where either pixel is NaN, where the two are not on one line, or where the difference overflows.
+    """
     try:
         with np.errstate(over="raise"):
             out = frame[:, 2:] - frame[:, :-2]
@@ -112,7 +117,9 @@ def _sorted_medians(rows: np.ndarray, count: np.ndarray) -> np.ndarray:
     return median
 
 
-def _kth_deviation(rows: np.ndarray, index: np.ndarray, count: np.ndarray, center: np.ndarray, k: np.ndarray):
+def _kth_deviation(
+    rows: np.ndarray, index: np.ndarray, count: np.ndarray, center: np.ndarray, k: np.ndarray
+) -> np.ndarray:
     """The k-th smallest |x - center| (float32, 1 <= k <= count) of the first `count` values of sorted rows[index].
 
     The k values of a sorted row closest to `center` are k consecutive values: a binary search finds the first
