@@ -93,13 +93,17 @@ def _band_total(mask: np.ndarray, n_bands: int) -> np.ndarray:
     return per_position.reshape(-1, n_bands).sum(axis=0)
 
 
+def _nonfinite_indices(images: np.ndarray) -> np.ndarray:
+    """Sorted flat indices of the NaN and +-inf pixels; only cutouts whose sum is not finite are searched."""
+    flat = images.reshape(len(images), -1)
+    with np.errstate(over="ignore", invalid="ignore"):  # a sum that overflows only adds a row to search
+        rows = np.flatnonzero(~np.isfinite(flat.sum(axis=1)))
+    local = np.flatnonzero(~np.isfinite(flat[rows]))
+    return rows[local // flat.shape[1]] * flat.shape[1] + local % flat.shape[1]
+
+
 def _combine(
-    n_a: np.ndarray,
-    mean_a: np.ndarray,
-    m2_a: np.ndarray,
-    n_b: np.ndarray,
-    mean_b: np.ndarray,
-    m2_b: np.ndarray,
+    n_a: np.ndarray, mean_a: np.ndarray, m2_a: np.ndarray, n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Chan, Golub & LeVeque: mean and M2 of the union of two samples."""
     delta = mean_b - mean_a
@@ -218,10 +222,8 @@ class BandStats:
             hist = bit_histogram(images)
             nonfinite = np.array([c[NONFINITE_POSITIVE].sum() + c[NONFINITE_NEGATIVE].sum() for c in hist])
             n_finite = images[..., 0].size - nonfinite
-            bad = None  # flat indices of NaN/inf pixels; None selects the all-finite fast path
-            if nonfinite.any():
-                invalid = np.isfinite(images)
-                bad = np.flatnonzero(np.logical_not(invalid, out=invalid))
+            # Flat indices of NaN/inf pixels; None selects the all-finite fast path.
+            bad = _nonfinite_indices(images) if nonfinite.any() else None
             # Moments first: they merge against the finite count before this chunk.
             self._update_moments(images, hist, n_finite, bad)
             self._update_counts(images, hist, n_finite, bad)
