@@ -136,3 +136,25 @@ def test_bench_preprocessing_quick_trains_each_method_and_reports_the_table(tmp_
         assert list(run["accuracy_by_r"]) == ["r<19", "19-20", "20-21", "21-22", "r>=22"]
     assert "paired macro-F1 difference against asinh" in done.stdout and "photometry" in done.stdout
     assert list(tmp_path.glob("bench_preprocessing_*")) == []  # cleaned up without --keep
+
+
+STATS_BENCHMARK = BENCHMARK.parent / "bench_stats.py"
+
+
+def test_bench_stats_reports_the_rate_its_parts_and_the_target(tmp_path):
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, STATS_BENCHMARK, "--rows", "60", "--rounds", "2", "--chunk-rows", "16", "--json", report],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    figures = json.loads(report.read_text())
+    assert done.returncode == (0 if figures["pass"] else 1), done.stderr
+    assert figures["rows"] == 60 and len(figures["rounds"]) == 2
+    low, high = figures["gb_per_cpu_s"]["range"]
+    assert 0 < low <= figures["gb_per_cpu_s"]["median"] <= high
+    assert set(figures["parts_cpu_s_per_gb"]) == {"histogram", "sky", "moments", "counts", "other"}
+    assert all(part["median"] > 0 for name, part in figures["parts_cpu_s_per_gb"].items() if name != "other")
+    assert "stats GB/s per core" in done.stdout and "target >= 1" in done.stdout

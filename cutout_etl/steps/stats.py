@@ -31,7 +31,7 @@ from .sketch import (
     NONFINITE_POSITIVE,
     POSITIVE_INF_KEY,
     bit_histogram,
-    chunk_shift,
+    chunk_profile,
     count_into,
     quantile_bound,
     sketch_mad,
@@ -86,18 +86,24 @@ _COUNTS = (
 
 def _band_total(mask: np.ndarray, n_bands: int) -> np.ndarray:
     """Count True in (N, ..., B) per band, long contiguous axis first."""
+    if np.count_nonzero(mask) <= mask.size // 16:  # sparse (a few no-coverage strips): index the True ones
+        return np.bincount(np.flatnonzero(mask) % n_bands, minlength=n_bands)
     as_bytes = mask.reshape(len(mask), -1).view(np.uint8)  # ~2x faster than bool
     per_position = as_bytes.sum(axis=0, dtype=np.int64)
     return per_position.reshape(-1, n_bands).sum(axis=0)
 
 
+def _nonfinite_indices(images: np.ndarray) -> np.ndarray:
+    """Sorted flat indices of the NaN and +-inf pixels; only cutouts whose sum is not finite are searched."""
+    flat = images.reshape(len(images), -1)
+    with np.errstate(over="ignore", invalid="ignore"):  # a sum that overflows only adds a row to search
+        rows = np.flatnonzero(~np.isfinite(flat.sum(axis=1)))
+    local = np.flatnonzero(~np.isfinite(flat[rows]))
+    return rows[local // flat.shape[1]] * flat.shape[1] + local % flat.shape[1]
+
+
 def _combine(
-    n_a: np.ndarray,
-    mean_a: np.ndarray,
-    m2_a: np.ndarray,
-    n_b: np.ndarray,
-    mean_b: np.ndarray,
-    m2_b: np.ndarray,
+    n_a: np.ndarray, mean_a: np.ndarray, m2_a: np.ndarray, n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Chan, Golub & LeVeque: mean and M2 of the union of two samples."""
     delta = mean_b - mean_a
@@ -105,21 +111,26 @@ def _combine(
     return mean_a + delta * weight_b, m2_a + m2_b + delta * delta * n_a * weight_b
 
 
-def _shifted_sums(flat: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band float64 sums of (x - shift) and (x - shift)**2 of (N, H*W*B).
+def _shifted_sums(flat: np.ndarray, shift: np.ndarray, invalid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band float64 sums of (x - shift) and (x - shift)**2 of (N, H*W*B), skipping the sorted flat indices `invalid`.
 
     The shift (a chunk median) keeps S2 - S1**2/n well conditioned when the
-    mean is large compared with the spread.
+    mean is large compared with the spread. An invalid pixel adds exactly 0.
     """
-    n_bands = len(shift)
-    shift_row = np.tile(shift, flat.shape[1] // n_bands)
-    rows = max(1, _BLOCK_BYTES // (8 * flat.shape[1]))
-    scratch = np.empty((rows, flat.shape[1]))
-    s1 = np.zeros(flat.shape[1])
-    s2 = np.zeros(flat.shape[1])
+    n_bands, width = len(shift), flat.shape[1]
+    shift_row = np.tile(shift, width // n_bands)
+    rows = max(1, _BLOCK_BYTES // (8 * width))
+    scratch = np.empty((rows, width))
+    s1 = np.zeros(width)
+    s2 = np.zeros(width)
     for start in range(0, len(flat), rows):
         block = scratch[: len(flat[start : start + rows])]
-        np.subtract(flat[start : start + rows], shift_row, out=block)
+        # Cast, then subtract in float64: the same values as a mixed-type subtract, ~2x faster.
+        np.copyto(block, flat[start : start + rows])
+        np.subtract(block, shift_row, out=block)
+        if invalid is not None:
+            first, stop = np.searchsorted(invalid, [start * width, (start + len(block)) * width])
+            block.reshape(-1)[invalid[first:stop] - start * width] = 0.0
         s1 += block.sum(axis=0)
         s2 += np.einsum("ij,ij->j", block, block)
     return s1.reshape(-1, n_bands).sum(axis=0), s2.reshape(-1, n_bands).sum(axis=0)
@@ -203,7 +214,7 @@ class BandStats:
         images = self._as_chunk(images)
         if len(images) == 0:
             return
-        # The sky partitions release the GIL, so they overlap the histogram
+        # The sky's sorts release the GIL, so they overlap the histogram
         # and moments (~1.5x faster per chunk on 2 cores); the thread lives
         # only for this call.
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -212,7 +223,7 @@ class BandStats:
             nonfinite = np.array([c[NONFINITE_POSITIVE].sum() + c[NONFINITE_NEGATIVE].sum() for c in hist])
             n_finite = images[..., 0].size - nonfinite
             # Flat indices of NaN/inf pixels; None selects the all-finite fast path.
-            bad = np.flatnonzero(~np.isfinite(images)) if nonfinite.any() else None
+            bad = _nonfinite_indices(images) if nonfinite.any() else None
             # Moments first: they merge against the finite count before this chunk.
             self._update_moments(images, hist, n_finite, bad)
             self._update_counts(images, hist, n_finite, bad)
@@ -224,19 +235,25 @@ class BandStats:
     def _update_moments(
         self, images: np.ndarray, hist: list[np.ndarray], n: np.ndarray, bad: np.ndarray | None
     ) -> None:
-        n_bands = self.n_bands
-        # A float32 shift, so that invalid pixels set to it add exactly 0 below.
-        shift = chunk_shift(hist)
+        # A float32 shift (the chunk's sketch median), so that invalid pixels set to it add exactly 0.
+        shift, low, high = chunk_profile(hist)
         flat = images.reshape(len(images), -1)
-        if bad is not None:
-            flat = flat.copy()
-            flat.reshape(-1)[bad] = shift[bad % n_bands]
-        s1, s2 = _shifted_sums(flat, shift.astype(np.float64))
+        s1, s2 = _shifted_sums(flat, shift.astype(np.float64), bad)
         safe_n = np.maximum(n, 1)
         chunk_mean = shift + s1 / safe_n
         chunk_m2 = np.maximum(s2 - s1 * s1 / safe_n, 0.0)
         self._mean, self._m2 = _combine(self._counts["finite_pixels"], self._mean, self._m2, n, chunk_mean, chunk_m2)
         self._sum += shift * n + s1
+        # Most chunks cannot move the extremes: their occupied bins lie strictly inside (min, max).
+        if ((n > 0) & ((low <= self._min) | (high >= self._max))).any():
+            self._update_extremes(images, n, shift, bad)
+
+    def _update_extremes(self, images: np.ndarray, n: np.ndarray, shift: np.ndarray, bad: np.ndarray | None) -> None:
+        n_bands = self.n_bands
+        flat = images.reshape(len(images), -1)
+        if bad is not None:
+            flat = flat.copy()
+            flat.reshape(-1)[bad] = shift[bad % n_bands]
         low, high = _extremes(flat, n_bands)
         if bad is not None and ((low == shift) | (high == shift)).any():
             # The fill value is a bin midpoint and may lie outside the finite range.
