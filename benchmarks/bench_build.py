@@ -54,7 +54,7 @@ CHILDREN = HERE / "build_children.py"
 SCALING_ROWS = (10_000, 300_000)
 ROW_BYTES = 20_800  # one input row of 36x36x4 float32 plus its columns, for the disk check
 RSS_LIMIT_MB = 300.0
-STATS_ROWS = 5_000  # rows per class bench_stats.py measures the statistics on
+STATS_ROWS = 12_000  # cutouts bench_stats.py measures the statistics on (0.25 GB, in memory)
 OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt}
 BUILD = ("--quiet", "--on-conflict", "drop")
 WARM = ("cp", "sha256", "build", "build parquet", "by-hand")
@@ -91,8 +91,8 @@ class Ratio:
         return {"value": self.value, "target": f"{self.op} {self.target:g}", "pass": self.passed}
 
 
-def run(cmd: list[str | Path]) -> Run:
-    """Run `cmd` to completion; peak RSS comes from wait4, not from polling."""
+def run(cmd: list[str | Path], allowed: tuple[int, ...] = (0,)) -> Run:
+    """Run `cmd` to completion (exit status in `allowed`); peak RSS comes from wait4, not from polling."""
     args = [str(c) for c in cmd]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
@@ -102,7 +102,7 @@ def run(cmd: list[str | Path]) -> Run:
         proc.returncode = os.waitstatus_to_exitcode(status)  # keeps Popen from waiting again
         out.seek(0)
         err.seek(0)
-        if proc.returncode != 0:
+        if proc.returncode not in allowed:
             message = err.read().decode(errors="replace").strip()
             raise BenchError(f"exit {proc.returncode}: {shlex.join(args)}\n{message}")
         return Run(wall, usage.ru_maxrss * 1024 / MB, out.read().decode())
@@ -194,7 +194,8 @@ def once_figures(workdir: Path, files: list[Path], rows: int) -> tuple[list[Rati
     """Statistics cost, and the write pass from cold inputs."""
     warm_s, cold_s, read_s, size = map(float, child("write-pass-cold", *files).stdout.split())
     stats_json = workdir / "stats.json"
-    run([sys.executable, HERE / "bench_stats.py", "--rows", str(min(rows, STATS_ROWS)), "--json", stats_json])
+    stats_run = [sys.executable, HERE / "bench_stats.py", "--rows", str(min(rows, STATS_ROWS)), "--rounds", "3"]
+    run([*stats_run, "--json", stats_json], allowed=(0, 1))  # 1: its target missed, reported below
     stats = json.loads(stats_json.read_text())
     figures = {
         "write_pass_warm_s": warm_s,
@@ -203,7 +204,7 @@ def once_figures(workdir: Path, files: list[Path], rows: int) -> tuple[list[Rati
         "input_bytes": size,
         "stats": stats,
     }
-    return [Ratio("stats GB/s per core", stats["gb_per_cpu_s"], ">=", 1.0)], figures
+    return [Ratio("stats GB/s per core", stats["gb_per_cpu_s"]["median"], ">=", stats["target"])], figures
 
 
 def print_steps(rounds: list[dict[str, Run]], input_mb: float) -> None:
@@ -224,11 +225,11 @@ def print_once(figures: dict) -> None:
         f" evicted after pass 1 (as when they exceed memory) {figures['write_pass_cold_s']:.2f} s; a cold sequential"
         f" read of the inputs {figures['cold_sequential_read_s']:.2f} s"
     )
-    stats = figures["stats"]
-    parts = ", ".join(f"{k} {v:.2f}" for k, v in stats.get("parts_gb_per_cpu_s", {}).items())
+    stats, rate = figures["stats"], figures["stats"]["gb_per_cpu_s"]
+    parts = ", ".join(f"{k} {v['median']:.2f}" for k, v in stats["parts_cpu_s_per_gb"].items())
     print(
-        f"training statistics: {stats['gb_per_cpu_s']:.2f} GB of pixels per CPU-second"
-        + (f" ({parts})" if parts else "")
+        f"training statistics (bench_stats.py, {stats['gigabytes']:.2f} GB of pixels in memory): {rate['median']:.2f}"
+        f" GB per CPU-second [{rate['range'][0]:.2f}-{rate['range'][1]:.2f}]; CPU-s per GB: {parts}"
     )
 
 
