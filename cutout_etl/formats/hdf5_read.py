@@ -74,7 +74,8 @@ class H5Table:
         mapped = self._mapped()
         if mapped is not None and len(rows):
             first, count = int(rows[0]), len(rows)
-            if int(rows[-1]) - first == count - 1 and int(slots[0]) == 0 and _is_range(slots):  # one run, in order
+            # one run, in order; the span alone is not enough: sorted [5, 6, 6, 8] spans 4 rows too
+            if int(rows[-1]) - first == count - 1 and int(slots[0]) == 0 and _is_range(rows) and _is_range(slots):
                 return self.take_range(first, first + count)
         images = np.empty((len(rows), *self.image_shape), np.float32)
         labels = np.empty(len(rows), np.int64)
@@ -133,8 +134,8 @@ class H5Table:
             self._fd = None
 
 
-def _is_range(slots: np.ndarray) -> bool:
-    return bool(np.all(np.diff(slots) == 1))
+def _is_range(numbers: np.ndarray) -> bool:
+    return bool(np.all(np.diff(numbers) == 1))
 
 
 def mapped_layout(table: h5py.Dataset) -> np.dtype | None:
