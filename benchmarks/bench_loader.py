@@ -8,7 +8,8 @@ both once so that the page cache is warm (the figures are for a warm cache; a co
 disk), loads the train split into memory once, then measures rows/s over whole epochs of the train split:
 
 * in memory: the Keras loader's batches (same rows, same order) sliced out of the in-memory arrays and
-  copied, as an in-memory loader returning fresh arrays would;
+  copied, as an in-memory loader returning fresh arrays would (each batch kept until the next one is made,
+  as the loader's loop keeps it: freeing it first let the copy reuse one hot buffer the loader cannot);
 * ``open_dataset(p)["train"].batches()`` on the HDF5 file and on the Parquet directory (stored order);
 * the torch ``DataLoader(open_dataset(p)["train"], batch_size, shuffle=True, num_workers=0 | 2)`` over
   the map-style split (needs torch, and a `Split` with ``len`` and ``ds[i]``: reported as unavailable,
@@ -222,13 +223,13 @@ def keras_rates(bench: Bench, train_steps: int) -> dict:
         loader.on_epoch_end()
 
     def memory_epoch(tensors: bool = False) -> None:
+        held: list = [None]  # the last batch: alive while the next one is allocated, as with `x, y = loader[i]`
         for i in batches:
             which = loader.rows_of(i)  # the same rows as the loader's batch i
-            x, y = block(images, which), block(labels, which)
             if tensors:
-                keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
+                keras.ops.convert_to_tensor(block(images, which)), keras.ops.convert_to_tensor(block(labels, which))
             else:
-                x, y = x.copy(), y.copy()
+                held[0] = block(images, which).copy(), block(labels, which).copy()
         loader.on_epoch_end()
 
     streaming = StreamingBatches(bench.path, "train", bench.batch_size, seed=0)

@@ -78,6 +78,10 @@ class Split:
         if isinstance(key, (int, np.integer)):  # a bool too: np.array([True]) is refused as not an integer
             images, labels = self.take(_positions(np.array([key]), len(self), self.name))
             return images[0], labels[0]
+        if isinstance(key, slice) and key.step in (None, 1):  # one run in order: no sort (the loaders' path)
+            table = self._table
+            start, stop, _ = key.indices(len(table))
+            return table.take_range(start, max(start, stop))
         return self.take(_positions(key, len(self), self.name))
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[np.ndarray, np.int64]]:

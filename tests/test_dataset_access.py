@@ -59,7 +59,11 @@ def test_one_row_is_an_image_and_a_label(path, stored):
         check_fresh(image)
 
 
-@pytest.mark.parametrize("key", [slice(0, 7), slice(90, 230), slice(None, None, -1), slice(3, 250, 13), slice(5, 5)])
+SLICES = [slice(0, 7), slice(90, 230), slice(None, None, -1), slice(3, 250, 13), slice(5, 5), slice(None, None, 1)]
+SLICES += [slice(-5, None), slice(10, 3), slice(200, 10**9), slice(-(10**9), 4), slice(10**9, None)]  # as numpy slices
+
+
+@pytest.mark.parametrize("key", SLICES)
 def test_slices_give_the_rows_h5py_gives(path, stored, key):
     with open_dataset(path) as ds:
         images, labels = ds["train"][key]

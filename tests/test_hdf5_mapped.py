@@ -41,6 +41,7 @@ def chunked(small_dataset, tmp_path_factory):
 def test_mapped_and_h5py_reads_give_the_same_rows(small_dataset, chunked, stored):
     rng = np.random.default_rng(0)
     keys = [slice(0, 7), slice(5, len(stored)), rng.permutation(len(stored))[:50], np.array([3, 3, 1, 3, 0]), [-1]]
+    keys += [np.arange(4, 30), slice(9, 9), slice(-3, None), np.array([5, 6, 6, 8])]  # runs in order, empty, repeats
     with open_dataset(small_dataset) as mapped, open_dataset(chunked) as plain:
         assert mapped["train"]._table.layout is not None and plain["train"]._table.layout is None
         for key in keys:

@@ -43,6 +43,10 @@ class Table(Protocol):
         """
         ...
 
+    def take_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """`take` of rows [start, stop) in order (0 <= start <= stop <= len): one run, with no sort to undo."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -71,22 +71,34 @@ class H5Table:
 
     def take(self, rows: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images and labels of `rows` (ascending, repeats allowed), row rows[i] at position slots[i]."""
+        mapped = self._mapped()
+        if mapped is not None and len(rows):
+            first, count = int(rows[0]), len(rows)
+            # one run, in order; the span alone is not enough: sorted [5, 6, 6, 8] spans 4 rows too
+            if int(rows[-1]) - first == count - 1 and int(slots[0]) == 0 and _is_range(rows) and _is_range(slots):
+                return self.take_range(first, first + count)
         images = np.empty((len(rows), *self.image_shape), np.float32)
         labels = np.empty(len(rows), np.int64)
-        if not len(rows):
-            return images, labels
-        mapped = self._mapped()
-        if mapped is None:
-            for a, b in row_runs(rows):
-                data = self.read(int(rows[a]), int(rows[b - 1]) + 1)
-                images[slots[a:b]], labels[slots[a:b]] = data["image"], data["label"]
-            return images, labels
-        first, count = int(rows[0]), len(rows)
-        if int(rows[-1]) - first == count - 1 and int(slots[0]) == 0 and _is_range(slots):  # one run, in order
-            np.copyto(images, mapped["image"][first : first + count])
-            labels[:] = mapped["label"][first : first + count]
-        else:
+        if mapped is not None:
             images[slots], labels[slots] = mapped["image"][rows], mapped["label"][rows]
+            return images, labels
+        for a, b in row_runs(rows):
+            data = self.read(int(rows[a]), int(rows[b - 1]) + 1)
+            images[slots[a:b]], labels[slots[a:b]] = data["image"], data["label"]
+        return images, labels
+
+    def take_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, stop) in order: from the mapping, one copy per column (the loaders' path: keep it short)."""
+        mapped = self._rows  # once mapped, no lock to take
+        if mapped is None:
+            mapped = self._mapped()
+        if mapped is None or start >= stop:
+            rows = np.arange(start, stop, dtype=np.int64)
+            return self.take(rows, rows - start)
+        images = np.empty((stop - start, *self.image_shape), np.float32)
+        labels = np.empty(stop - start, np.int64)
+        np.copyto(images, mapped["image"][start:stop])
+        labels[:] = mapped["label"][start:stop]
         return images, labels
 
     def _mapped(self) -> np.ndarray | None:
@@ -122,8 +134,8 @@ class H5Table:
             self._fd = None
 
 
-def _is_range(slots: np.ndarray) -> bool:
-    return bool(np.all(np.diff(slots) == 1))
+def _is_range(numbers: np.ndarray) -> bool:
+    return bool(np.all(np.diff(numbers) == 1))
 
 
 def mapped_layout(table: h5py.Dataset) -> np.dtype | None:

@@ -96,6 +96,10 @@ class ParquetTable:
                     _copy_rows(group_images, row, images[slot : slot + 1])
         return images, labels
 
+    def take_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.arange(start, stop, dtype=np.int64)
+        return self.take(rows, rows - start)
+
     def _decode(self, index: int) -> tuple[np.ndarray | FloatPages, np.ndarray]:
         """A row group's images (where its pages lie, or decoded (N, H, W, bands)) and labels, once (cached)."""
         if index in self._decoded:
