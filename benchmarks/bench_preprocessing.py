@@ -347,14 +347,19 @@ def main(argv: list[str] | None = None) -> dict:
                         print(
                             f"{method + suffix} seed {seed}: macro-F1 {entry['macro_f1']:.3f} ({seconds} s)", flush=True
                         )
+                figures = report(args, splits, r_test, runs)  # after every run: a stopped run keeps its numbers
+    print(summarise(runs, classes, figures["test_rows_by_r"]))
+    return figures
+
+
+def report(args: argparse.Namespace, splits: dict, r_test: np.ndarray, runs: dict[str, list[dict]]) -> dict:
+    """Every number so far, written to ``--json`` if given."""
     which = np.digitize(np.nan_to_num(r_test, nan=99.0), R_BINS)
-    n_bins = {label: int(np.sum(which == i)) for i, label in enumerate(bin_labels())}
-    print(summarise(runs, classes, n_bins))
     figures = {
         "command": " ".join(sys.argv),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "split_rows": {name: len(split[1]) for name, split in splits.items()},
-        "test_rows_by_r": n_bins,
+        "test_rows_by_r": {label: int(np.sum(which == i)) for i, label in enumerate(bin_labels())},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load": os.getloadavg()},
         "runs": runs,
     }
