@@ -1,15 +1,18 @@
 """Which preprocessing serves classification: the reference CNN trained with each, against aperture photometry.
 
-    python benchmarks/bench_preprocessing.py [--rows 2000] [--epochs 20] [--seeds 0 1 2]
-        [--methods asinh robust seed seed-noeps minmax none photometry] [--augment] [--softening K]
-        [--no-apertures] [--data-seed 0] [--workdir DIR] [--keep] [--json PATH] [--quick]
+    python benchmarks/bench_preprocessing.py [--rows 2000] [--epochs 150] [--patience 12] [--seeds 0 1 2]
+        [--methods asinh robust seed seed-noeps minmax none photometry] [--no-augment] [--softening K]
+        [--lr-schedule constant|plateau] [--tta] [--no-apertures] [--data-seed 0] [--workdir DIR] [--keep]
+        [--json PATH] [--quick]
 
 Writes the hard synthetic preset (``cutout-etl demo-data --preset kids``, --rows per class), builds it
 (``cutout-etl build``: split 70/15/15, train-only statistics), loads the splits into memory (the benchmark's
 sizes fit; the tool itself streams) and, for every method and seed, trains the same reference CNN
-(`cutout_etl.ml.model.build_model`, Adam 1e-3, batch 128, class weights, early stopping on the val loss with
-patience 4 keeping the best weights, as ``examples/train_keras.py``; for ``asinh``, ``robust`` and ``none``
-with its central aperture-flux input unless ``--no-apertures``) and evaluates it on the test split:
+(`cutout_etl.ml.model.build_model`, Adam 1e-3, batch 128, class weights, the 8 exact flips and 90-degree
+rotations, up to 150 epochs with early stopping on the val loss after 12 without improvement keeping the best
+weights: `cutout_etl.ml.model.TRAINING_DEFAULTS`, the defaults of ``examples/train_keras.py`` too; for ``asinh``,
+``robust`` and ``none`` with its central aperture-flux input unless ``--no-apertures``) and evaluates it on
+the test split (``--tta``: also averaged over the 8 flips and rotations of each test image, as ``method+tta``):
 
 * ``asinh``: the default `FluxPreprocessing`, asinh((x - m_b) / (k sigma_b)) from the stored statistics
   (``--softening K`` replaces the stored k);
@@ -29,7 +32,7 @@ with its central aperture-flux input unless ``--no-apertures``) and evaluates it
 Prints per method: macro-F1 mean and spread (sample standard deviation over seeds), per-class recall, and
 test accuracy by r-band magnitude bin (r from the sky-subtracted 5 px aperture flux, so the bins are what a
 survey would measure, the same for every method); then the paired macro-F1 difference of each method
-against ``asinh`` over the seeds. ``--quick`` (a few rows, one epoch, one seed) only checks that everything
+against ``asinh`` and against ``photometry`` over the seeds. ``--quick`` (a few rows, one epoch, one seed) only checks that everything
 runs: its numbers mean nothing.
 """
 
@@ -54,6 +57,7 @@ import numpy as np
 
 from cutout_etl import open_dataset
 from cutout_etl.ml.keras_support import build_model, classification_report, preprocessing_from_dataset
+from cutout_etl.ml.model import LR_SCHEDULES, TRAINING_DEFAULTS, training_callbacks
 from cutout_etl.ml.photometry import DEFAULT_RADII
 from cutout_etl.ml.preprocessing import FluxPreprocessing
 
@@ -68,17 +72,33 @@ CLI = Path(sys.executable).parent / "cutout-etl"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2000, help="rows per class of the kids preset (default 2000)")
-    parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (default 20, as the example)")
+    parser.add_argument("--epochs", type=int, default=TRAINING_DEFAULTS["epochs"], help="maximum epochs (%(default)s)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="default: all")
-    parser.add_argument("--augment", action="store_true", help="random exact flips and 90-degree rotations")
+    parser.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=TRAINING_DEFAULTS["augment"],
+        help="random exact flips and 90-degree rotations (default on)",
+    )
     parser.add_argument("--softening", type=float, help="asinh softening k in sky sigmas (default: stored, 3)")
     parser.add_argument(
         "--no-apertures",
         action="store_true",
         help="the CNN without its aperture-flux input (build_model apertures=None)",
     )
-    parser.add_argument("--patience", type=int, default=4, help="early-stopping patience (default 4)")
+    parser.add_argument(
+        "--patience", type=int, default=TRAINING_DEFAULTS["patience"], help="early-stopping patience (%(default)s)"
+    )
+    parser.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=TRAINING_DEFAULTS["lr_schedule"],
+        help="plateau: halve Adam's rate after --patience/3 epochs without val-loss improvement (%(default)s)",
+    )
+    parser.add_argument(
+        "--tta", action="store_true", help="also score each CNN averaged over the 8 flips/rotations (method+tta)"
+    )
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data (default 0)")
     parser.add_argument("--workdir", type=Path, help="where to write the data (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the data and dataset in --workdir")
@@ -174,17 +194,28 @@ def train_cnn(dataset: Path, splits: dict, classes: list[str], method: str, seed
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     counts = np.bincount(y["train"], minlength=len(classes))
     weights = {c: len(y["train"]) / (len(classes) * n) if n else 0.0 for c, n in enumerate(counts)}
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True)
     history = model.fit(
         Augmented(x["train"], y["train"], 128, seed, args.augment),
         validation_data=(x["val"], y["val"]),
         epochs=args.epochs,
         class_weight=weights,
-        callbacks=[stop],
+        callbacks=training_callbacks(args.patience, args.lr_schedule),
         verbose=0,
     )
-    predicted = model.predict(x["test"], batch_size=512, verbose=0).argmax(axis=1)
-    return {"predicted": predicted}, len(history.history["loss"])
+    result = {"predicted": model.predict(x["test"], batch_size=512, verbose=0).argmax(axis=1)}
+    if args.tta:
+        result["predicted_tta"] = symmetric_probabilities(model, x["test"]).argmax(axis=1)
+    return result, len(history.history["loss"])
+
+
+def symmetric_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """Class probabilities averaged over the 8 exact flips and 90-degree rotations of each image."""
+    total = 0.0
+    for flip in (False, True):
+        for turns in range(4):
+            moved = np.rot90(images[:, :, ::-1] if flip else images, turns, axes=(1, 2))
+            total = total + model.predict(np.ascontiguousarray(moved), batch_size=512, verbose=0)
+    return total / 8
 
 
 # --- aperture photometry -------------------------------------------------------
@@ -270,15 +301,21 @@ def summarise(runs: dict[str, list[dict]], classes: list[str], n_bins: dict[str,
         by_r = " ".join(_mean_or_dash([r["accuracy_by_r"][b] for r in results]) for b in bin_labels())
         epochs = ",".join(str(r["iterations"]) for r in results)
         lines.append(f"{method:<11} {statistics.fmean(f1):8.3f} {spread:6.3f} {recall} {by_r}  {epochs}")
-    if "asinh" in runs:
-        lines.append("paired macro-F1 difference against asinh (mean over seeds, sample std):")
-        base = [r["macro_f1"] for r in runs["asinh"]]
-        for method, results in runs.items():
-            if method != "asinh" and len(results) == len(base):
-                diff = [r["macro_f1"] - b for r, b in zip(results, base)]
-                spread = statistics.stdev(diff) if len(diff) > 1 else float("nan")
-                lines.append(f"  {method:<11} {statistics.fmean(diff):+.3f} (sd {spread:.3f}, n {len(diff)})")
+    for base in ("asinh", "photometry"):
+        if base in runs:
+            lines.extend(_paired(runs, base))
     return "\n".join(lines)
+
+
+def _paired(runs: dict[str, list[dict]], base: str) -> list[str]:
+    lines = [f"paired macro-F1 difference against {base} (mean over seeds, sample std):"]
+    reference = [r["macro_f1"] for r in runs[base]]
+    for method, results in runs.items():
+        if method != base and len(results) == len(reference):
+            diff = [r["macro_f1"] - b for r, b in zip(results, reference)]
+            spread = statistics.stdev(diff) if len(diff) > 1 else float("nan")
+            lines.append(f"  {method:<11} {statistics.fmean(diff):+.3f} (sd {spread:.3f}, n {len(diff)})")
+    return lines
 
 
 def _mean_or_dash(values: list) -> str:
@@ -301,18 +338,28 @@ def main(argv: list[str] | None = None) -> dict:
                     result, iterations = train_photometry(splits, seed)
                 else:
                     result, iterations = train_cnn(dataset, splits, classes, method, seed, args)
-                entry = evaluate(result["predicted"], splits["test"][1], r_test, classes)
-                entry.update(seed=seed, iterations=iterations, seconds=round(time.perf_counter() - started, 1))
-                runs.setdefault(method, []).append(entry)
-                print(f"{method} seed {seed}: macro-F1 {entry['macro_f1']:.3f} ({entry['seconds']} s)", flush=True)
+                seconds = round(time.perf_counter() - started, 1)
+                for suffix, predicted in (("", result["predicted"]), ("+tta", result.get("predicted_tta"))):
+                    if predicted is not None:
+                        entry = evaluate(predicted, splits["test"][1], r_test, classes)
+                        entry.update(seed=seed, iterations=iterations, seconds=seconds)
+                        runs.setdefault(method + suffix, []).append(entry)
+                        print(
+                            f"{method + suffix} seed {seed}: macro-F1 {entry['macro_f1']:.3f} ({seconds} s)", flush=True
+                        )
+                figures = report(args, splits, r_test, runs)  # after every run: a stopped run keeps its numbers
+    print(summarise(runs, classes, figures["test_rows_by_r"]))
+    return figures
+
+
+def report(args: argparse.Namespace, splits: dict, r_test: np.ndarray, runs: dict[str, list[dict]]) -> dict:
+    """Every number so far, written to ``--json`` if given."""
     which = np.digitize(np.nan_to_num(r_test, nan=99.0), R_BINS)
-    n_bins = {label: int(np.sum(which == i)) for i, label in enumerate(bin_labels())}
-    print(summarise(runs, classes, n_bins))
     figures = {
         "command": " ".join(sys.argv),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "split_rows": {name: len(split[1]) for name, split in splits.items()},
-        "test_rows_by_r": n_bins,
+        "test_rows_by_r": {label: int(np.sum(which == i)) for i, label in enumerate(bin_labels())},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load": os.getloadavg()},
         "runs": runs,
     }

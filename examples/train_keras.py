@@ -32,7 +32,9 @@ import keras
 
 from cutout_etl import __version__, open_dataset
 from cutout_etl.ml.keras_support import (
+    LR_SCHEDULES,
     MODES,
+    TRAINING_DEFAULTS,
     CutoutPyDataset,
     build_model,
     class_weights,
@@ -40,6 +42,7 @@ from cutout_etl.ml.keras_support import (
     load_model,
     predict_split,
     preprocessing_from_dataset,
+    training_callbacks,
 )
 from cutout_etl.ml.photometry import DEFAULT_RADII
 
@@ -48,13 +51,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", type=Path, help="a dataset written by `cutout-etl build`")
     parser.add_argument(
-        "--epochs", type=int, default=20, help="maximum epochs (early stopping may end sooner; default 20)"
+        "--epochs",
+        type=int,
+        default=TRAINING_DEFAULTS["epochs"],
+        help="maximum epochs (early stopping ends sooner; %(default)s)",
     )
     parser.add_argument("--batch-size", type=int, default=128, help="default 128")
     parser.add_argument("--out", type=Path, default=Path("keras_run"), help="output directory (default keras_run)")
     parser.add_argument("--seed", type=int, default=0, help="weights, dropout and batch order (default 0)")
     parser.add_argument(
-        "--patience", type=int, default=4, help="epochs without val-loss improvement before stopping (default 4)"
+        "--patience",
+        type=int,
+        default=TRAINING_DEFAULTS["patience"],
+        help="epochs without val-loss improvement before stopping (default %(default)s)",
+    )
+    parser.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=TRAINING_DEFAULTS["lr_schedule"],
+        help="plateau: halve the rate after patience/3 epochs without val-loss improvement (default %(default)s)",
+    )
+    parser.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=TRAINING_DEFAULTS["augment"],
+        help="train on random exact flips and 90-degree rotations (default on)",
     )
     parser.add_argument("--preprocessing", choices=MODES, default="asinh", help="flux transform (default asinh)")
     parser.add_argument(
@@ -82,7 +103,7 @@ def run(argv: list[str] | None = None) -> tuple[keras.Model, dict]:
     keras.utils.set_random_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     ds = open_dataset(args.dataset)
-    train = CutoutPyDataset(ds, "train", args.batch_size, shuffle=True, seed=args.seed)
+    train = CutoutPyDataset(ds, "train", args.batch_size, shuffle=True, seed=args.seed, augment=args.augment)
     val = CutoutPyDataset(ds, "val", args.batch_size, shuffle=False)
     test = CutoutPyDataset(ds, "test", args.batch_size, shuffle=False)
 
@@ -98,7 +119,8 @@ def run(argv: list[str] | None = None) -> tuple[keras.Model, dict]:
         metrics=["accuracy"],
     )
     weights = class_weights(ds)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True)
+    callbacks = training_callbacks(args.patience, args.lr_schedule)
+    stop = callbacks[0]  # the early stopping: which epoch's weights were kept
     started = time.perf_counter()
     # shuffle=False: the loader shuffles its row blocks from --seed itself.
     history = model.fit(
@@ -106,7 +128,7 @@ def run(argv: list[str] | None = None) -> tuple[keras.Model, dict]:
         validation_data=val,
         epochs=args.epochs,
         class_weight=weights,
-        callbacks=[stop],
+        callbacks=callbacks,
         shuffle=False,
         verbose=2,
     )
@@ -130,6 +152,8 @@ def run(argv: list[str] | None = None) -> tuple[keras.Model, dict]:
             "batch_size": args.batch_size,
             "seed": args.seed,
             "learning_rate": args.learning_rate,
+            "lr_schedule": args.lr_schedule,
+            "augment": args.augment,
             "class_weight": {ds.classes[k]: v for k, v in weights.items()},
             "history": {k: [float(v) for v in values] for k, values in history.history.items()},
         },

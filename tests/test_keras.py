@@ -43,6 +43,7 @@ pytestmark = [
 ]
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_keras.py"
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_preprocessing.py"
 ROWS_PER_CLASS = 400
 EPOCHS = 6
 
@@ -209,6 +210,44 @@ def test_loader_shuffle_is_per_epoch_and_seeded(dataset_path):
     np.testing.assert_array_equal(
         np.concatenate([stored.rows_of(i) for i in range(len(stored))]), np.arange(stored.rows)
     )
+
+
+def test_loader_augments_exactly_like_streaming_batches(dataset_path):
+    from cutout_etl.streaming import StreamingBatches
+
+    plain = CutoutPyDataset(dataset_path, "train", batch_size=64, seed=5)
+    augmented = CutoutPyDataset(dataset_path, "train", batch_size=64, seed=5, augment=True)
+    streaming = StreamingBatches(dataset_path, "train", batch_size=64, seed=5, augment=True)
+    for loader in (plain, augmented):
+        loader.set_epoch(2)
+    moved = 0
+    for i, (expected_x, expected_y) in enumerate(streaming.iter_epoch(2)):
+        (x, y), (ax, ay) = plain[i], augmented[i]
+        np.testing.assert_array_equal(ax, expected_x)  # the same draw from (seed, epoch, block)
+        np.testing.assert_array_equal(ay, y)
+        np.testing.assert_array_equal(np.sort(x.reshape(len(x), -1)), np.sort(ax.reshape(len(ax), -1)))
+        moved += int(np.sum(np.any(x != ax, axis=(1, 2, 3))))
+    assert moved > 0  # something was turned or flipped; each image keeps its pixel values
+
+
+def test_example_and_benchmark_defaults_are_the_documented_training(example):
+    """The example's defaults and the benchmark's are one configuration: the one the README measured."""
+    from cutout_etl.ml.keras_support import TRAINING_DEFAULTS, training_callbacks
+
+    bench_spec = importlib.util.spec_from_file_location("bench_preprocessing", BENCHMARK)
+    bench = importlib.util.module_from_spec(bench_spec)
+    bench_spec.loader.exec_module(bench)
+    example_args, bench_args = example.parse_args(["x.h5"]), bench.parse_args([])
+    for key, value in TRAINING_DEFAULTS.items():
+        assert getattr(example_args, key) == getattr(bench_args, key) == value, key
+    assert example_args.preprocessing == "asinh" and not example_args.no_apertures and not bench_args.no_apertures
+    assert TRAINING_DEFAULTS["epochs"] >= 100 and TRAINING_DEFAULTS["patience"] >= 10  # trained to convergence
+    stop, *schedule = training_callbacks(12, "plateau")
+    assert isinstance(stop, keras.callbacks.EarlyStopping) and stop.patience == 12 and stop.restore_best_weights
+    assert isinstance(schedule[0], keras.callbacks.ReduceLROnPlateau) and schedule[0].patience == 4
+    assert len(training_callbacks(12, "constant")) == 1
+    with pytest.raises(ValueError, match="lr_schedule"):
+        training_callbacks(12, "cosine")
 
 
 def test_loader_pickles_and_matches_h5py_fallback(dataset_path, tmp_path):

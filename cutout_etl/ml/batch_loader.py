@@ -11,7 +11,7 @@ import numpy as np
 
 from ..block_reader import BlockReader
 from ..dataset import Dataset, open_dataset
-from ..streaming import block_order, block_spans
+from ..streaming import augment_exact, block_order, block_spans
 
 
 class CutoutPyDataset(keras.utils.PyDataset):
@@ -26,7 +26,9 @@ class CutoutPyDataset(keras.utils.PyDataset):
     `set_epoch`; Keras 3 ``fit`` also calls `on_epoch_end` once before its
     first epoch, so its epochs use orders 1, 2, ...). Batches depend only on
     (seed, epoch, index), so worker threads or processes and Keras's
-    prefetching return the same batches as a plain loop. Pass
+    prefetching return the same batches as a plain loop. With ``augment`` each image is flipped and turned by
+    90 degrees as drawn from (seed, epoch, block) (`cutout_etl.streaming.augment_exact`: exact, no
+    interpolation; the same draw as `StreamingBatches`). Pass
     ``shuffle=False`` to ``model.fit`` so that Keras keeps this seeded order
     instead of reshuffling batch indices with Python's global ``random``. ``**kwargs`` go to `keras.utils.PyDataset`
     (``workers``, ``use_multiprocessing``, ``max_queue_size``): reads are
@@ -40,9 +42,11 @@ class CutoutPyDataset(keras.utils.PyDataset):
         batch_size: int = 256,
         shuffle: bool | None = None,
         seed: int = 0,
+        augment: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.augment = bool(augment)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer (got {batch_size!r})")
         ds = dataset if isinstance(dataset, Dataset) else open_dataset(Path(dataset))
@@ -73,11 +77,16 @@ class CutoutPyDataset(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"batch {index} out of range ({len(self)} batches)")
-        spans = block_spans(int(self._order[index]), self._offset, self.rows, self.batch_size)
+        block = int(self._order[index])
+        spans = block_spans(block, self._offset, self.rows, self.batch_size)
         if len(spans) == 1:
-            return self.reader.read(*spans[0])
-        (images_a, labels_a), (images_b, labels_b) = (self.reader.read(*span) for span in spans)
-        return np.concatenate([images_a, images_b]), np.concatenate([labels_a, labels_b])
+            images, labels = self.reader.read(*spans[0])
+        else:
+            (images_a, labels_a), (images_b, labels_b) = (self.reader.read(*span) for span in spans)
+            images, labels = np.concatenate([images_a, images_b]), np.concatenate([labels_a, labels_b])
+        if self.augment:
+            images = augment_exact(images, np.random.default_rng([self.seed, self.epoch, block, 1]))
+        return images, labels
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)

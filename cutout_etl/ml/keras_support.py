@@ -22,7 +22,8 @@ runs under ``KERAS_BACKEND=jax`` or ``torch`` with that backend installed.
   colours from the raw flux (asinh of the flux in noise units, float32, no
   weights); `build_model` concatenates them with the CNN's pooled features
   (``apertures=None`` turns this off).
-* `build_model`, `class_weights` and `classification_report` are what the
+* `build_model`, `training_callbacks` (early stopping, the learning-rate schedule), `class_weights` and
+  `classification_report` are what the
   example ``examples/train_keras.py`` is made of.
 
 Load a saved model with `load_model` (safe mode), or import this module before
@@ -36,13 +37,15 @@ from __future__ import annotations
 
 from .batch_loader import CutoutPyDataset
 from .metrics import class_weights, classification_report
-from .model import build_model, load_model, predict_split
+from .model import LR_SCHEDULES, TRAINING_DEFAULTS, build_model, load_model, predict_split, training_callbacks
 from .photometry import ApertureFluxes
 from .preprocessing import DEFAULT_ROBUST_CLIP, MODES, FluxPreprocessing, PreprocessingError, preprocessing_from_dataset
 
 __all__ = [
     "DEFAULT_ROBUST_CLIP",
+    "LR_SCHEDULES",
     "MODES",
+    "TRAINING_DEFAULTS",
     "ApertureFluxes",
     "CutoutPyDataset",
     "FluxPreprocessing",
@@ -53,4 +56,5 @@ __all__ = [
     "load_model",
     "predict_split",
     "preprocessing_from_dataset",
+    "training_callbacks",
 ]

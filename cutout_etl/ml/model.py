@@ -60,6 +60,32 @@ def aperture_constants(preprocessing: FluxPreprocessing, n_bands: int) -> tuple[
     return list(preprocessing.offset), list(preprocessing.scale)
 
 
+LR_SCHEDULES = ("constant", "plateau")
+# How the reference CNN is trained by default (examples/train_keras.py, benchmarks/bench_preprocessing.py):
+# to convergence, with exact flips/rotations; the README's "A hard benchmark" has the evidence.
+TRAINING_DEFAULTS = {"epochs": 150, "patience": 12, "lr_schedule": "constant", "augment": True}
+
+
+def training_callbacks(patience: int, lr_schedule: str = "plateau") -> list[keras.callbacks.Callback]:
+    """Early stopping on the val loss after ``patience`` epochs without improvement, keeping the best weights;
+    with ``lr_schedule="plateau"`` also halve Adam's rate after ``patience // 3`` such epochs (down to 1e-5).
+
+    The first callback is the `keras.callbacks.EarlyStopping` (its ``best_epoch`` says which weights were kept).
+    """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES} (got {lr_schedule!r})")
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    ]
+    if lr_schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(1, patience // 3), min_lr=1e-5, verbose=0
+            )
+        )
+    return callbacks
+
+
 def load_model(path: str | os.PathLike[str], **kwargs: Any) -> keras.Model:
     """`keras.saving.load_model` in safe mode, with `FluxPreprocessing` registered."""
     kwargs.setdefault("safe_mode", True)
