@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -128,9 +128,7 @@ class RecordFiller:
         columns["SPECTYPE"] = self.class_names[facts.codes]
         columns["source_file"] = facts.file_index
         columns["source_row"] = facts.row
-        for file_index in np.unique(facts.file_index):
-            mine = np.flatnonzero(facts.file_index == file_index)
-            mine = mine[np.argsort(facts.row[mine])]
+        for file_index, mine in rows_by_file(facts.file_index, facts.row):
             source = sources[file_index]
             rest = source.read_into(facts.row[mine], block.images, mine)
             names = source.info.columns
@@ -142,10 +140,17 @@ class RecordFiller:
         return block
 
 
+def rows_by_file(file_index: np.ndarray, row: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """For each input among `file_index`: its index, and the positions of its rows in ascending row order."""
+    for index in np.unique(file_index):
+        mine = np.flatnonzero(file_index == index)
+        yield int(index), mine[np.argsort(row[mine])]
+
+
 def advise_reads(facts: RowFacts, sources: Sequence[readers.RowReader]) -> None:
     """Start reading the rows of a coming block (`RowReader.advise`), one input at a time."""
-    for file_index in np.unique(facts.file_index):
-        sources[file_index].advise(np.sort(facts.row[facts.file_index == file_index]))
+    for file_index, mine in rows_by_file(facts.file_index, facts.row):
+        sources[file_index].advise(facts.row[mine])
 
 
 def image_hashes(scan: Scan, rows: np.ndarray) -> np.ndarray:
@@ -153,9 +158,7 @@ def image_hashes(scan: Scan, rows: np.ndarray) -> np.ndarray:
     hashes = np.empty(len(rows), dtype=np.uint64)
     with contextlib.ExitStack() as stack:
         sources = open_row_readers([f.info for f in scan.files], stack)
-        for file_index in np.unique(scan.file_index[rows]):
-            mine = np.flatnonzero(scan.file_index[rows] == file_index)
-            mine = mine[np.argsort(scan.row[rows[mine]])]
+        for file_index, mine in rows_by_file(scan.file_index[rows], scan.row[rows]):
             images = sources[file_index].read(scan.row[rows[mine]])[sources[file_index].info.columns.image]
             hashes[mine] = [xxhash.xxh3_64_intdigest(np.ascontiguousarray(image, dtype="<f4").data) for image in images]
     return hashes
