@@ -248,3 +248,16 @@ def test_damaged_files_give_a_report_or_one_line_and_no_output(tmp_path_factory,
         assert built.stderr.count("\n") == 1 and built.stderr.startswith("error: "), built.stderr
         assert "unexpected" not in built.stderr, built.stderr
         assert list(out.parent.iterdir()) == []  # no output, no temp file
+
+
+def test_report_prints_control_characters_and_brackets_in_the_data_as_text(tmp_path):
+    t = class_tables((10, 10, 10), starts=(0, 100, 200))
+    spectype = t["GALAXY"]["SPECTYPE"]
+    t["GALAXY"]["SPECTYPE"] = spectype.astype("S16")
+    t["GALAXY"]["SPECTYPE"][3] = b"[red]AGN\x1b[2J\nok"  # an unknown label: markup, an escape sequence, a newline
+    t["STAR"]["ID"][4] = t["GALAXY"]["ID"][5]
+    result = invoke("inspect", *write_class_files(tmp_path, t, lower_case_names(".hdf5")))
+    assert result.exit_code == 1
+    printed = result.stdout + result.stderr
+    assert "\x1b" not in printed
+    assert "labels: GALAXY 9, [RED]AGN\\x1b[2J\\nOK 1" in printed  # labels are upper-cased, shown escaped

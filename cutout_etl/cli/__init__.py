@@ -119,7 +119,7 @@ def _emit(
     if as_json:
         print(json.dumps(_finite_json(result), indent=2, allow_nan=False))
     elif not quiet:
-        render_fn(err, result)
+        render_fn(err, render.printable(result))
 
 
 def _finite_json(value: Any) -> Any:
@@ -164,7 +164,7 @@ def inspect(
         report["html"] = _run(lambda p: write_inspect_html(files, report, html, read, progress=p), opts)
     _show(report, opts, render.inspect_report, output=html)
     if html is not None and not (opts["quiet"] or opts["json_out"]):
-        render.inspect_html_notes(err, report, html)
+        render.inspect_html_notes(err, render.printable(report), html)
     raise typer.Exit(0 if report["ok"] else 1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import unicodedata
 from typing import Any
 
 from rich.console import Console
@@ -12,8 +13,31 @@ from rich.table import Table
 from .. import interrupts
 from ..schema import SPLIT_NAMES
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)  # every message and summary of the CLI
-out = Console(highlight=False, soft_wrap=True)  # what a command is asked for (`info`'s description)
+# No Rich markup anywhere: IDs, class names and paths come from the user's files, and "[red]" in one must
+# print as it is. Control characters in them are escaped (`printable`) so a report cannot be rewritten by
+# a terminal escape sequence or a line break inside an ID.
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # every message and summary of the CLI
+out = Console(highlight=False, soft_wrap=True, markup=False)  # what a command is asked for (`info`'s description)
+
+_LINE_BREAKING = {"Cc", "Zl", "Zp"}  # control characters, line and paragraph separators
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters (newline, tab, escape...) escaped, so a message stays on one line."""
+    if not any(unicodedata.category(c) in _LINE_BREAKING for c in text):
+        return text
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _LINE_BREAKING else c for c in text)
+
+
+def printable(value: Any) -> Any:
+    """A report with `one_line` applied to every string in it, keys included, before it is rendered."""
+    if isinstance(value, str):
+        return one_line(value)
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(v) for v in value]
+    return value
 
 
 class ProgressReporter:

@@ -9,7 +9,6 @@ import contextlib
 import json
 import math
 import sys
-import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
@@ -19,16 +18,7 @@ from typer._click.exceptions import UsageError as ClickUsageError
 from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
-from .render import err
-
-_LINE_BREAKING = {"Cc", "Zl", "Zp"}  # control characters, line and paragraph separators
-
-
-def one_line(text: str) -> str:
-    """`text` with control characters (newline, tab, escape...) escaped, so a message stays on one line."""
-    if not any(unicodedata.category(c) in _LINE_BREAKING for c in text):
-        return text
-    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _LINE_BREAKING else c for c in text)
+from .render import err, one_line
 
 
 def fail(line: str, exit_code: int) -> NoReturn:
