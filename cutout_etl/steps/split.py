@@ -17,7 +17,7 @@ splits of the kept rows, and their description for the metadata) and
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +28,7 @@ from ..errors import SplitError, UsageError
 from ..inputs.pixel_facts import require_aperture_band
 from ..inputs.scan import Scan
 from ..schema import MERGED_TABLE, SPLIT_NAMES, band_names
-from . import sky
+from . import repeats, sky
 from .merge import Plan
 from .split_methods import (
     FAINT_TABLE,
@@ -97,10 +97,16 @@ def keyed_hash(ids: np.ndarray, seed: int) -> np.ndarray:
         raise UsageError(f"--seed: expected an integer from 0 to 2**63 - 1 (got {seed})")
     key = int(seed).to_bytes(16, "little", signed=True)
     return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(i, digest_size=8, key=key).digest(), "little") for i in ids.tolist()),
+        (int.from_bytes(hashlib.blake2b(i, digest_size=8, key=key).digest(), "little") for i in _id_bytes(ids)),
         dtype=np.uint64,
         count=len(ids),
     )
+
+
+def _id_bytes(ids: np.ndarray, step: int = 1 << 16) -> Iterator[bytes]:
+    """Each ID as a bytes object, a slice at a time: `ids.tolist()` would hold ~70 bytes a row at once."""
+    for first in range(0, len(ids), step):
+        yield from ids[first : first + step].tolist()
 
 
 def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
@@ -279,11 +285,11 @@ def split_layout(plan: Plan, options: SplitPolicy) -> tuple[Layout, dict]:
     fractions = parse_fractions(options.fractions)
     method = SplitMethod.parse(options.method, "--split-method")
     groups, grouping = _groups(scan, kept, options)
-    ids, codes = scan.ids[kept], scan.codes[kept]
+    ids, codes = _of_kept(scan.ids, kept), _of_kept(scan.codes, kept)
     hashes = keyed_hash(ids, options.seed)
     faint, faint_description = _faint(scan, kept, groups, options)
     split = np.full(len(kept), len(SPLIT_NAMES), dtype=np.int8)  # rows of the faint table keep the last index
-    rest = np.flatnonzero(~faint)
+    rest = np.flatnonzero(~faint) if faint.any() else slice(None)  # a slice: no copies of the columns below
     if method == SplitMethod.STABLE:
         split[rest] = stable_assignment(hashes[rest], fractions, groups[rest])
     else:
@@ -321,6 +327,11 @@ _METHODS = {
 }
 
 
+def _of_kept(column: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """`column[kept]`; the column itself (no copy) when every row is kept, as `kept` is then 0..n-1."""
+    return column if len(kept) == len(column) else column[kept]
+
+
 def _faint(scan: Scan, kept: np.ndarray, groups: np.ndarray, options: SplitPolicy) -> tuple[np.ndarray, dict | None]:
     """Rows of the faint-end test table among the kept rows (none without --faint-test)."""
     fraction = check_faint_fraction(options.faint_test)
@@ -337,9 +348,9 @@ def _groups(scan: Scan, kept: np.ndarray, options: SplitPolicy) -> tuple[np.ndar
     radius = options.group_radius
     if radius is None:
         radius = sky.half_diagonal_arcsec(scan.image_shape, options.pixel_scale)
-    ra, dec = scan.ra[kept], scan.dec[kept]
+    ra, dec = _of_kept(scan.ra, kept), _of_kept(scan.dec, kept)
     pairs = sky.pairs_within(ra, dec, radius)
-    identical = _identical_image_pairs(scan.image_digest[kept])
+    identical = repeats.chained_pairs(scan.image_digest, kept)  # kept only with --keep-duplicate-images
     pairs = np.concatenate([pairs, identical]) if len(identical) else pairs
     group_by = GroupBy.parse(options.group_by, "--group-by")
     if group_by == GroupBy.SKY:
@@ -359,17 +370,6 @@ def _groups(scan: Scan, kept: np.ndarray, options: SplitPolicy) -> tuple[np.ndar
     if len(identical):
         description["rows_sharing_an_image"] = len(np.unique(identical))
     return groups, description
-
-
-def _identical_image_pairs(digests: np.ndarray) -> np.ndarray:
-    """(first, other) index pairs of rows with identical images (kept only with --keep-duplicate-images)."""
-    if len(digests) < 2:
-        return np.zeros((0, 2), dtype=np.int64)
-    order = np.argsort(digests, kind="stable")
-    same = np.flatnonzero(digests[order][1:] == digests[order][:-1])
-    if len(same) == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    return np.column_stack([order[same], order[same + 1]]).astype(np.int64)
 
 
 def _achieved(counts: dict, classes: Sequence[str], fractions: Sequence[float], tolerance: float) -> dict:
