@@ -25,13 +25,15 @@ def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
 
 def pairs_within(ra_deg: np.ndarray, dec_deg: np.ndarray, radius_arcsec: float) -> np.ndarray:
     """Index pairs (i < j) of positions at most `radius_arcsec` apart, shape (M, 2)."""
-    finite = np.flatnonzero(np.isfinite(ra_deg) & np.isfinite(dec_deg))
-    if radius_arcsec <= 0 or len(finite) < 2:
+    known = np.isfinite(ra_deg) & np.isfinite(dec_deg)
+    everywhere = bool(known.all())  # the usual case: no copies of the positions, no index of them
+    finite = np.zeros(0, dtype=np.int64) if everywhere else np.flatnonzero(known)
+    del known
+    if radius_arcsec <= 0 or (len(ra_deg) if everywhere else len(finite)) < 2:
         return np.zeros((0, 2), dtype=np.int64)
     from scipy.spatial import cKDTree  # scipy costs 0.25 s to import: only when matching
 
     chord = 2 * np.sin(np.radians(radius_arcsec / ARCSEC_PER_DEG) / 2)
-    everywhere = len(finite) == len(ra_deg)  # the usual case: no copies of the positions
     tree = cKDTree(unit_vectors(ra_deg, dec_deg) if everywhere else unit_vectors(ra_deg[finite], dec_deg[finite]))
     pairs = tree.query_pairs(chord, output_type="ndarray").astype(np.int64)
     if len(pairs) == 0:

@@ -186,8 +186,12 @@ def _targets(codes: np.ndarray, classes: Sequence[str], fractions: Sequence[floa
 
 
 def _place_groups(groups, codes, hashes, targets, taken, split, n_classes) -> None:
-    """Put each group of several rows whole into one split (first fit, largest first)."""
-    order = np.lexsort((hashes, groups))
+    """Put each group of several rows whole into one split (first fit, largest first).
+
+    Only the rows of such groups are sorted: almost every row is a group of its own.
+    """
+    grouped = np.flatnonzero(_size_of_group(groups) > 1)
+    order = grouped[np.lexsort((hashes[grouped], groups[grouped]))]
     sorted_groups = groups[order]
     starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
     sizes = np.diff(np.r_[starts, len(order)])
@@ -204,6 +208,14 @@ def _place_groups(groups, codes, hashes, targets, taken, split, n_classes) -> No
         chosen = fits[0] if fits else open_splits[np.argmax((room[:, open_splits] * (need > 0)[:, None]).sum(axis=0))]
         split[members] = chosen
         taken[:, chosen] += need
+
+
+def _size_of_group(groups: np.ndarray) -> np.ndarray:
+    """Each row's group size; by counting when groups are numbered from 0 (`sky.components`), else by sorting."""
+    if len(groups) and 0 <= groups.min() and groups.max() < 2 * len(groups):
+        return np.bincount(groups)[groups]
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    return counts[inverse]
 
 
 def _fill_quotas(ids, codes, hashes, targets, taken, split, fractions) -> None:
