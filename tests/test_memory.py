@@ -122,3 +122,14 @@ def test_parquet_closes_each_full_shard_before_the_end(tmp_path, rows_per_shard)
             if (shard + 1) * rows_per_shard <= done:  # full: a complete file already
                 assert pq.read_metadata(path).num_rows == rows_per_shard
     sink.close()
+
+
+def test_hash_then_key_order_is_lexsort_of_the_taken_keys():
+    """Split orders rows by (keyed hash, ID) without copying the IDs; equal hashes are ordered by ID as before."""
+    rng = np.random.default_rng(2)
+    keys = np.array([f"ID{k}".encode() for k in rng.permutation(3000)], dtype="S12")
+    rows = np.sort(rng.choice(3000, 2000, replace=False))
+    for distinct in (5, 300, 2**40):  # many ties, some, (almost surely) none
+        hashes = rng.integers(0, distinct, len(rows)).astype(np.uint64)
+        expected = np.lexsort((keys[rows], hashes))
+        assert np.array_equal(repeats.order_by_hash_then_key(hashes, keys, rows), expected)

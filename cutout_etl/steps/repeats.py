@@ -77,3 +77,25 @@ def chained_pairs(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
     ranked = keys[rows[order]]
     same = np.flatnonzero(ranked[1:] == ranked[:-1])
     return np.column_stack([order[same], order[same + 1]]).astype(np.int64)
+
+
+def order_by_hash_then_key(hashes: np.ndarray, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`np.lexsort((keys[rows], hashes))` without taking `keys[rows]`: only rows with equal hashes compare keys."""
+    order = np.argsort(hashes, kind="stable")
+    ranked = hashes[order]
+    tied = np.flatnonzero(ranked[1:] == ranked[:-1])
+    if len(tied):
+        in_tie = np.zeros(len(order), dtype=bool)
+        in_tie[tied] = in_tie[tied + 1] = True
+        at = np.flatnonzero(in_tie)  # runs of equal hashes, in hash order; each run's rows in row order
+        members = order[at]
+        order[at] = members[np.lexsort((keys[rows[members]], ranked[at]))]
+    return order
+
+
+def group_sizes(groups: np.ndarray) -> np.ndarray:
+    """How many rows share each row's group label; by counting when labels run from 0 (`sky.components`)."""
+    if len(groups) and 0 <= groups.min() and groups.max() < 2 * len(groups):
+        return np.bincount(groups)[groups]
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    return counts[inverse]

@@ -91,22 +91,22 @@ def parse_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def keyed_hash(ids: np.ndarray, seed: int) -> np.ndarray:
-    """A 64-bit BLAKE2b of each ID keyed by the seed."""
+def keyed_hash(ids: np.ndarray, seed: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """A 64-bit BLAKE2b of each ID (of `ids[rows]`, taken a slice at a time) keyed by the seed."""
     if not 0 <= int(seed) < 2**63:
         raise UsageError(f"--seed: expected an integer from 0 to 2**63 - 1 (got {seed})")
     key = int(seed).to_bytes(16, "little", signed=True)
     return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(i, digest_size=8, key=key).digest(), "little") for i in _id_bytes(ids)),
+        (int.from_bytes(hashlib.blake2b(i, digest_size=8, key=key).digest(), "little") for i in _id_bytes(ids, rows)),
         dtype=np.uint64,
-        count=len(ids),
+        count=len(ids) if rows is None else len(rows),
     )
 
 
-def _id_bytes(ids: np.ndarray, step: int = 1 << 16) -> Iterator[bytes]:
+def _id_bytes(ids: np.ndarray, rows: np.ndarray | None, step: int = 1 << 16) -> Iterator[bytes]:
     """Each ID as a bytes object, a slice at a time: `ids.tolist()` would hold ~70 bytes a row at once."""
-    for first in range(0, len(ids), step):
-        yield from ids[first : first + step].tolist()
+    for first in range(0, len(ids) if rows is None else len(rows), step):
+        yield from (ids[first : first + step] if rows is None else ids[rows[first : first + step]]).tolist()
 
 
 def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
@@ -190,7 +190,7 @@ def _place_groups(groups, codes, hashes, targets, taken, split, n_classes) -> No
 
     Only the rows of such groups are sorted: almost every row is a group of its own.
     """
-    grouped = np.flatnonzero(_size_of_group(groups) > 1)
+    grouped = np.flatnonzero(repeats.group_sizes(groups) > 1)
     order = grouped[np.lexsort((hashes[grouped], groups[grouped]))]
     sorted_groups = groups[order]
     starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
@@ -208,14 +208,6 @@ def _place_groups(groups, codes, hashes, targets, taken, split, n_classes) -> No
         chosen = fits[0] if fits else open_splits[np.argmax((room[:, open_splits] * (need > 0)[:, None]).sum(axis=0))]
         split[members] = chosen
         taken[:, chosen] += need
-
-
-def _size_of_group(groups: np.ndarray) -> np.ndarray:
-    """Each row's group size; by counting when groups are numbered from 0 (`sky.components`), else by sorting."""
-    if len(groups) and 0 <= groups.min() and groups.max() < 2 * len(groups):
-        return np.bincount(groups)[groups]
-    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    return counts[inverse]
 
 
 def _fill_quotas(ids, codes, hashes, targets, taken, split, fractions) -> None:
@@ -297,17 +289,22 @@ def split_layout(plan: Plan, options: SplitPolicy) -> tuple[Layout, dict]:
     fractions = parse_fractions(options.fractions)
     method = SplitMethod.parse(options.method, "--split-method")
     groups, grouping = _groups(scan, kept, options)
-    ids, codes = _of_kept(scan.ids, kept), _of_kept(scan.codes, kept)
-    hashes = keyed_hash(ids, options.seed)
+    codes = _of_kept(scan.codes, kept)
+    hashes = keyed_hash(scan.ids, options.seed, kept)
+    hash_order = repeats.order_by_hash_then_key(hashes, scan.ids, kept)
+    # IDs only break ties between equal hashes: their rank in (hash, ID) order does that without copying them
+    id_rank = np.empty(len(kept), dtype=np.int64)
+    id_rank[hash_order] = np.arange(len(kept))
     faint, faint_description = _faint(scan, kept, groups, options)
     split = np.full(len(kept), len(SPLIT_NAMES), dtype=np.int8)  # rows of the faint table keep the last index
     rest = np.flatnonzero(~faint) if faint.any() else slice(None)  # a slice: no copies of the columns below
     if method == SplitMethod.STABLE:
         split[rest] = stable_assignment(hashes[rest], fractions, groups[rest])
     else:
-        split[rest] = exact_split(ids[rest], codes[rest], hashes[rest], scan.classes, fractions, groups[rest])
+        split[rest] = exact_split(id_rank[rest], codes[rest], hashes[rest], scan.classes, fractions, groups[rest])
+    del id_rank
     names = [*SPLIT_NAMES, FAINT_TABLE] if faint_description else list(SPLIT_NAMES)
-    assignment = _plan(split, codes, scan.classes, np.lexsort((ids, hashes)), names)
+    assignment = _plan(split, codes, scan.classes, hash_order, names)
     table_of_row = np.full(len(scan.ids), -1, dtype=np.int8)
     position = np.zeros(len(scan.ids), dtype=np.int64)
     table_of_row[kept] = assignment.split
