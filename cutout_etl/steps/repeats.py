@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SLICE_ROWS = 1 << 16  # keys hashed at a time: their copies stay a few MB
+SLICE_ROWS = 1 << 14  # keys hashed at a time: their copies stay ~1 MB
 _PRIME = np.uint64(0x100000001B3)  # FNV-1a, 64-bit
 _OFFSET = np.uint64(0xCBF29CE484222325)
 _MIX = np.uint64(0xFF51AFD7ED558CCD)  # murmur3's finaliser: spreads the high bytes into the low ones

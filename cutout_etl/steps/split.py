@@ -103,7 +103,7 @@ def keyed_hash(ids: np.ndarray, seed: int, rows: np.ndarray | None = None) -> np
     )
 
 
-def _id_bytes(ids: np.ndarray, rows: np.ndarray | None, step: int = 1 << 16) -> Iterator[bytes]:
+def _id_bytes(ids: np.ndarray, rows: np.ndarray | None, step: int = 1 << 14) -> Iterator[bytes]:
     """Each ID as a bytes object, a slice at a time: `ids.tolist()` would hold ~70 bytes a row at once."""
     for first in range(0, len(ids) if rows is None else len(rows), step):
         yield from (ids[first : first + step] if rows is None else ids[rows[first : first + step]]).tolist()
