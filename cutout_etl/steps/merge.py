@@ -345,7 +345,7 @@ def _resolve_images(scan: Scan, keep: np.ndarray, dropped: dict, options: MergeP
 def _resolve_positions(scan: Scan, keep: np.ndarray, dropped: dict, options: MergePolicy) -> DuplicateReport:
     """Objects within the match radius are one object: keep the smallest ID, or refuse differing labels."""
     kept = np.flatnonzero(keep)
-    pairs = sky.pairs_within(scan.ra[kept], scan.dec[kept], options.match_radius)
+    pairs = sky.pairs_within(scan.ra, scan.dec, options.match_radius, kept)
     if len(pairs) == 0:
         return DuplicateReport()
     near = np.unique(pairs)  # only rows with a neighbour can be dropped; their groups keep their order

@@ -357,13 +357,13 @@ def _groups(scan: Scan, kept: np.ndarray, options: SplitPolicy) -> tuple[np.ndar
     radius = options.group_radius
     if radius is None:
         radius = sky.half_diagonal_arcsec(scan.image_shape, options.pixel_scale)
-    ra, dec = _of_kept(scan.ra, kept), _of_kept(scan.dec, kept)
-    pairs = sky.pairs_within(ra, dec, radius)
+    pairs = sky.pairs_within(scan.ra, scan.dec, radius, kept)
     identical = repeats.chained_pairs(scan.image_digest, kept)  # kept only with --keep-duplicate-images
     pairs = np.concatenate([pairs, identical]) if len(identical) else pairs
     group_by = GroupBy.parse(options.group_by, "--group-by")
     if group_by == GroupBy.SKY:
-        _, first, cell = np.unique(sky.sky_cells(ra, dec, options.cell_deg), return_index=True, return_inverse=True)
+        cells = sky.sky_cells(scan.ra[kept], scan.dec[kept], options.cell_deg)
+        _, first, cell = np.unique(cells, return_index=True, return_inverse=True)
         pairs = np.concatenate([pairs, np.column_stack([first[cell], np.arange(len(kept))])])
     groups = sky.components(len(kept), pairs)
     sizes = np.bincount(groups)
