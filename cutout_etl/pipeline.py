@@ -30,6 +30,7 @@ from .dataset import open_dataset, row_dtype
 from .errors import DatasetError, InvalidRowError, UsageError
 from .execution import local as execution
 from .execution.dask_cluster import ClusterOptions
+from .execution.heap import return_freed_memory
 from .formats import OutputFormat, Sink
 from .formats.atomic import atomic_output
 from .inputs import readers
@@ -268,8 +269,10 @@ def _write_dataset(
     if fmt.text_ids:
         _refuse_non_utf8_ids(plan)
     dtype, rows = _row_dtype(scan), layout.rows()
+    _release_rows(plan, layout, keep=PASS_2_FACTS)  # before `tables` copy the facts pass 2 reads
     tables = execution.tables_in_order(scan, layout)
     _release_rows(plan, layout)  # pass 2 needs only `tables`: the rest of pass 1's per-row facts go before it
+    return_freed_memory()
     with contextlib.closing(open_sink(tmp, fmt, rows, dtype, scan.classes, output)) as sink:
         acc, checksums = execution.write_tables(
             scan, tables, sink, dtype, read.chunk_rows, progress, carry_provenance, stats_table, client
@@ -284,11 +287,17 @@ def _write_dataset(
     return metadata
 
 
-def _release_rows(plan: Plan, layout: Layout) -> None:
-    """Free the plan's per-row arrays (in place: the callers' references go empty too); its files stay."""
+PASS_2_FACTS = ("ids", "codes", "file_index", "row", "table_of_row", "position")  # what `tables_in_order` reads
+
+
+def _release_rows(plan: Plan, layout: Layout, keep: Sequence[str] = ()) -> None:
+    """Free the plan's per-row arrays but those named in `keep` (in place: the callers' references go empty too).
+
+    Its files stay.
+    """
     for holder in (plan.scan, plan, layout):
         for name, value in vars(holder).items():
-            if isinstance(value, np.ndarray):
+            if isinstance(value, np.ndarray) and name not in keep:
                 setattr(holder, name, np.zeros(0, dtype=value.dtype))
     plan.dropped = {reason: np.zeros(0, dtype=bool) for reason in plan.dropped}
 

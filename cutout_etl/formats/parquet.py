@@ -252,6 +252,7 @@ class ParquetSink:
         self._open: dict[str, pq.ParquetWriter] = {}
         self._written = dict.fromkeys(tables_rows, 0)
         self.from_workers: list[tuple[Path, Path]] = []  # (temporary, final) shards Dask tasks wrote
+        self._closed: list[Path] = []  # full shards closed before `finish`, without the final metadata yet
         for name in tables_rows:
             if tables_rows[name] == 0:  # an empty split still gets one (empty) shard
                 self._writer(name, 0)
@@ -282,16 +283,25 @@ class ParquetSink:
             take = min(len(records) - offset, self.rows_per_shard - within)
             self._writer(name, shard).write_table(table.slice(offset, take), row_group_size=take)
             offset += take
+            if within + take == self.rows_per_shard:
+                self._close_full(name, shard)
         self._written[name] = start + len(records)
         del table
         _release_arrow_memory()
+
+    def _close_full(self, name: str, shard: int) -> None:
+        """Close a full shard now (an open writer holds ~8 MB); `finish` gives it its final footer, as to workers' shards."""
+        writer = self._open.pop(f"{name}/{shard}")
+        self._writers.remove(writer)
+        writer.close()
+        self._closed.append(self.shards[name][shard])
 
     def finish(self, metadata: Mapping) -> None:
         text = json.dumps(metadata)
         for writer in self._writers:
             writer.add_key_value_metadata({METADATA_ATTR: text})
         self.close()
-        seal_shards(self.schema, self.from_workers, text)
+        seal_shards(self.schema, [*self.from_workers, *((path, path) for path in self._closed)], text)
         (self.directory / SIDECAR).write_text(json.dumps(metadata, indent=1))
         (self.directory / CARD).write_text(dataset_card(metadata, self.shards))
 

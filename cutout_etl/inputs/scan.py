@@ -140,19 +140,41 @@ def scan_inputs(
     with contextlib.ExitStack() as stack:
         opened = open_inputs(paths, options, stack)
         total = sum(info.rows for info, _ in opened)
-        parts, done, inputs = [], 0, []
+        facts, done, inputs = _FactColumns(total), 0, []
         for index, (info, f) in enumerate(opened):
             entry = InputFile(info=info)
             for start, chunk in readers.iter_chunks(info, f, options.chunk_rows):
                 if on_chunk is not None:
                     on_chunk(index, start, chunk)
-                parts.append(scan_chunk(entry, index, start, chunk, classes, options.columns))
+                facts.put(done, scan_chunk(entry, index, start, chunk, classes, options.columns))
                 done += len(chunk)
                 progress("scan", done, total)
             inputs.append(entry)
     if not drop_unknown:
         _refuse_unknown_labels(inputs, classes)
-    return _canonical(inputs, parts, list(classes), opened[0][0].image_shape)
+    return _canonical(inputs, facts.columns, list(classes), opened[0][0].image_shape)
+
+
+class _FactColumns:
+    """Pass 1's per-row facts, each chunk's written into arrays sized for all rows.
+
+    Concatenating the chunks' parts at the end would hold every fact twice at
+    that moment. A column is widened (IDs: the widest chunk's width) to the
+    dtype concatenation would give, so the result is the same.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.columns: dict[str, np.ndarray] = {}
+
+    def put(self, first: int, part: dict[str, np.ndarray]) -> None:
+        for name, values in part.items():
+            column = self.columns.get(name)
+            if column is None:
+                column = self.columns[name] = np.empty(self.total, dtype=values.dtype)
+            elif np.result_type(column.dtype, values.dtype) != column.dtype:
+                column = self.columns[name] = column.astype(np.result_type(column.dtype, values.dtype))
+            column[first : first + len(values)] = values
 
 
 def scan_chunk(entry: InputFile, index: int, start: int, chunk: np.ndarray, classes, columns: Columns) -> dict:
@@ -251,12 +273,11 @@ def _refuse_unknown_labels(inputs: Sequence[InputFile], classes: Sequence[str]) 
             )
 
 
-def _canonical(inputs: list[InputFile], parts: list[dict], classes: list[str], shape) -> Scan:
+def _canonical(inputs: list[InputFile], joined: dict[str, np.ndarray], classes: list[str], shape) -> Scan:
     """Order files by name so nothing depends on the order they were given in."""
     order = sorted(range(len(inputs)), key=lambda i: (inputs[i].info.name, str(inputs[i].info.path)))
     remap = np.empty(len(inputs), dtype=np.int16)
     remap[order] = np.arange(len(inputs), dtype=np.int16)
-    joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return Scan(
         files=[inputs[i] for i in order],
         classes=classes,

@@ -23,7 +23,7 @@ from ..errors import EmptyTableError, InvalidRowError, LabelConflictError, Missi
 from ..inputs import validate
 from ..inputs.labels import UNKNOWN, encode_labels, normalize_labels, parse_classes
 from ..inputs.scan import Scan
-from . import sky
+from . import repeats, sky
 
 __all__ = [
     "DROP_REASONS",
@@ -228,18 +228,18 @@ def plan_rows(scan: Scan, options: MergePolicy, image_hashes: ImageHashes) -> Pl
     keep = ~(dropped["unknown_label"] | dropped["empty_id"] | dropped["invalid_position"])
     dropped["no_finite_pixel"] = scan.no_finite & keep
     keep &= ~dropped["no_finite_pixel"]
-    candidates = np.flatnonzero(keep)
+    copies = _sharing(scan.ids, keep)  # only rows whose ID another row shares can be dropped as duplicates
     extra, conflicting, duplicates = resolve_duplicates(
-        scan.ids[candidates],
-        scan.codes[candidates],
-        _copy_order(scan, candidates, image_hashes),
+        scan.ids[copies],
+        scan.codes[copies],
+        _copy_order(scan, copies, image_hashes),
         scan.classes,
         options.on_conflict,
-        lambda i: scan.describe_row(candidates[i]),
+        lambda i: scan.describe_row(copies[i]),
     )
-    dropped["duplicate_id"][candidates[extra]] = True
-    dropped["conflicting_labels"][candidates[conflicting]] = True
-    keep[candidates[extra | conflicting]] = False
+    dropped["duplicate_id"][copies[extra]] = True
+    dropped["conflicting_labels"][copies[conflicting]] = True
+    keep[copies[extra | conflicting]] = False
     images = _resolve_images(scan, keep, dropped, options)
     positions = _resolve_positions(scan, keep, dropped, options)
     if not keep.any():
@@ -263,7 +263,7 @@ def _refuse_missing_classes(scan: Scan, keep: np.ndarray) -> None:
     )
 
 
-def _empty_ids(ids: np.ndarray, step: int = 1 << 20) -> np.ndarray:
+def _empty_ids(ids: np.ndarray, step: int = 1 << 16) -> np.ndarray:
     """`validate.empty_ids` in slices: its stripped copy of the IDs stays small."""
     flags = np.zeros(len(ids), dtype=bool)
     for first in range(0, len(ids), step):
@@ -287,7 +287,18 @@ def _refuse_invalid_rows(scan: Scan, dropped: dict[str, np.ndarray]) -> None:
         )
 
 
-def _copy_order(scan: Scan, rows: np.ndarray, image_hashes: ImageHashes) -> np.ndarray:
+def _sharing(keys: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The kept rows, ascending, whose key (ID, image digest) another kept row shares.
+
+    Rows with a unique key are alone in their group, so resolving duplicates
+    among these rows only drops the same rows as among all, and costs memory
+    in proportion to the duplicates (`repeats`), not to the rows.
+    """
+    candidates = np.flatnonzero(keep)
+    return candidates[repeats.repeated(keys, candidates)]
+
+
+def _copy_order(scan: Scan, copies: np.ndarray, image_hashes: ImageHashes) -> np.ndarray:
     """Which copy of a repeated ID is kept: ranked by content (pixel hash, then RA, then Dec), then file and row.
 
     Copies may differ in their pixels or their position; ranking them on
@@ -296,25 +307,12 @@ def _copy_order(scan: Scan, rows: np.ndarray, image_hashes: ImageHashes) -> np.n
     column, so they change provenance only. Only the repeated IDs' images are
     read again.
     """
-    repeated = _repeated(scan.ids[rows])
-    rank = np.zeros(len(rows), dtype=np.int64)  # a row whose ID is unique is alone in its group: any rank will do
-    if len(repeated):
-        copies = rows[repeated]
+    rank = np.zeros(len(copies), dtype=np.int64)
+    if len(copies):
         content = image_hashes(scan, copies)
         keys = (scan.row[copies], scan.file_index[copies], scan.dec[copies], scan.ra[copies], content)  # last key first
-        rank[repeated[np.lexsort(keys)]] = np.arange(len(repeated))
+        rank[np.lexsort(keys)] = np.arange(len(copies))
     return rank
-
-
-def _repeated(ids: np.ndarray) -> np.ndarray:
-    """Indices of the IDs that occur more than once, ascending."""
-    order = np.argsort(ids, kind="stable")
-    ranked = ids[order]
-    same = ranked[1:] == ranked[:-1]
-    repeated = np.zeros(len(ids), dtype=bool)
-    repeated[order[1:][same]] = True
-    repeated[order[:-1][same]] = True
-    return np.flatnonzero(repeated)
 
 
 def _resolve_images(scan: Scan, keep: np.ndarray, dropped: dict, options: MergePolicy) -> DuplicateReport:
@@ -323,7 +321,7 @@ def _resolve_images(scan: Scan, keep: np.ndarray, dropped: dict, options: MergeP
     With `keep_duplicate_images` every copy stays (the split then keeps them in one split);
     the groups are still counted in the report.
     """
-    candidates = np.flatnonzero(keep)
+    candidates = _sharing(scan.image_digest, keep)  # the smallest ID among them: the same as among all kept rows
     ids = scan.ids[candidates]
     extra, conflicting, report = resolve_duplicates(
         scan.image_digest[candidates],
@@ -346,11 +344,14 @@ def _resolve_images(scan: Scan, keep: np.ndarray, dropped: dict, options: MergeP
 
 def _resolve_positions(scan: Scan, keep: np.ndarray, dropped: dict, options: MergePolicy) -> DuplicateReport:
     """Objects within the match radius are one object: keep the smallest ID, or refuse differing labels."""
-    candidates = np.flatnonzero(keep)
-    pairs = sky.pairs_within(scan.ra[candidates], scan.dec[candidates], options.match_radius)
+    kept = np.flatnonzero(keep)
+    pairs = sky.pairs_within(scan.ra, scan.dec, options.match_radius, kept)
     if len(pairs) == 0:
         return DuplicateReport()
-    group = sky.components(len(candidates), pairs)
+    near = np.unique(pairs)  # only rows with a neighbour can be dropped; their groups keep their order
+    candidates = kept[near]
+    del kept
+    group = sky.components(len(near), np.searchsorted(near, pairs))
     ids = scan.ids[candidates]
     extra, conflicting, report = resolve_duplicates(
         group,

@@ -11,28 +11,50 @@ import numpy as np
 ARCSEC_PER_DEG = 3600.0
 
 
-def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    """(N, 3) unit vectors, computed in place: the KD-tree's input is the planning's memory peak."""
-    out = np.empty((len(ra_deg), 3))
-    dec = np.radians(dec_deg)
+def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """(N, 3) unit vectors (of positions `rows`), computed in place: the KD-tree's input is the planning's memory peak.
+
+    With `rows`, each coordinate is taken once and turned into radians in place (the same values as
+    `np.radians` of the taken coordinates), so no copy of the positions outlives this call.
+    """
+    n = len(ra_deg) if rows is None else len(rows)
+    out = np.empty((n, 3))
+    dec = np.radians(dec_deg) if rows is None else _radians_of(dec_deg, rows)
     np.sin(dec, out=out[:, 2])
     cos_dec = np.cos(dec, out=dec)
-    ra = np.radians(ra_deg)
+    ra = np.radians(ra_deg) if rows is None else _radians_of(ra_deg, rows)
     np.multiply(cos_dec, np.cos(ra), out=out[:, 0])
     np.multiply(cos_dec, np.sin(ra, out=ra), out=out[:, 1])
     return out
 
 
-def pairs_within(ra_deg: np.ndarray, dec_deg: np.ndarray, radius_arcsec: float) -> np.ndarray:
-    """Index pairs (i < j) of positions at most `radius_arcsec` apart, shape (M, 2)."""
-    finite = np.flatnonzero(np.isfinite(ra_deg) & np.isfinite(dec_deg))
-    if radius_arcsec <= 0 or len(finite) < 2:
+def _radians_of(degrees: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    taken = degrees[rows]
+    return np.radians(taken, out=taken)
+
+
+def pairs_within(
+    ra_deg: np.ndarray, dec_deg: np.ndarray, radius_arcsec: float, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Index pairs (i < j) of positions (of `rows` of them: indices into `rows`) at most `radius_arcsec` apart, (M, 2).
+
+    `rows` spares the caller copies of the positions held while the tree is built and searched.
+    """
+    if rows is None:
+        known = np.isfinite(ra_deg) & np.isfinite(dec_deg)
+    else:
+        known = np.isfinite(ra_deg[rows]) & np.isfinite(dec_deg[rows])
+    everywhere = bool(known.all())  # the usual case: no index of the finite positions
+    finite = np.zeros(0, dtype=np.int64) if everywhere else np.flatnonzero(known)
+    del known
+    count = (len(ra_deg) if rows is None else len(rows)) if everywhere else len(finite)
+    if radius_arcsec <= 0 or count < 2:
         return np.zeros((0, 2), dtype=np.int64)
     from scipy.spatial import cKDTree  # scipy costs 0.25 s to import: only when matching
 
     chord = 2 * np.sin(np.radians(radius_arcsec / ARCSEC_PER_DEG) / 2)
-    everywhere = len(finite) == len(ra_deg)  # the usual case: no copies of the positions
-    tree = cKDTree(unit_vectors(ra_deg, dec_deg) if everywhere else unit_vectors(ra_deg[finite], dec_deg[finite]))
+    take = rows if everywhere else (finite if rows is None else rows[finite])
+    tree = cKDTree(unit_vectors(ra_deg, dec_deg, take))
     pairs = tree.query_pairs(chord, output_type="ndarray").astype(np.int64)
     if len(pairs) == 0:
         return np.zeros((0, 2), dtype=np.int64)

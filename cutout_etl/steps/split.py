@@ -17,7 +17,7 @@ splits of the kept rows, and their description for the metadata) and
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +28,7 @@ from ..errors import SplitError, UsageError
 from ..inputs.pixel_facts import require_aperture_band
 from ..inputs.scan import Scan
 from ..schema import MERGED_TABLE, SPLIT_NAMES, band_names
-from . import sky
+from . import repeats, sky
 from .merge import Plan
 from .split_methods import (
     FAINT_TABLE,
@@ -91,16 +91,22 @@ def parse_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def keyed_hash(ids: np.ndarray, seed: int) -> np.ndarray:
-    """A 64-bit BLAKE2b of each ID keyed by the seed."""
+def keyed_hash(ids: np.ndarray, seed: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """A 64-bit BLAKE2b of each ID (of `ids[rows]`, taken a slice at a time) keyed by the seed."""
     if not 0 <= int(seed) < 2**63:
         raise UsageError(f"--seed: expected an integer from 0 to 2**63 - 1 (got {seed})")
     key = int(seed).to_bytes(16, "little", signed=True)
     return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(i, digest_size=8, key=key).digest(), "little") for i in ids.tolist()),
+        (int.from_bytes(hashlib.blake2b(i, digest_size=8, key=key).digest(), "little") for i in _id_bytes(ids, rows)),
         dtype=np.uint64,
-        count=len(ids),
+        count=len(ids) if rows is None else len(rows),
     )
+
+
+def _id_bytes(ids: np.ndarray, rows: np.ndarray | None, step: int = 1 << 14) -> Iterator[bytes]:
+    """Each ID as a bytes object, a slice at a time: `ids.tolist()` would hold ~70 bytes a row at once."""
+    for first in range(0, len(ids) if rows is None else len(rows), step):
+        yield from (ids[first : first + step] if rows is None else ids[rows[first : first + step]]).tolist()
 
 
 def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
@@ -180,8 +186,12 @@ def _targets(codes: np.ndarray, classes: Sequence[str], fractions: Sequence[floa
 
 
 def _place_groups(groups, codes, hashes, targets, taken, split, n_classes) -> None:
-    """Put each group of several rows whole into one split (first fit, largest first)."""
-    order = np.lexsort((hashes, groups))
+    """Put each group of several rows whole into one split (first fit, largest first).
+
+    Only the rows of such groups are sorted: almost every row is a group of its own.
+    """
+    grouped = np.flatnonzero(repeats.group_sizes(groups) > 1)
+    order = grouped[np.lexsort((hashes[grouped], groups[grouped]))]
     sorted_groups = groups[order]
     starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
     sizes = np.diff(np.r_[starts, len(order)])
@@ -279,17 +289,22 @@ def split_layout(plan: Plan, options: SplitPolicy) -> tuple[Layout, dict]:
     fractions = parse_fractions(options.fractions)
     method = SplitMethod.parse(options.method, "--split-method")
     groups, grouping = _groups(scan, kept, options)
-    ids, codes = scan.ids[kept], scan.codes[kept]
-    hashes = keyed_hash(ids, options.seed)
+    codes = _of_kept(scan.codes, kept)
+    hashes = keyed_hash(scan.ids, options.seed, kept)
+    hash_order = repeats.order_by_hash_then_key(hashes, scan.ids, kept)
+    # IDs only break ties between equal hashes: their rank in (hash, ID) order does that without copying them
+    id_rank = np.empty(len(kept), dtype=np.int64)
+    id_rank[hash_order] = np.arange(len(kept))
     faint, faint_description = _faint(scan, kept, groups, options)
     split = np.full(len(kept), len(SPLIT_NAMES), dtype=np.int8)  # rows of the faint table keep the last index
-    rest = np.flatnonzero(~faint)
+    rest = np.flatnonzero(~faint) if faint.any() else slice(None)  # a slice: no copies of the columns below
     if method == SplitMethod.STABLE:
         split[rest] = stable_assignment(hashes[rest], fractions, groups[rest])
     else:
-        split[rest] = exact_split(ids[rest], codes[rest], hashes[rest], scan.classes, fractions, groups[rest])
+        split[rest] = exact_split(id_rank[rest], codes[rest], hashes[rest], scan.classes, fractions, groups[rest])
+    del id_rank
     names = [*SPLIT_NAMES, FAINT_TABLE] if faint_description else list(SPLIT_NAMES)
-    assignment = _plan(split, codes, scan.classes, np.lexsort((ids, hashes)), names)
+    assignment = _plan(split, codes, scan.classes, hash_order, names)
     table_of_row = np.full(len(scan.ids), -1, dtype=np.int8)
     position = np.zeros(len(scan.ids), dtype=np.int64)
     table_of_row[kept] = assignment.split
@@ -321,6 +336,11 @@ _METHODS = {
 }
 
 
+def _of_kept(column: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """`column[kept]`; the column itself (no copy) when every row is kept, as `kept` is then 0..n-1."""
+    return column if len(kept) == len(column) else column[kept]
+
+
 def _faint(scan: Scan, kept: np.ndarray, groups: np.ndarray, options: SplitPolicy) -> tuple[np.ndarray, dict | None]:
     """Rows of the faint-end test table among the kept rows (none without --faint-test)."""
     fraction = check_faint_fraction(options.faint_test)
@@ -337,13 +357,13 @@ def _groups(scan: Scan, kept: np.ndarray, options: SplitPolicy) -> tuple[np.ndar
     radius = options.group_radius
     if radius is None:
         radius = sky.half_diagonal_arcsec(scan.image_shape, options.pixel_scale)
-    ra, dec = scan.ra[kept], scan.dec[kept]
-    pairs = sky.pairs_within(ra, dec, radius)
-    identical = _identical_image_pairs(scan.image_digest[kept])
+    pairs = sky.pairs_within(scan.ra, scan.dec, radius, kept)
+    identical = repeats.chained_pairs(scan.image_digest, kept)  # kept only with --keep-duplicate-images
     pairs = np.concatenate([pairs, identical]) if len(identical) else pairs
     group_by = GroupBy.parse(options.group_by, "--group-by")
     if group_by == GroupBy.SKY:
-        _, first, cell = np.unique(sky.sky_cells(ra, dec, options.cell_deg), return_index=True, return_inverse=True)
+        cells = sky.sky_cells(scan.ra[kept], scan.dec[kept], options.cell_deg)
+        _, first, cell = np.unique(cells, return_index=True, return_inverse=True)
         pairs = np.concatenate([pairs, np.column_stack([first[cell], np.arange(len(kept))])])
     groups = sky.components(len(kept), pairs)
     sizes = np.bincount(groups)
@@ -359,17 +379,6 @@ def _groups(scan: Scan, kept: np.ndarray, options: SplitPolicy) -> tuple[np.ndar
     if len(identical):
         description["rows_sharing_an_image"] = len(np.unique(identical))
     return groups, description
-
-
-def _identical_image_pairs(digests: np.ndarray) -> np.ndarray:
-    """(first, other) index pairs of rows with identical images (kept only with --keep-duplicate-images)."""
-    if len(digests) < 2:
-        return np.zeros((0, 2), dtype=np.int64)
-    order = np.argsort(digests, kind="stable")
-    same = np.flatnonzero(digests[order][1:] == digests[order][:-1])
-    if len(same) == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    return np.column_stack([order[same], order[same + 1]]).astype(np.int64)
 
 
 def _achieved(counts: dict, classes: Sequence[str], fractions: Sequence[float], tolerance: float) -> dict:
