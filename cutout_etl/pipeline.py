@@ -287,7 +287,7 @@ def _write_dataset(
     return metadata
 
 
-PASS_2_FACTS = ("ids", "codes", "file_index", "row", "table_of_row", "position")  # what `tables_in_order` reads
+PASS_2_FACTS = ("codes", "file_index", "row", "table_of_row", "position")  # what `tables_in_order` reads
 
 
 def _release_rows(plan: Plan, layout: Layout, keep: Sequence[str] = ()) -> None:
