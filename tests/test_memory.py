@@ -19,7 +19,7 @@ from cutout_etl.inputs.records import Block, image_hashes
 from cutout_etl.inputs.scan import InputFile, ReadOptions, Scan, scan_inputs
 from cutout_etl.pipeline import MergeOptions, SplitOptions, plan_rows, split_layout
 from cutout_etl.schema import DEFAULT_CLASSES, output_dtype
-from cutout_etl.steps import repeats
+from cutout_etl.steps import repeats, sky
 
 from .conftest import make_table, write_table
 
@@ -75,7 +75,7 @@ def _synthetic_scan(n: int) -> Scan:
     )
 
 
-def test_planning_adds_under_110_bytes_a_row_to_the_scan():
+def test_planning_adds_under_70_bytes_a_row_to_the_scan():
     """Merge and split on 60,000 rows: duplicates are sought by hashes, no column is copied whole needlessly."""
     import scipy.sparse.csgraph  # (imports outside the measurement)
     import scipy.spatial  # noqa: F401
@@ -89,7 +89,7 @@ def test_planning_adds_under_110_bytes_a_row_to_the_scan():
 
     (layout, _), peak = _peak_during(plan)
     assert layout.rows() == {"train": 42_000, "val": 9_000, "test": 9_000}
-    assert peak / n < 110, f"{peak / n:.0f} bytes a row"  # 164 before planning was trimmed; ~80 after
+    assert peak / n < 70, f"{peak / n:.0f} bytes a row"  # 164, then 79; 63 once the split drops hashes and groups
 
 
 def test_repeated_keys_are_exact_even_when_every_hash_collides(monkeypatch):
@@ -151,3 +151,16 @@ def test_pass_2_holds_under_25_bytes_a_row():
         tracemalloc.stop()
     assert sum(len(facts) for _, facts, _ in tables) == n
     assert held / n < 25, f"{held / n:.0f} bytes a row"  # 49 with the IDs (S29)
+
+
+def test_unit_vectors_hold_only_their_result_and_are_the_whole_array_values():
+    """The KD-tree's input is made a slice at a time: no row-sized temporaries beside its 24 bytes a row."""
+    rng = np.random.default_rng(3)
+    n = 300_000
+    ra, dec = rng.uniform(0, 360, n), np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    rows = np.flatnonzero(rng.random(n) < 0.9)
+    vectors, peak = _peak_during(lambda: sky.unit_vectors(ra, dec, rows))
+    assert peak / len(rows) < 36, f"{peak / len(rows):.0f} bytes a row"  # 32 (2 MB of slices); 48 whole-array
+    r, d = np.radians(ra[rows]), np.radians(dec[rows])
+    expected = np.column_stack([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)])
+    assert vectors.tobytes() == expected.tobytes()

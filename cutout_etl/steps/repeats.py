@@ -99,3 +99,10 @@ def group_sizes(groups: np.ndarray) -> np.ndarray:
         return np.bincount(groups)[groups]
     _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
     return counts[inverse]
+
+
+def inverse_permutation(permutation: np.ndarray) -> np.ndarray:
+    """The inverse of a permutation of 0..n-1: a rank from an order, or an order from a rank."""
+    inverse = np.empty(len(permutation), dtype=np.int64)
+    inverse[permutation] = np.arange(len(permutation))
+    return inverse

@@ -291,10 +291,8 @@ def split_layout(plan: Plan, options: SplitPolicy) -> tuple[Layout, dict]:
     groups, grouping = _groups(scan, kept, options)
     codes = _of_kept(scan.codes, kept)
     hashes = keyed_hash(scan.ids, options.seed, kept)
-    hash_order = repeats.order_by_hash_then_key(hashes, scan.ids, kept)
     # IDs only break ties between equal hashes: their rank in (hash, ID) order does that without copying them
-    id_rank = np.empty(len(kept), dtype=np.int64)
-    id_rank[hash_order] = np.arange(len(kept))
+    id_rank = repeats.inverse_permutation(repeats.order_by_hash_then_key(hashes, scan.ids, kept))
     faint, faint_description = _faint(scan, kept, groups, options)
     split = np.full(len(kept), len(SPLIT_NAMES), dtype=np.int8)  # rows of the faint table keep the last index
     rest = np.flatnonzero(~faint) if faint.any() else slice(None)  # a slice: no copies of the columns below
@@ -302,6 +300,8 @@ def split_layout(plan: Plan, options: SplitPolicy) -> tuple[Layout, dict]:
         split[rest] = stable_assignment(hashes[rest], fractions, groups[rest])
     else:
         split[rest] = exact_split(id_rank[rest], codes[rest], hashes[rest], scan.classes, fractions, groups[rest])
+    del hashes, groups  # the split is made: what follows needs only the (hash, ID) order, held once at a time
+    hash_order = repeats.inverse_permutation(id_rank)
     del id_rank
     names = [*SPLIT_NAMES, FAINT_TABLE] if faint_description else list(SPLIT_NAMES)
     assignment = _plan(split, codes, scan.classes, hash_order, names)
