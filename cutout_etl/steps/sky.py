@@ -31,7 +31,7 @@ def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray, rows: np.ndarray | Non
     return out
 
 
-UNIT_VECTOR_SLICE = 1 << 16  # rows: 2 MB of temporaries
+UNIT_VECTOR_SLICE = 1 << 14  # rows: 0.5 MB of temporaries
 
 
 def pairs_within(
