@@ -30,7 +30,7 @@ from .dataset import open_dataset, row_dtype
 from .errors import DatasetError, InvalidRowError, UsageError
 from .execution import local as execution
 from .execution.dask_cluster import ClusterOptions
-from .execution.heap import map_large_allocations, return_freed_memory
+from .execution.heap import return_freed_memory
 from .formats import OutputFormat, Sink
 from .formats.atomic import atomic_output
 from .inputs import readers
@@ -330,9 +330,9 @@ def _job(paths: Sequence[Path], out: str | Path, output: OutputOptions, hash_inp
     target = Path(out).resolve()
     if any(Path(p).resolve() == target for p in paths):
         raise UsageError(f"{out}: is also an input; write the output elsewhere")
-    map_large_allocations()  # before pass 1: RSS follows the per-row arrays in use, not the heap's high-water mark
+    hashed = paths if hash_inputs else []
     atomic = atomic_output(Path(out), output.overwrite, output.fsync, fmt.directory, protected=paths)
-    with atomic as tmp, FileHasher(paths if hash_inputs else []) as hasher:
+    with atomic as tmp, FileHasher(hashed) as hasher:
         yield tmp, hasher, fmt
 
 

@@ -6,10 +6,7 @@ hold whatever the allocator or the machine's load; they are bytes per row.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import subprocess
-import sys
 import tracemalloc
 from types import SimpleNamespace
 
@@ -17,7 +14,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cutout_etl.execution import heap
 from cutout_etl.formats.parquet import ParquetSink
 from cutout_etl.inputs.records import Block, image_hashes
 from cutout_etl.inputs.scan import InputFile, ReadOptions, Scan, scan_inputs
@@ -177,29 +173,3 @@ def test_the_plan_keeps_the_dropped_rows_not_a_mask_per_reason():
     plan = plan_rows(scan, MergeOptions(on_conflict="drop"), image_hashes)
     assert sum(rows.nbytes for rows in plan.dropped.values()) <= 8
     assert plan.dropped["no_finite_pixel"].tolist() == [7] and int(plan.keep.sum()) == 4999
-
-
-_REUSE = """
-import sys, numpy as np
-from cutout_etl.execution import heap
-if sys.argv[1] == "mapped":
-    heap.map_large_allocations()
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-a = np.ones(1 << 19); del a  # 4 MB: glibc's own threshold would now rise past it
-before = rss()
-b = np.ones(1 << 19); del b  # from the heap, its pages kept once freed, unless mapped
-print(rss() - before)
-"""
-
-
-@pytest.mark.skipif(heap._glibc("mallopt", (ctypes.c_int, ctypes.c_int)) is None, reason="glibc only")
-def test_freed_per_row_arrays_leave_the_rss():
-    """Arrays of a few MB freed during planning stop counting in RSS (a real process, as a build runs)."""
-    grown = {
-        how: int(subprocess.run([sys.executable, "-c", _REUSE, how], capture_output=True, text=True, check=True).stdout)
-        for how in ("default", "mapped")
-    }
-    assert grown["default"] > 3_000_000  # what a build suffered without the fixed threshold
-    assert grown["mapped"] < 500_000
