@@ -287,7 +287,7 @@ def _write_dataset(
     return metadata
 
 
-PASS_2_FACTS = ("ids", "codes", "file_index", "row", "table_of_row", "position")  # what `tables_in_order` reads
+PASS_2_FACTS = ("codes", "file_index", "row", "table_of_row", "position")  # what `tables_in_order` reads
 
 
 def _release_rows(plan: Plan, layout: Layout, keep: Sequence[str] = ()) -> None:
@@ -299,7 +299,7 @@ def _release_rows(plan: Plan, layout: Layout, keep: Sequence[str] = ()) -> None:
         for name, value in vars(holder).items():
             if isinstance(value, np.ndarray) and name not in keep:
                 setattr(holder, name, np.zeros(0, dtype=value.dtype))
-    plan.dropped = {reason: np.zeros(0, dtype=bool) for reason in plan.dropped}
+    plan.dropped = {reason: np.zeros(0, dtype=np.int64) for reason in plan.dropped}
 
 
 def _refuse_non_utf8_ids(plan: Plan) -> None:

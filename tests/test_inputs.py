@@ -124,7 +124,7 @@ def test_pass_2_readers_and_dask_tasks_refuse_an_input_that_is_not_the_one_scann
         records.open_row_readers(infos, stack)
     classes = ["GALAXY", "QSO", "STAR"]
     job = dask_cluster.WriteJob(infos, classes, np.dtype("f4"), tmp_path / "unused.h5", {}, 16, False, 4)
-    facts = records.RowFacts(np.array([b"x"]), np.zeros(1, np.int16), np.ones(1, np.int16), np.zeros(1, np.int64))
+    facts = records.RowFacts(np.zeros(1, np.int16), np.ones(1, np.int16), np.zeros(1, np.int64))
     with pytest.raises(InputChangedError, match=f"^{files[1]}: changed while"):  # what a Dask worker runs
         dask_cluster.run_task(job, dask_cluster.Task("train", facts, np.zeros(1, np.int64), False))
     assert not (tmp_path / "unused.h5").exists()

@@ -19,7 +19,7 @@ from cutout_etl.inputs.records import Block, image_hashes
 from cutout_etl.inputs.scan import InputFile, ReadOptions, Scan, scan_inputs
 from cutout_etl.pipeline import MergeOptions, SplitOptions, plan_rows, split_layout
 from cutout_etl.schema import DEFAULT_CLASSES, output_dtype
-from cutout_etl.steps import repeats
+from cutout_etl.steps import repeats, sky
 
 from .conftest import make_table, write_table
 
@@ -75,7 +75,7 @@ def _synthetic_scan(n: int) -> Scan:
     )
 
 
-def test_planning_adds_under_110_bytes_a_row_to_the_scan():
+def test_planning_adds_under_60_bytes_a_row_to_the_scan():
     """Merge and split on 60,000 rows: duplicates are sought by hashes, no column is copied whole needlessly."""
     import scipy.sparse.csgraph  # (imports outside the measurement)
     import scipy.spatial  # noqa: F401
@@ -89,7 +89,7 @@ def test_planning_adds_under_110_bytes_a_row_to_the_scan():
 
     (layout, _), peak = _peak_during(plan)
     assert layout.rows() == {"train": 42_000, "val": 9_000, "test": 9_000}
-    assert peak / n < 110, f"{peak / n:.0f} bytes a row"  # 164 before planning was trimmed; ~80 after
+    assert peak / n < 60, f"{peak / n:.0f} bytes a row"  # 164, then 77; 54 (no row index when all are kept)
 
 
 def test_repeated_keys_are_exact_even_when_every_hash_collides(monkeypatch):
@@ -133,3 +133,43 @@ def test_hash_then_key_order_is_lexsort_of_the_taken_keys():
         hashes = rng.integers(0, distinct, len(rows)).astype(np.uint64)
         expected = np.lexsort((keys[rows], hashes))
         assert np.array_equal(repeats.order_by_hash_then_key(hashes, keys, rows), expected)
+
+
+def test_pass_2_holds_under_25_bytes_a_row():
+    """The write pass's per-row facts (class, input, row, position) leave the IDs out: fills read them again."""
+    from cutout_etl.execution.local import tables_in_order
+
+    n = 30_000
+    scan = _synthetic_scan(n)
+    layout, _ = split_layout(plan_rows(scan, MergeOptions(on_conflict="drop"), image_hashes), SplitOptions())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tables = tables_in_order(scan, layout)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert sum(len(facts) for _, facts, _ in tables) == n
+    assert held / n < 25, f"{held / n:.0f} bytes a row"  # 49 with the IDs (S29)
+
+
+def test_unit_vectors_hold_only_their_result_and_are_the_whole_array_values():
+    """The KD-tree's input is made a slice at a time: no row-sized temporaries beside its 24 bytes a row."""
+    rng = np.random.default_rng(3)
+    n = 300_000
+    ra, dec = rng.uniform(0, 360, n), np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    rows = np.flatnonzero(rng.random(n) < 0.9)
+    vectors, peak = _peak_during(lambda: sky.unit_vectors(ra, dec, rows))
+    assert peak / len(rows) < 30, f"{peak / len(rows):.0f} bytes a row"  # 26 (slices); 48 whole-array
+    r, d = np.radians(ra[rows]), np.radians(dec[rows])
+    expected = np.column_stack([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)])
+    assert vectors.tobytes() == expected.tobytes()
+
+
+def test_the_plan_keeps_the_dropped_rows_not_a_mask_per_reason():
+    """Ten reasons' masks were 10 bytes a row through the split; the dropped rows' indices are what the report needs."""
+    scan = _synthetic_scan(5000)
+    scan.no_finite[7] = True  # one row without a finite pixel
+    plan = plan_rows(scan, MergeOptions(on_conflict="drop"), image_hashes)
+    assert sum(rows.nbytes for rows in plan.dropped.values()) <= 8
+    assert plan.dropped["no_finite_pixel"].tolist() == [7] and int(plan.keep.sum()) == 4999

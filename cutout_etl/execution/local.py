@@ -57,7 +57,7 @@ def cluster(options: ClusterOptions | None) -> Iterator[Cluster | None]:
 
 def tables_in_order(scan: Scan, layout: Layout) -> list[TableRows]:
     """Each table's rows in stored order: their facts and their positions."""
-    facts = RowFacts(scan.ids, scan.codes, scan.file_index, scan.row)
+    facts = RowFacts(scan.codes, scan.file_index, scan.row)
     tables = []
     for t, name in enumerate(layout.tables):
         members = np.flatnonzero(layout.table_of_row == t)

@@ -20,7 +20,7 @@ import numpy as np
 import xxhash
 from numpy.lib.recfunctions import repack_fields
 
-from ..schema import RowCut
+from ..schema import RowCut, as_bytes
 from . import readers
 from .readers import TableInfo
 from .scan import Scan
@@ -28,18 +28,21 @@ from .scan import Scan
 
 @dataclass
 class RowFacts:
-    """Per-row facts of some scan rows: ~40 bytes a row, picklable."""
+    """Per-row facts of some scan rows: 12 bytes a row, picklable.
 
-    ids: np.ndarray  # bytes
+    No IDs: `RecordFiller` reads each row's ID again with the rest of its input row,
+    so pass 2 does not hold the IDs (~29 bytes a row) through the write pass.
+    """
+
     codes: np.ndarray  # int16 class code
     file_index: np.ndarray  # int16, index into the inputs
     row: np.ndarray  # int64, row in that input
 
     def take(self, index: np.ndarray | slice) -> RowFacts:
-        return RowFacts(self.ids[index], self.codes[index], self.file_index[index], self.row[index])
+        return RowFacts(self.codes[index], self.file_index[index], self.row[index])
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.codes)
 
 
 def open_row_readers(infos: Sequence[TableInfo], stack: contextlib.ExitStack) -> list[readers.RowReader]:
@@ -123,7 +126,6 @@ class RecordFiller:
         """The block of `facts`' rows; in the first rows of `into` (a block to reuse) if given."""
         block = Block.empty(len(facts), self.dtype) if into is None else into.head(len(facts))
         columns = block.columns
-        columns["ID"] = facts.ids
         columns["label"] = facts.codes
         columns["SPECTYPE"] = self.class_names[facts.codes]
         columns["source_file"] = facts.file_index
@@ -132,6 +134,7 @@ class RecordFiller:
             source = sources[file_index]
             rest = source.read_into(facts.row[mine], block.images, mine)
             names = source.info.columns
+            columns["ID"][mine] = as_bytes(rest[names.id])  # as pass 1 read it (`scan.scan_chunk`)
             columns["RAJ2000"][mine] = rest[names.ra]
             columns["DECJ2000"][mine] = rest[names.dec]
             if self.carry_provenance:

@@ -172,7 +172,7 @@ class Plan:
 
     scan: Scan
     keep: np.ndarray
-    dropped: dict[str, np.ndarray]  # reason -> bool mask of rows
+    dropped: dict[str, np.ndarray]  # reason -> the rows dropped for it, ascending (no mask of a byte a row each)
     duplicates: DuplicateReport = field(default_factory=DuplicateReport)
     positions: DuplicateReport = field(default_factory=DuplicateReport)
     match_radius: float = 0.0
@@ -191,7 +191,7 @@ class Plan:
                     **{k: v for k, v in entry.describe().items() if k != "sha256"},  # `inputs` has it, once hashed
                     "labels": dict(sorted(entry.label_counts.items())),
                     "rows_kept": int(np.count_nonzero(self.keep & in_file)),
-                    "dropped": {r: int(np.count_nonzero(m & in_file)) for r, m in self.dropped.items()},
+                    "dropped": {r: int(np.count_nonzero(in_file[rows])) for r, rows in self.dropped.items()},
                     "rows_partly_nonfinite_kept": int(np.count_nonzero(self.keep & in_file & partly)),
                     "image_cast_to_float32": entry.info.image_dtype != np.float32,
                     "notes": list(entry.info.notes),
@@ -200,7 +200,7 @@ class Plan:
         return {
             "rows_read": len(self.keep),
             "rows_kept": int(self.keep.sum()),
-            "dropped": {r: int(m.sum()) for r, m in self.dropped.items()},
+            "dropped": {r: len(rows) for r, rows in self.dropped.items()},
             "duplicate_ids": vars(self.duplicates),
             "duplicate_images": {"kept": self.keep_duplicate_images, **vars(self.images)},
             "duplicate_positions": {"match_radius_arcsec": self.match_radius, **vars(self.positions)},
@@ -246,7 +246,8 @@ def plan_rows(scan: Scan, options: MergePolicy, image_hashes: ImageHashes) -> Pl
         reasons = ", ".join(f"{r.replace('_', ' ')} {int(m.sum())}" for r, m in dropped.items() if m.any())
         raise EmptyTableError(f"nothing to write: all {len(keep)} rows were dropped ({reasons})")
     _refuse_missing_classes(scan, keep)
-    return Plan(scan, keep, dropped, duplicates, positions, options.match_radius, images, options.keep_duplicate_images)
+    rows = {reason: np.flatnonzero(dropped.pop(reason)) for reason in DROP_REASONS}  # a mask freed as each goes
+    return Plan(scan, keep, rows, duplicates, positions, options.match_radius, images, options.keep_duplicate_images)
 
 
 def _refuse_missing_classes(scan: Scan, keep: np.ndarray) -> None:

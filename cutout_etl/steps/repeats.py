@@ -65,21 +65,21 @@ def _repeated_values(values: np.ndarray) -> np.ndarray:
     return np.flatnonzero(repeated)
 
 
-def chained_pairs(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(first, other) pairs of positions in `rows` whose keys are equal, linking each such group in a chain.
+def chained_pairs(keys: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """(first, other) pairs of positions in `rows` (default: all of `keys`) whose keys are equal, chained by group.
 
     Only the rows whose key repeats (`repeated`) are sorted.
     """
     shared = repeated(keys, rows)
     if len(shared) == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    order = shared[np.argsort(keys[rows[shared]], kind="stable")]
-    ranked = keys[rows[order]]
+    order = shared[np.argsort(keys[rows_at(rows, shared)], kind="stable")]
+    ranked = keys[rows_at(rows, order)]
     same = np.flatnonzero(ranked[1:] == ranked[:-1])
     return np.column_stack([order[same], order[same + 1]]).astype(np.int64)
 
 
-def order_by_hash_then_key(hashes: np.ndarray, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def order_by_hash_then_key(hashes: np.ndarray, keys: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """`np.lexsort((keys[rows], hashes))` without taking `keys[rows]`: only rows with equal hashes compare keys."""
     order = np.argsort(hashes, kind="stable")
     ranked = hashes[order]
@@ -89,7 +89,7 @@ def order_by_hash_then_key(hashes: np.ndarray, keys: np.ndarray, rows: np.ndarra
         in_tie[tied] = in_tie[tied + 1] = True
         at = np.flatnonzero(in_tie)  # runs of equal hashes, in hash order; each run's rows in row order
         members = order[at]
-        order[at] = members[np.lexsort((keys[rows[members]], ranked[at]))]
+        order[at] = members[np.lexsort((keys[rows_at(rows, members)], ranked[at]))]
     return order
 
 
@@ -99,3 +99,20 @@ def group_sizes(groups: np.ndarray) -> np.ndarray:
         return np.bincount(groups)[groups]
     _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
     return counts[inverse]
+
+
+def inverse_permutation(permutation: np.ndarray) -> np.ndarray:
+    """The inverse of a permutation of 0..n-1: a rank from an order, or an order from a rank."""
+    inverse = np.empty(len(permutation), dtype=np.int64)
+    inverse[permutation] = np.arange(len(permutation))
+    return inverse
+
+
+def rows_at(rows: np.ndarray | None, at: np.ndarray) -> np.ndarray:
+    """`rows[at]`; `at` itself when `rows` is None (every row, without an index of 8 bytes a row)."""
+    return at if rows is None else rows[at]
+
+
+def of_rows(column: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    """`column[rows]`; the column itself (no copy) when `rows` is None (every row)."""
+    return column if rows is None else column[rows]

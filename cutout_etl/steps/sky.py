@@ -12,25 +12,26 @@ ARCSEC_PER_DEG = 3600.0
 
 
 def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """(N, 3) unit vectors (of positions `rows`), computed in place: the KD-tree's input is the planning's memory peak.
+    """(N, 3) unit vectors (of positions `rows`): the KD-tree's input, planning's memory peak.
 
-    With `rows`, each coordinate is taken once and turned into radians in place (the same values as
-    `np.radians` of the taken coordinates), so no copy of the positions outlives this call.
+    Computed a slice of rows at a time, so the only per-row memory is the result: element-wise, the
+    values are those of whole-array `np.radians`, `np.sin` and `np.cos` (slices start at multiples of the
+    SIMD width). With `rows`, no copy of the positions outlives a slice.
     """
     n = len(ra_deg) if rows is None else len(rows)
     out = np.empty((n, 3))
-    dec = np.radians(dec_deg) if rows is None else _radians_of(dec_deg, rows)
-    np.sin(dec, out=out[:, 2])
-    cos_dec = np.cos(dec, out=dec)
-    ra = np.radians(ra_deg) if rows is None else _radians_of(ra_deg, rows)
-    np.multiply(cos_dec, np.cos(ra), out=out[:, 0])
-    np.multiply(cos_dec, np.sin(ra, out=ra), out=out[:, 1])
+    for first in range(0, n, UNIT_VECTOR_SLICE):
+        at = slice(first, min(first + UNIT_VECTOR_SLICE, n))
+        dec = np.radians(dec_deg[at] if rows is None else dec_deg[rows[at]])
+        np.sin(dec, out=out[at, 2])
+        cos_dec = np.cos(dec, out=dec)
+        ra = np.radians(ra_deg[at] if rows is None else ra_deg[rows[at]])
+        np.multiply(cos_dec, np.cos(ra), out=out[at, 0])
+        np.multiply(cos_dec, np.sin(ra, out=ra), out=out[at, 1])
     return out
 
 
-def _radians_of(degrees: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    taken = degrees[rows]
-    return np.radians(taken, out=taken)
+UNIT_VECTOR_SLICE = 1 << 14  # rows: 0.5 MB of temporaries
 
 
 def pairs_within(

@@ -285,30 +285,31 @@ def merged_layout(plan: Plan) -> Layout:
 def split_layout(plan: Plan, options: SplitPolicy) -> tuple[Layout, dict]:
     """The split of the kept rows (and the faint-end table, if asked for), and its description for the metadata."""
     scan = plan.scan
-    kept = np.flatnonzero(plan.keep)
+    kept = None if plan.keep.all() else np.flatnonzero(plan.keep)  # None: every row (the usual case), no index
+    n_kept = len(plan.keep) if kept is None else len(kept)
     fractions = parse_fractions(options.fractions)
     method = SplitMethod.parse(options.method, "--split-method")
-    groups, grouping = _groups(scan, kept, options)
-    codes = _of_kept(scan.codes, kept)
+    groups, grouping = _groups(scan, kept, n_kept, options)
+    codes = repeats.of_rows(scan.codes, kept)
     hashes = keyed_hash(scan.ids, options.seed, kept)
-    hash_order = repeats.order_by_hash_then_key(hashes, scan.ids, kept)
     # IDs only break ties between equal hashes: their rank in (hash, ID) order does that without copying them
-    id_rank = np.empty(len(kept), dtype=np.int64)
-    id_rank[hash_order] = np.arange(len(kept))
-    faint, faint_description = _faint(scan, kept, groups, options)
-    split = np.full(len(kept), len(SPLIT_NAMES), dtype=np.int8)  # rows of the faint table keep the last index
+    id_rank = repeats.inverse_permutation(repeats.order_by_hash_then_key(hashes, scan.ids, kept))
+    faint, faint_description = _faint(scan, kept, n_kept, groups, options)
+    split = np.full(n_kept, len(SPLIT_NAMES), dtype=np.int8)  # rows of the faint table keep the last index
     rest = np.flatnonzero(~faint) if faint.any() else slice(None)  # a slice: no copies of the columns below
     if method == SplitMethod.STABLE:
         split[rest] = stable_assignment(hashes[rest], fractions, groups[rest])
     else:
         split[rest] = exact_split(id_rank[rest], codes[rest], hashes[rest], scan.classes, fractions, groups[rest])
+    del hashes, groups  # the split is made: what follows needs only the (hash, ID) order, held once at a time
+    hash_order = repeats.inverse_permutation(id_rank)
     del id_rank
     names = [*SPLIT_NAMES, FAINT_TABLE] if faint_description else list(SPLIT_NAMES)
     assignment = _plan(split, codes, scan.classes, hash_order, names)
-    table_of_row = np.full(len(scan.ids), -1, dtype=np.int8)
-    position = np.zeros(len(scan.ids), dtype=np.int64)
-    table_of_row[kept] = assignment.split
-    position[kept] = assignment.position
+    table_of_row, position = assignment.split, assignment.position
+    if kept is not None:
+        table_of_row, position = np.full(len(scan.ids), -1, dtype=np.int8), np.zeros(len(scan.ids), dtype=np.int64)
+        table_of_row[kept], position[kept] = assignment.split, assignment.position
     rows = {
         name: {"rows": sum(assignment.counts[name].values()), "class_counts": assignment.counts[name]} for name in names
     }
@@ -336,23 +337,21 @@ _METHODS = {
 }
 
 
-def _of_kept(column: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """`column[kept]`; the column itself (no copy) when every row is kept, as `kept` is then 0..n-1."""
-    return column if len(kept) == len(column) else column[kept]
-
-
-def _faint(scan: Scan, kept: np.ndarray, groups: np.ndarray, options: SplitPolicy) -> tuple[np.ndarray, dict | None]:
+def _faint(
+    scan: Scan, kept: np.ndarray | None, n_kept: int, groups: np.ndarray, options: SplitPolicy
+) -> tuple[np.ndarray, dict | None]:
     """Rows of the faint-end test table among the kept rows (none without --faint-test)."""
     fraction = check_faint_fraction(options.faint_test)
     if fraction == 0:
-        return np.zeros(len(kept), dtype=bool), None
+        return np.zeros(n_kept, dtype=bool), None
     if GroupBy.parse(options.group_by, "--group-by") == GroupBy.SKY:
         raise UsageError("--faint-test: not with --group-by sky (each faint object would pull its whole sky cell)")
     require_aperture_band(band_names(scan.image_shape[-1]), "--faint-test")
-    return faint_rows(scan.aperture_flux[kept], scan.ids[kept], scan.codes[kept], scan.classes, fraction, groups)
+    flux, ids, codes = (repeats.of_rows(column, kept) for column in (scan.aperture_flux, scan.ids, scan.codes))
+    return faint_rows(flux, ids, codes, scan.classes, fraction, groups)
 
 
-def _groups(scan: Scan, kept: np.ndarray, options: SplitPolicy) -> tuple[np.ndarray, dict]:
+def _groups(scan: Scan, kept: np.ndarray | None, n_kept: int, options: SplitPolicy) -> tuple[np.ndarray, dict]:
     """Rows that must share a split: neighbours within the group radius, identical images, and sky cells."""
     radius = options.group_radius
     if radius is None:
@@ -362,10 +361,10 @@ def _groups(scan: Scan, kept: np.ndarray, options: SplitPolicy) -> tuple[np.ndar
     pairs = np.concatenate([pairs, identical]) if len(identical) else pairs
     group_by = GroupBy.parse(options.group_by, "--group-by")
     if group_by == GroupBy.SKY:
-        cells = sky.sky_cells(scan.ra[kept], scan.dec[kept], options.cell_deg)
+        cells = sky.sky_cells(repeats.of_rows(scan.ra, kept), repeats.of_rows(scan.dec, kept), options.cell_deg)
         _, first, cell = np.unique(cells, return_index=True, return_inverse=True)
-        pairs = np.concatenate([pairs, np.column_stack([first[cell], np.arange(len(kept))])])
-    groups = sky.components(len(kept), pairs)
+        pairs = np.concatenate([pairs, np.column_stack([first[cell], np.arange(n_kept)])])
+    groups = sky.components(n_kept, pairs)
     sizes = np.bincount(groups)
     description = {
         "group_radius_arcsec": radius,
