@@ -10,6 +10,8 @@ a hash collision only makes a row a candidate.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 SLICE_ROWS = 1 << 14  # keys hashed at a time: their copies stay ~1 MB
@@ -33,12 +35,18 @@ def key_hashes(keys: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """A 64-bit FNV-1a hash of each key's bytes (of `keys[rows]`), computed a slice of rows at a time."""
     if keys.dtype.kind != "S":
         raise TypeError(f"expected fixed-width bytes keys, got {keys.dtype}")
-    n = len(keys) if rows is None else len(rows)
-    out = np.empty(n, dtype=np.uint64)
-    for first in range(0, n, SLICE_ROWS):
-        part = keys[first : first + SLICE_ROWS] if rows is None else keys[rows[first : first + SLICE_ROWS]]
+    out = np.empty(len(keys) if rows is None else len(rows), dtype=np.uint64)
+    first = 0
+    for part in key_slices(keys, rows):
         out[first : first + len(part)] = _fnv1a(np.ascontiguousarray(part))
+        first += len(part)
     return out
+
+
+def key_slices(keys: np.ndarray, rows: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """`keys[rows]` (default: all of `keys`) in slices of `SLICE_ROWS`: never taken whole."""
+    for first in range(0, len(keys) if rows is None else len(rows), SLICE_ROWS):
+        yield keys[first : first + SLICE_ROWS] if rows is None else keys[rows[first : first + SLICE_ROWS]]
 
 
 def _fnv1a(keys: np.ndarray) -> np.ndarray:

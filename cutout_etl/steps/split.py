@@ -103,10 +103,10 @@ def keyed_hash(ids: np.ndarray, seed: int, rows: np.ndarray | None = None) -> np
     )
 
 
-def _id_bytes(ids: np.ndarray, rows: np.ndarray | None, step: int = 1 << 14) -> Iterator[bytes]:
+def _id_bytes(ids: np.ndarray, rows: np.ndarray | None) -> Iterator[bytes]:
     """Each ID as a bytes object, a slice at a time: `ids.tolist()` would hold ~70 bytes a row at once."""
-    for first in range(0, len(ids) if rows is None else len(rows), step):
-        yield from (ids[first : first + step] if rows is None else ids[rows[first : first + step]]).tolist()
+    for part in repeats.key_slices(ids, rows):
+        yield from part.tolist()
 
 
 def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
@@ -147,7 +147,7 @@ def assign_splits(
     """Stratified assignment of unique IDs with class codes to the splits (`exact_split`), and positions."""
     hashes = keyed_hash(ids, seed)
     split = exact_split(ids, codes, hashes, classes, fractions, groups)
-    return _plan(split, codes, classes, np.lexsort((ids, hashes)))
+    return _plan(split, codes, classes, repeats.order_by_hash_then_key(hashes, ids))
 
 
 def exact_split(
