@@ -83,12 +83,12 @@ def test_sealing_renames_the_shards_and_removes_attempts_no_task_returned(tmp_pa
     import pyarrow.parquet as pq
 
     from cutout_etl.formats.parquet import arrow_schema
-    from cutout_etl.formats.parquet_shards import open_shard_writer, seal_shards, temp_shard_path
+    from cutout_etl.formats.parquet_shards import ShardWriter, seal_shards, temp_shard_path
 
     schema = arrow_schema(4, ["A", "B"])
     final = tmp_path / "train-00000-of-00001.parquet"
     temp, stale = temp_shard_path(final), temp_shard_path(final)
-    open_shard_writer(temp, schema).close()
+    ShardWriter(temp, schema).close()
     stale.write_bytes(b"PAR1 cut short")
     seal_shards(schema, [(temp, final)], '{"format": "x"}')
     assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]

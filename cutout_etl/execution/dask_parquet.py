@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..formats.parquet import ParquetSink, records_to_table
-from ..formats.parquet_shards import open_shard_writer, temp_shard_path
+from ..formats.parquet_shards import ShardWriter, temp_shard_path
 from ..inputs.readers import TableInfo
 from ..inputs.records import RecordFiller, RowFacts, open_row_readers
 from ..steps.checksums import TableChecksums, block_checksums
@@ -64,7 +64,7 @@ def run_shard_task(job: ShardJob, task: ShardTask) -> tuple[Path, list[dict], Ba
     temp = temp_shard_path(task.final)
     with contextlib.ExitStack() as stack:
         sources = open_row_readers(job.inputs, stack)
-        writer = open_shard_writer(temp, job.schema)
+        writer = ShardWriter(temp, job.schema)
         stack.callback(writer.close)
         for block_start in range(task.first, task.stop, job.chunk_rows):
             offset = block_start - task.first

@@ -28,6 +28,7 @@ from ..schema import METADATA_ATTR, column_meta_yaml
 from .atomic import atomic_output, check_writable
 from .base import OutputFormat, Sink, Table, check_metadata, is_our_metadata
 from .hdf5_read import H5Table
+from .write_behind import WriteBehind
 
 if TYPE_CHECKING:
     from typing import Self
@@ -240,11 +241,13 @@ class RowWriter:
     """Writes blocks at given row positions of preallocated contiguous tables.
 
     Each row's columns and image go out in one vectored write per run of
-    consecutive positions, straight from the block's arrays.
+    consecutive positions, straight from the block's arrays, and leave the
+    page cache once written back (`write_behind`).
     """
 
     def __init__(self, path: Path, offsets: Mapping[str, int | None], dtype: np.dtype) -> None:
         self._fd: int | None = os.open(path, os.O_WRONLY)
+        self._behind = WriteBehind(self._fd)
         self._offsets = dict(offsets)
         self._cut = image_cut(dtype)
         self.rows_written = 0
@@ -262,9 +265,11 @@ class RowWriter:
         buffers = cut.buffers(columns, block.images, range(len(block)))
         per_row = cut.buffers_per_row
         for a, b in row_runs(positions, IOV_MAX // per_row):
-            written = os.pwritev(fd, buffers[a * per_row : b * per_row], base + int(positions[a]) * size)
+            offset = base + int(positions[a]) * size
+            written = os.pwritev(fd, buffers[a * per_row : b * per_row], offset)
             if written != (b - a) * size:
                 raise OSError(errno.ENOSPC, "short write")
+            self._behind.wrote(offset, written)
         self.rows_written += len(block)
 
     def close(self) -> None:

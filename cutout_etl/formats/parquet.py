@@ -41,7 +41,7 @@ from ..schema import (
 )
 from .base import OutputFormat, Sink, Table, check_metadata, is_our_metadata
 from .hf_card import dataset_card, hf_features
-from .parquet_shards import open_shard_writer, seal_shards
+from .parquet_shards import ShardWriter, seal_shards
 
 if TYPE_CHECKING:  # pyarrow is imported only when Parquet is written or read
     import pyarrow as pa
@@ -244,12 +244,12 @@ class ParquetSink:
         self.schema = arrow_schema(image_size, classes)
         self.rows_per_shard = rows_per_shard
         (directory / DATA_DIR).mkdir(parents=True)
-        self._writers: list[pq.ParquetWriter] = []
+        self._writers: list[ShardWriter] = []
         self.shards = {
             name: [directory / DATA_DIR / n for n in shard_names(name, rows, rows_per_shard)]
             for name, rows in tables_rows.items()
         }
-        self._open: dict[str, pq.ParquetWriter] = {}
+        self._open: dict[str, ShardWriter] = {}
         self._written = dict.fromkeys(tables_rows, 0)
         self.from_workers: list[tuple[Path, Path]] = []  # (temporary, final) shards Dask tasks wrote
         self._closed: list[Path] = []  # full shards closed before `finish`, without the final metadata yet
@@ -257,10 +257,10 @@ class ParquetSink:
             if tables_rows[name] == 0:  # an empty split still gets one (empty) shard
                 self._writer(name, 0)
 
-    def _writer(self, name: str, shard: int) -> pq.ParquetWriter:
+    def _writer(self, name: str, shard: int) -> ShardWriter:
         key = f"{name}/{shard}"
         if key not in self._open:
-            writer = open_shard_writer(self.shards[name][shard], self.schema)
+            writer = ShardWriter(self.shards[name][shard], self.schema)
             self._open[key] = writer
             self._writers.append(writer)
         return self._open[key]

@@ -1,6 +1,6 @@
 """Parquet shards written one at a time, by this process or by Dask workers, and sealed at the end.
 
-Every shard is written with the same writer settings (`open_shard_writer`),
+Every shard is written with the same writer settings (`ShardWriter`),
 so a shard a worker wrote and one the local sink wrote hold the same bytes
 for the same rows. A worker does not know the final metadata (the digest
 needs every block's checksums): it writes its whole shard under a temporary
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..schema import METADATA_ATTR, OUTPUT_COLUMNS
+from .write_behind import AppendBehind
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -35,12 +36,36 @@ TEMP_SUFFIX = ".part"  # a worker's shard before sealing: `.NAME.<uuid>.part`, h
 _FOOTER_TAIL = 8  # the footer's length (uint32, little-endian) and the magic "PAR1"
 
 
-def open_shard_writer(path: Path | io.BytesIO, schema: pa.Schema) -> pq.ParquetWriter:
+class ShardWriter:
+    """One shard's Parquet writer on a file of its own; written row groups leave the page cache (`write_behind`)."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        import pyarrow as pa
+
+        self._file = pa.OSFile(str(path), "wb")
+        self._behind = AppendBehind(self._file.fileno())
+        self._writer = _parquet_writer(self._file, schema)
+
+    def write_table(self, table: pa.Table, row_group_size: int) -> None:
+        self._writer.write_table(table, row_group_size=row_group_size)
+        self._behind.advance(self._file.tell())
+
+    def add_key_value_metadata(self, metadata: dict[str, str]) -> None:
+        self._writer.add_key_value_metadata(metadata)
+
+    def close(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self._file.close()
+
+
+def _parquet_writer(where: pa.NativeFile | io.BytesIO, schema: pa.Schema) -> pq.ParquetWriter:
     """The one set of writer settings: images uncompressed, small columns zstd, statistics on the small columns."""
     import pyarrow.parquet as pq
 
     return pq.ParquetWriter(
-        path,
+        where,
         schema,
         compression={c: ("none" if c in _SHAPED else "zstd") for c in _COLUMNS},
         use_dictionary=["spectype"],
@@ -71,7 +96,7 @@ def _footer_template(schema: pa.Schema, metadata_text: str) -> pq.FileMetaData:
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
-    writer = open_shard_writer(buffer, schema)
+    writer = _parquet_writer(buffer, schema)
     writer.add_key_value_metadata({METADATA_ATTR: metadata_text})
     writer.close()
     return pq.read_metadata(pa.BufferReader(buffer.getvalue()))
