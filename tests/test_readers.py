@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from cutout_etl import open_dataset, pipeline
 from cutout_etl.errors import DatasetError, InputFileError
-from cutout_etl.inputs import readers, row_reader
+from cutout_etl.inputs import page_cache, readers, row_reader
 from cutout_etl.schema import Columns
 
 from .conftest import make_table, run_cli, write_table
@@ -220,17 +221,38 @@ def test_a_sidecar_that_is_not_text_is_a_dataset_error(parquet_dataset):
         open_dataset(parquet_dataset)
 
 
-def test_advise_asks_the_kernel_for_exactly_the_rows_of_the_coming_block(tmp_path, monkeypatch):
-    """The write pass prefetches the next block (posix_fadvise WILLNEED): cold inputs are read ahead, not row by row."""
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_advise_asks_the_kernel_for_exactly_the_rows_of_the_coming_block(tmp_path, monkeypatch, in_memory):
+    """The write pass prefetches the next block (posix_fadvise WILLNEED): cold inputs are read ahead, not row by row.
+
+    An input all in the page cache gets no advice (it would only cost calls).
+    """
     path = write_table(make_table(30, b"STAR", seed=1), tmp_path / "stars.hdf5")
     calls = []
     monkeypatch.setattr(
         row_reader.os, "posix_fadvise", lambda fd, offset, length, advice: calls.append((offset, length))
     )
+    monkeypatch.setattr(row_reader, "all_cached", lambda fd, offset, length: in_memory)
     with h5py.File(path) as f:
         info = readers.inspect_table(path, f, None, Columns())
         reader = readers.RowReader(info, f)
         reader.advise(np.array([2, 3, 4, 9, 20]))
         offset, size = f["data"].id.get_offset(), info.dtype.itemsize
         reader.close()
-    assert calls == [(offset + 2 * size, 3 * size), (offset + 9 * size, size), (offset + 20 * size, size)]
+    expected = [(offset + 2 * size, 3 * size), (offset + 9 * size, size), (offset + 20 * size, size)]
+    assert calls == ([] if in_memory else expected)
+
+
+def test_a_file_just_read_is_in_the_page_cache_and_its_end_is_not(tmp_path):
+    """What decides whether advice is given (inputs/page_cache.py, Linux cachestat)."""
+    path = tmp_path / "bytes.bin"
+    path.write_bytes(os.urandom(1 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while os.read(fd, 1 << 20):
+            pass
+        if not page_cache.all_cached(fd, 0, 1 << 20):
+            pytest.skip("no cachestat(2) here (Linux < 6.5), or the file system does not say")
+        assert not page_cache.all_cached(fd, 0, 2 << 20)  # the second MiB is past the end: never cached
+    finally:
+        os.close(fd)

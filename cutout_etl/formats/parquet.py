@@ -45,7 +45,6 @@ from .parquet_shards import ShardWriter, seal_shards
 
 if TYPE_CHECKING:  # pyarrow is imported only when Parquet is written or read
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
 CARD = "README.md"
 ENTRIES = (DATA_DIR, SIDECAR, CARD)  # all a dataset directory holds

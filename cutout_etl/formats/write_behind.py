@@ -33,9 +33,9 @@ LAG_BYTES = 64 << 20
 class WriteBehind:
     """Drops the written ranges of one open file from the page cache, LAG_BYTES behind the writer."""
 
-    def __init__(self, fd: int, lag: int = LAG_BYTES) -> None:
+    def __init__(self, fd: int, lag: int | None = None) -> None:
         self._fd = fd
-        self._lag = lag
+        self._lag = LAG_BYTES if lag is None else lag
         self._pending: deque[tuple[int, int]] = deque()
         self._pending_bytes = 0
         self._advise = getattr(os, "posix_fadvise", None)
@@ -63,7 +63,7 @@ class WriteBehind:
 class AppendBehind:
     """WriteBehind for a file written from start to end: call `advance` with the file's new length."""
 
-    def __init__(self, fd: int, lag: int = LAG_BYTES) -> None:
+    def __init__(self, fd: int, lag: int | None = None) -> None:
         self._behind = WriteBehind(fd, lag)
         self._written = 0
 

@@ -342,10 +342,16 @@ def _load_hdf5plugin() -> bool:
 def iter_chunks(
     info: TableInfo, f: h5py.File, chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (first row, structured rows) chunk by chunk."""
+    """Yield (first row, structured rows) chunk by chunk.
+
+    The next chunk's rows are requested (`RowReader.advise`) before this one is read, so that a cold
+    input is read from disk while the caller works on the chunk before.
+    """
     reader = RowReader(info, f)
     try:
         for start in range(0, info.rows, chunk_rows):
-            yield start, reader.read(np.arange(start, min(start + chunk_rows, info.rows)))
+            stop = min(start + chunk_rows, info.rows)
+            reader.advise(np.arange(stop, min(stop + chunk_rows, info.rows)))
+            yield start, reader.read(np.arange(start, stop))
     finally:
         reader.close()

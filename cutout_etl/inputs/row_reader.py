@@ -13,11 +13,13 @@ import numpy as np
 from ..errors import InputChangedError, InputFileError
 from ..schema import RowCut
 from .file_identity import FileIdentity
+from .page_cache import all_cached
 
 if TYPE_CHECKING:
     from .readers import TableInfo
 
 IOV_MAX = max(os.sysconf("SC_IOV_MAX"), 16) if hasattr(os, "sysconf") else 16  # buffers per readv/writev call
+RESIDENCY_EVERY = 64  # advise calls between two looks at whether the table is all in the page cache
 
 
 def short_message(exc: BaseException) -> str:
@@ -50,6 +52,7 @@ class RowReader:
         self.dtype = info.dtype
         self._offset = raw_offset(self._ds, info.dtype)
         self._fd = os.open(info.path, os.O_RDONLY) if self._offset is not None else None
+        self._advised, self._resident = 0, False
         try:
             self._check_identity(f)
         except InputChangedError:
@@ -119,11 +122,19 @@ class RowReader:
         advises the next block's rows before gathering this one's, so reads from
         inputs not in the page cache overlap instead of waiting one row at a time.
         """
-        if self._fd is None or self._offset is None:
+        if self._fd is None or self._offset is None or self._in_memory():
             return
         size = self.dtype.itemsize
         for a, b in row_runs(rows):
             os.posix_fadvise(self._fd, self._offset + int(rows[a]) * size, (b - a) * size, os.POSIX_FADV_WILLNEED)
+
+    def _in_memory(self) -> bool:
+        """Whether the whole table is in the page cache (`page_cache`), looked at every RESIDENCY_EVERY calls."""
+        assert self._fd is not None and self._offset is not None
+        if self._advised % RESIDENCY_EVERY == 0:
+            self._resident = all_cached(self._fd, self._offset, self.info.rows * self.dtype.itemsize)
+        self._advised += 1
+        return self._resident
 
     def _preadv(self, buffers: list[memoryview], rows: np.ndarray, a: int, b: int) -> None:
         """Read rows[a:b], consecutive in the file, into `buffers`."""
