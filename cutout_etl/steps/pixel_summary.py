@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .sketch import NBINS, bit_histogram, quantile_bound, sketch_quantiles
+from .sketch import NBINS, bit_histogram, chunk_profile, quantile_bound, sketch_quantiles
 
 MEDIAN_METHOD = "sketch median: within 2^-8 * |median| of the exact one (the midpoint of its 65536-bin histogram bin)"
 
@@ -50,13 +50,17 @@ class PixelSummary:
         flat = images.reshape(len(images), -1)
         if all_finite is None:
             all_finite = np.isfinite(flat.sum(axis=1))
-        for band, counts in enumerate(bit_histogram(images)):
+        hist = bit_histogram(images)
+        for band, counts in enumerate(hist):
             self._hist[band] += counts
         self.n_pixels += images[..., 0].size
         suspect = np.flatnonzero(~all_finite)
         if len(suspect):
             self._add_invalid(flat[suspect].reshape(len(suspect), -1, self.n_bands))
-        self._add_extremes(flat, all_finite[:, None] if len(suspect) else True)
+        # As in BandStats: a chunk whose occupied finite bins lie strictly inside (min, max) cannot move them.
+        _, low, high = chunk_profile(hist)
+        if ((low <= self._min) | (high >= self._max)).any():
+            self._add_extremes(flat, all_finite[:, None] if len(suspect) else True)
 
     def _add_extremes(self, flat: np.ndarray, where: np.ndarray | bool) -> None:
         """Min and max of the finite pixels of the cutouts `where` selects (long contiguous axis first)."""
