@@ -256,3 +256,16 @@ def test_a_file_just_read_is_in_the_page_cache_and_its_end_is_not(tmp_path):
         assert not page_cache.all_cached(fd, 0, 2 << 20)  # the second MiB is past the end: never cached
     finally:
         os.close(fd)
+
+
+def test_without_posix_fadvise_reads_go_unadvised(tmp_path, monkeypatch):
+    """macOS has no posix_fadvise: both passes read without read-ahead advice instead of failing."""
+    path = write_table(make_table(30, b"STAR", seed=1), tmp_path / "stars.hdf5")
+    monkeypatch.delattr(row_reader.os, "posix_fadvise", raising=False)
+    with h5py.File(path) as f:
+        info = readers.inspect_table(path, f, None, Columns())
+        chunks = [rows for _, rows in readers.iter_chunks(info, f, chunk_rows=8)]
+        reader = readers.RowReader(info, f)
+        reader.advise(np.array([2, 3]))
+        reader.close()
+    assert sum(len(rows) for rows in chunks) == 30

@@ -122,8 +122,8 @@ class RowReader:
         advises the next block's rows before gathering this one's, so reads from
         inputs not in the page cache overlap instead of waiting one row at a time.
         """
-        if self._fd is None or self._offset is None or self._in_memory():
-            return
+        if self._fd is None or self._offset is None or not hasattr(os, "posix_fadvise") or self._in_memory():
+            return  # macOS has no posix_fadvise: reads go unadvised
         size = self.dtype.itemsize
         for a, b in row_runs(rows):
             os.posix_fadvise(self._fd, self._offset + int(rows[a]) * size, (b - a) * size, os.POSIX_FADV_WILLNEED)
