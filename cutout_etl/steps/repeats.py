@@ -11,8 +11,11 @@ a hash collision only makes a row a candidate.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TypeVar
 
 import numpy as np
+
+IndexT = TypeVar("IndexT", np.ndarray, slice)
 
 SLICE_ROWS = 1 << 14  # keys hashed at a time: their copies stay ~1 MB
 _PRIME = np.uint64(0x100000001B3)  # FNV-1a, 64-bit
@@ -28,7 +31,7 @@ def repeated(keys: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     candidates = _repeated_values(key_hashes(keys, rows))
     if len(candidates) == 0:
         return candidates
-    return candidates[_repeated_values(keys[candidates] if rows is None else keys[rows[candidates]])]
+    return candidates[_repeated_values(keys[rows_at(rows, candidates)])]
 
 
 def key_hashes(keys: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
@@ -46,7 +49,7 @@ def key_hashes(keys: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
 def key_slices(keys: np.ndarray, rows: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """`keys[rows]` (default: all of `keys`) in slices of `SLICE_ROWS`: never taken whole."""
     for first in range(0, len(keys) if rows is None else len(rows), SLICE_ROWS):
-        yield keys[first : first + SLICE_ROWS] if rows is None else keys[rows[first : first + SLICE_ROWS]]
+        yield keys[rows_at(rows, slice(first, first + SLICE_ROWS))]
 
 
 def _fnv1a(keys: np.ndarray) -> np.ndarray:
@@ -116,8 +119,8 @@ def inverse_permutation(permutation: np.ndarray) -> np.ndarray:
     return inverse
 
 
-def rows_at(rows: np.ndarray | None, at: np.ndarray) -> np.ndarray:
-    """`rows[at]`; `at` itself when `rows` is None (every row, without an index of 8 bytes a row)."""
+def rows_at(rows: np.ndarray | None, at: IndexT) -> np.ndarray | IndexT:
+    """`rows[at]`; `at` itself (index array or slice) when `rows` is None: every row, with no 8-byte-a-row index."""
     return at if rows is None else rows[at]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .repeats import of_rows, rows_at
+
 ARCSEC_PER_DEG = 3600.0
 
 
@@ -22,10 +24,10 @@ def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray, rows: np.ndarray | Non
     out = np.empty((n, 3))
     for first in range(0, n, UNIT_VECTOR_SLICE):
         at = slice(first, min(first + UNIT_VECTOR_SLICE, n))
-        dec = np.radians(dec_deg[at] if rows is None else dec_deg[rows[at]])
+        dec = np.radians(dec_deg[rows_at(rows, at)])
         np.sin(dec, out=out[at, 2])
         cos_dec = np.cos(dec, out=dec)
-        ra = np.radians(ra_deg[at] if rows is None else ra_deg[rows[at]])
+        ra = np.radians(ra_deg[rows_at(rows, at)])
         np.multiply(cos_dec, np.cos(ra), out=out[at, 0])
         np.multiply(cos_dec, np.sin(ra, out=ra), out=out[at, 1])
     return out
@@ -41,10 +43,7 @@ def pairs_within(
 
     `rows` spares the caller copies of the positions held while the tree is built and searched.
     """
-    if rows is None:
-        known = np.isfinite(ra_deg) & np.isfinite(dec_deg)
-    else:
-        known = np.isfinite(ra_deg[rows]) & np.isfinite(dec_deg[rows])
+    known = np.isfinite(of_rows(ra_deg, rows)) & np.isfinite(of_rows(dec_deg, rows))
     everywhere = bool(known.all())  # the usual case: no index of the finite positions
     finite = np.zeros(0, dtype=np.int64) if everywhere else np.flatnonzero(known)
     del known
@@ -54,7 +53,7 @@ def pairs_within(
     from scipy.spatial import cKDTree  # scipy costs 0.25 s to import: only when matching
 
     chord = 2 * np.sin(np.radians(radius_arcsec / ARCSEC_PER_DEG) / 2)
-    take = rows if everywhere else (finite if rows is None else rows[finite])
+    take = rows if everywhere else rows_at(rows, finite)
     tree = cKDTree(unit_vectors(ra_deg, dec_deg, take))
     pairs = tree.query_pairs(chord, output_type="ndarray").astype(np.int64)
     if len(pairs) == 0:
