@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -410,6 +410,9 @@ finite_or_special = st.one_of(
     cuts=st.lists(st.integers(0, 6), max_size=3),
     border=st.integers(1, 3),
 )
+# Found by hypothesis: a median in the bin of +-0, whose midpoint 2**-134 was the moments' shift, lay far
+# above the subnormal data and cost m2 seven digits (sketch.chunk_profile now shifts by 0 there).
+@example(images=np.array([1e-45, 0, 0, 0, 0, 0], np.float32).reshape(2, 3, 1, 1), cuts=[1], border=1)
 def test_merge_is_chunk_independent_and_associative(images, cuts, border):
     n_bands = images.shape[-1]
     parts = [accumulate(c, border=border) for c in chunks_of(images, [min(c, len(images)) for c in cuts])]

@@ -130,15 +130,20 @@ def _ascending_finite(counts: np.ndarray) -> np.ndarray:
 
 
 def chunk_profile(hist: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per band: the sketch median as float32 (0 for an empty band), and the least and the greatest
-    value the occupied finite bins can hold, as float64 (+inf and -inf for an empty band)."""
+    """Per band: the sketch median as float32, and the least and the greatest value the occupied finite
+    bins can hold, as float64 (+inf and -inf for an empty band).
+
+    The median is 0 for an empty band, and where it falls in a bin of +-0: those bins also hold every
+    value below 2**-133 in magnitude, and their midpoint (2**-134) can lie ~10**4 times above all the
+    values, which would cost the moments' shifted sums (stats._shifted_sums) their conditioning.
+    """
     shift, low, high = np.zeros(len(hist), np.float32), np.full(len(hist), np.inf), np.full(len(hist), -np.inf)
     for band, counts in enumerate(hist):
         cumulative = np.cumsum(_ascending_finite(counts))
         n = int(cumulative[-1])
         if n:
             first, median, last = np.searchsorted(cumulative, [1, _rank(n, 0.5), n], side="left")
-            shift[band] = _FINITE_MIDPOINTS[median]
+            shift[band] = 0.0 if _FINITE_ASCENDING[median] & 0x7FFF == 0 else _FINITE_MIDPOINTS[median]
             low[band], high[band] = _FINITE_LOW_EDGES[first], _FINITE_HIGH_EDGES[last]
     return shift, low, high
 
