@@ -231,6 +231,11 @@ def print_once(figures: dict) -> None:
         f"training statistics (bench_stats.py, {stats['gigabytes']:.2f} GB of pixels in memory): {rate['median']:.2f}"
         f" GB per CPU-second [{rate['range'][0]:.2f}-{rate['range'][1]:.2f}]; CPU-s per GB: {parts}"
     )
+    floor = stats["numpy_floor_gb_per_cpu_s"]
+    print(
+        f"numpy floor of the statistics (bench_stats.py's docstring): {floor['median']:.2f} GB per CPU-second"
+        f" [{floor['range'][0]:.2f}-{floor['range'][1]:.2f}]; statistics / floor {stats['cost_over_floor']['median']:.2f}"
+    )
 
 
 def print_ratios(ratios: list[Ratio], ranges: dict | None = None) -> None:

@@ -43,6 +43,7 @@ def test_bench_build_reports_every_step_and_ratio(tmp_path):
         and once["cold_sequential_read_s"] > 0
         and once["stats"]["gb_per_cpu_s"]["median"] > 0
     )
+    assert "numpy floor of the statistics" in done.stdout
     assert list(tmp_path.glob("bench_build_*")) == []  # cleaned up without --keep
 
 
@@ -162,3 +163,7 @@ def test_bench_stats_reports_the_rate_its_parts_and_the_target(tmp_path):
     assert set(figures["parts_cpu_s_per_gb"]) == {"histogram", "sky", "moments", "counts", "other"}
     assert all(part["median"] > 0 for name, part in figures["parts_cpu_s_per_gb"].items() if name != "other")
     assert "stats GB/s per core" in done.stdout and "target >= 1" in done.stdout
+    floor, over = figures["numpy_floor_gb_per_cpu_s"], figures["cost_over_floor"]
+    assert floor["median"] > 0 and floor["range"][0] <= floor["median"] <= floor["range"][1]
+    assert over["median"] == pytest.approx(floor["median"] / figures["gb_per_cpu_s"]["median"], rel=0.5)
+    assert "numpy floor GB per CPU-second" in done.stdout
