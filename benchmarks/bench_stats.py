@@ -105,11 +105,12 @@ def _floor_pass(chunks: list[np.ndarray], border: int = 4) -> float:
     """CPU seconds of the numpy floor (module docstring) over `chunks`; frames are cut outside the timing."""
     from cutout_etl.steps.sketch import bit_histogram
     from cutout_etl.steps.sky_level import _border_frame
+    from cutout_etl.steps.stats import _BLOCK_BYTES
 
     frames = [_border_frame(chunk, border) for chunk in chunks]
     differences = [frame[:, 2:] - frame[:, :-2] for frame in frames]
     width = chunks[0][0].size
-    scratch = np.empty((max(1, (1 << 21) // (8 * width)), width))  # the moments' float64 block (stats._BLOCK_BYTES)
+    scratch = np.empty((max(1, _BLOCK_BYTES // (8 * width)), width))  # the moments' float64 block
     cpu = time.process_time()
     for chunk, frame, difference in zip(chunks, frames, differences):
         bit_histogram(chunk)
